@@ -1,0 +1,188 @@
+"""``saviorrec``: the command line over every stage.
+
+Each command is a thin shell: it loads the config, imports its stage lazily (TensorFlow, torch
+and Spark start slowly and a GPU host may lack TensorFlow) and calls one function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from saviorrec.config import REPO_ROOT, Config, ConfigError, load_config
+
+log = logging.getLogger("saviorrec")
+
+DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "movielens.yaml")
+QUICK_OVERLAY = str(REPO_ROOT / "configs" / "quick.yaml")
+SPARK_JOBS = ("samples", "coclick", "item_stats", "sequences")
+
+
+def _call(target: str, *args: Any, **kwargs: Any) -> Any:
+    module, _, func = target.rpartition(".")
+    return getattr(importlib.import_module(module), func)(*args, **kwargs)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overlays = (QUICK_OVERLAY,) if getattr(args, "quick", False) else ()
+    cfg = load_config(args.config, overlays)
+    if getattr(args, "profile", None):
+        cfg = cfg.with_overrides(feast={"profile": args.profile})
+    return cfg
+
+
+def _print(result: Any) -> None:
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+
+
+# --- command handlers ---------------------------------------------------------------------------
+def cmd_data(args: argparse.Namespace) -> Any:
+    return _call("saviorrec.datasets.prepare.prepare", _config(args))
+
+
+def cmd_spark(args: argparse.Namespace) -> Any:
+    jobs = list(SPARK_JOBS) if args.job == "all" else [args.job]
+    return _call("spark_jobs.runner.run_jobs", _config(args), jobs, master=args.master)
+
+
+def cmd_features(args: argparse.Namespace) -> Any:
+    cfg = _config(args)
+    if args.action == "apply":
+        return _call("feature_repo.store.apply", cfg)
+    if args.action == "materialize":
+        return _call("feature_repo.store.materialize", cfg, args.start, args.end)
+    return _call("feature_repo.store.training_set", cfg)
+
+
+def cmd_encode(args: argparse.Namespace) -> Any:
+    return _call("encoder_torch.pipeline.run_encoder", _config(args))
+
+
+def cmd_rqvae(args: argparse.Namespace) -> Any:
+    return _call("encoder_torch.pipeline.run_rqvae", _config(args))
+
+
+def cmd_train(args: argparse.Namespace) -> Any:
+    cfg = _config(args)
+    variants = args.variant or list(cfg.ranker.variants)
+    seeds = args.seed if args.seed is not None else list(cfg.ranker.seeds)
+    return [
+        _call("tf_ranker.train.run_train", cfg, variant=v, seed=s) for v in variants for s in seeds
+    ]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> Any:
+    return _call("tf_ranker.evaluate.run_evaluate", _config(args), variants=args.variant)
+
+
+def cmd_export(args: argparse.Namespace) -> Any:
+    return _call("tf_ranker.export.run_export", _config(args), variant=args.variant, seed=args.seed)
+
+
+def cmd_serve(args: argparse.Namespace) -> Any:
+    return _call("saviorrec.serving.app.serve", _config(args), host=args.host, port=args.port)
+
+
+def cmd_run(args: argparse.Namespace) -> Any:
+    return _call(
+        "saviorrec.pipeline.run_pipeline",
+        _config(args),
+        full_grid=args.full_grid,
+        backend=args.backend,
+        force=args.force,
+        only=args.only,
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> Any:
+    return _call("saviorrec.report.write_report", _config(args))
+
+
+# --- parser -------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="saviorrec",
+        description="Cold-start CTR prediction after SaviorRec (arXiv 2508.01375). "
+        "Stages in pipeline order: data, spark, encode, rqvae, features, train, evaluate, "
+        "export, serve; `run` does them all.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], Any], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--config", default=DEFAULT_CONFIG, help="YAML config (default: %(default)s)")
+        p.add_argument("--quick", action="store_true", help="apply configs/quick.yaml (a subsample)")
+        p.set_defaults(handler=handler)
+        return p
+
+    p = add("data", cmd_data, "prepare raw/events.parquet and raw/items.parquet in the lake")
+    p.add_argument("action", choices=["prepare"])
+
+    p = add("spark", cmd_spark, "run a PySpark feature job (samples, coclick, item_stats, sequences) or all")
+    p.add_argument("job", choices=[*SPARK_JOBS, "all"])
+    p.add_argument("--master", default=None, help="Spark master URL (default: from config)")
+
+    p = add("features", cmd_features, "Feast: apply the repo, materialize online, build the training set")
+    p.add_argument("action", choices=["apply", "materialize", "training-set"])
+    p.add_argument("--start", default=None, help="materialize start (ISO date; default: first event)")
+    p.add_argument("--end", default=None, help="materialize end (ISO date; default: now)")
+    p.add_argument("--profile", choices=["local", "production"], default=None)
+
+    add("encode", cmd_encode, "train SaviorEnc on co-click pairs and embed every item")
+    add("rqvae", cmd_rqvae, "train the RQ-VAE and write semantic ids into item_multimodal")
+
+    p = add("train", cmd_train, "train ranker variants and seeds")
+    p.add_argument("--variant", action="append", help="variant (repeatable; default: config)")
+    p.add_argument("--seed", type=int, action="append", help="seed (repeatable; default: config)")
+
+    p = add("evaluate", cmd_evaluate, "AUC overall and per PV bucket with intervals into metrics.json")
+    p.add_argument("--variant", action="append")
+
+    p = add("export", cmd_export, "write a TF SavedModel (serving_default) of a trained ranker")
+    p.add_argument("--variant", default="full")
+    p.add_argument("--seed", type=int, default=0)
+
+    p = add("serve", cmd_serve, "HTTP ranking service: Feast online features + SavedModel")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--profile", choices=["local", "production"], default=None)
+
+    p = add("run", cmd_run, "the whole pipeline, skipping stages whose outputs are current")
+    p.add_argument("--full-grid", action="store_true", help="add Table 5, Fig. 4 and more seeds")
+    p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
+                   help="Keras backend for the ranker stage")
+    p.add_argument("--profile", choices=["local", "production"], default=None)
+    p.add_argument("--force", action="store_true", help="re-run every stage")
+    p.add_argument("--only", action="append", help="run only these stages (repeatable)")
+
+    add("report", cmd_report, "write report/ (report.md, figures, metrics.json) from a finished run")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        _print(args.handler(args))
+    except ConfigError as e:
+        print(f"saviorrec: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"saviorrec {args.command}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,288 @@
+"""One frozen, typed configuration per run, loaded from one YAML file.
+
+Every tunable value of the pipeline is defined here once, with its default; a YAML file overrides
+what it names. Validation errors name the key path and the bad value, e.g.
+``configs/x.yaml: ranker.batch_size = -3: Input should be greater than 0``. Unknown keys are
+errors too (a typo must not silently fall back to a default).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_ENV = "SAVIORREC_DATA"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    source: Literal["movielens", "synthetic"] = "movielens"
+    # Folder in the ml-latest-small layout. Relative paths resolve against the repository root.
+    # The environment variable SAVIORREC_DATA overrides it.
+    source_dir: str = "../shared/data/ml-latest-small"
+    # What to do with bad rows (unknown item ids, duplicates, ratings out of range, unparsable
+    # timestamps): "error" stops with file, row and value; "skip" drops them and counts them in
+    # the prepare summary.
+    bad_rows: Literal["error", "skip"] = "error"
+    rating_min: float = 0.5
+    rating_max: float = 5.0
+    # Keep only this fraction of users (deterministic by user id hash); 1.0 keeps all. --quick.
+    user_fraction: float = Field(1.0, gt=0.0, le=1.0)
+
+
+class SyntheticConfig(_Frozen):
+    n_events: int = Field(100_000, ge=1_000)
+    n_users: int = Field(5_000, ge=10)
+    n_items: int = Field(5_000, ge=10)
+    n_topics: int = Field(20, ge=2)
+    # Zipf exponent of item popularity (power law); larger = heavier head.
+    popularity_alpha: float = Field(1.1, gt=0.0)
+    # Fraction of items that appear only in the last 20% of time (cold items).
+    cold_item_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    chunk_events: int = Field(1_000_000, ge=1_000)
+    seed: int = 0
+
+
+class LabelConfig(_Frozen):
+    click_threshold: float = 4.0  # rating >= threshold is a click (label 1)
+
+
+class SplitConfig(_Frozen):
+    # Per user by time: the last test_fraction of each user's events is test, the valid_fraction
+    # before that validation, the rest train (ARCHITECTURE.md benchmark protocol).
+    valid_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.valid_fraction + self.test_fraction >= 1.0:
+            raise ValueError(
+                f"valid_fraction + test_fraction = {self.valid_fraction + self.test_fraction} "
+                "must be < 1"
+            )
+        return self
+
+
+class SparkConfig(_Frozen):
+    master: str = "local[*]"
+    app_name: str = "saviorrec"
+    driver_memory: str = "4g"
+    shuffle_partitions: int = Field(8, ge=1)
+
+
+class CoclickConfig(_Frozen):
+    max_time_gap_s: int = Field(86_400, gt=0)  # two clicks at most this far apart in time
+    max_position_gap: int = Field(5, ge=1)  # ... and at most this many clicks apart
+    min_support: int = Field(2, ge=1)  # pairs co-clicked by fewer users are dropped
+    top_k: int = Field(50, ge=1)  # partners kept per item
+
+
+class StatsConfig(_Frozen):
+    # Lower edges of the PV buckets: 0, 1-5, 6-20, 21-100, >100.
+    pv_buckets: tuple[int, ...] = (0, 1, 6, 21, 101)
+    recent_window_days: int = Field(30, ge=1)
+    ctr_prior: float = Field(0.5, gt=0.0, lt=1.0)  # smoothed ctr = (clicks + a*prior)/(pv + a)
+    ctr_prior_strength: float = Field(10.0, gt=0.0)
+
+    @field_validator("pv_buckets")
+    @classmethod
+    def _buckets(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or v[0] != 0 or any(nxt <= prev for prev, nxt in zip(v[:-1], v[1:], strict=False)):
+            raise ValueError(f"{list(v)} must start at 0 and increase strictly")
+        return v
+
+    def bucket_labels(self) -> list[str]:
+        labels = []
+        for i, lo in enumerate(self.pv_buckets):
+            hi = self.pv_buckets[i + 1] - 1 if i + 1 < len(self.pv_buckets) else None
+            labels.append(str(lo) if hi == lo else (f"{lo}-{hi}" if hi is not None else f">{lo - 1}"))
+        return labels
+
+
+class SequenceConfig(_Frozen):
+    max_len: int = Field(50, ge=1)
+
+
+class FeastConfig(_Frozen):
+    repo_dir: str = "feature_repo"
+    profile: Literal["local", "production"] = "local"
+    # Environment variable holding the Redis connection (production profile), e.g.
+    # redis://:password@host:6379/0 . Never logged.
+    redis_env: str = "SAVIORREC_REDIS_URL"
+    item_stats_ttl_days: int = Field(36_500, ge=1)
+    training_chunk_rows: int = Field(1_000_000, ge=1_000)
+
+
+class EncoderConfig(_Frozen):
+    dim: int = Field(64, ge=2)  # d of z
+    fusion_layers: int = Field(3, ge=1)
+    fusion_heads: int = Field(4, ge=1)
+    fusion_width: int = Field(256, ge=8)
+    temperature: float = Field(0.07, gt=0.0)
+    # Tower layers fine-tuned: 0 keeps the towers frozen (their features are computed once and
+    # cached); n > 0 unfreezes the last n transformer layers of the text tower.
+    finetune_text_layers: int = Field(0, ge=0)
+    finetune_image: bool = False
+    max_text_tokens: int = Field(128, ge=8)
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(512, ge=2)
+    lr: float = Field(1e-4, gt=0)
+    warmup_epochs: float = Field(1.0, ge=0)
+    num_workers: int = Field(2, ge=0)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 0
+    hit_k: int = Field(30, ge=1)
+
+
+class RQVAEConfig(_Frozen):
+    levels: int = Field(3, ge=1)  # L (paper: 8)
+    codebook_size: int = Field(64, ge=2)  # K (paper: 2048)
+    latent_dim: int = Field(64, ge=2)
+    hidden: tuple[int, ...] = (128,)
+    lambda_recon: float = 1000.0  # lambda0
+    lambda_commit: float = 0.5  # lambda1
+    temperature: float = Field(0.07, gt=0.0)
+    epochs: int = Field(150, ge=1)
+    batch_size: int = Field(1024, ge=2)
+    lr: float = Field(0.002, gt=0)
+    sinkhorn_iters: int = Field(50, ge=1)
+    sinkhorn_epsilon: float = Field(0.05, gt=0)
+    assignment: Literal["sinkhorn", "argmin"] = "sinkhorn"
+    dead_code_every: int = Field(10, ge=1)  # epochs between dead-code reseeding
+    device: str = "auto"
+    seed: int = 0
+
+
+class RankerConfig(_Frozen):
+    variants: tuple[str, ...] = ("base", "simtier", "no_mba", "no_raw_mm", "no_bidir", "full")
+    seeds: tuple[int, ...] = (0, 1, 2)
+    id_dim: int = Field(16, ge=1)
+    stat_dim: int = Field(16, ge=1)
+    heads: int = Field(8, ge=1)
+    attention_dim: int = Field(64, ge=1)
+    mba_dim: int = Field(64, ge=1)  # d_mba: 64 | 32 | 16 | 8 (Table 5)
+    dnn_units: tuple[int, ...] = (256, 128, 64)
+    feature_cross: bool = False  # keras-rs FeatureCross (DCN-v2) over the DNN inputs
+    simtier_bins: int = Field(10, ge=2)
+    batch_size: int = Field(1024, ge=1)
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(0.01, gt=0)
+    lr_final: float = Field(0.001, gt=0)
+    early_stopping_patience: int = Field(2, ge=0)
+    hash_buckets_user: int = Field(0, ge=0)  # 0 = vocabulary from the data (max id + 1)
+    bootstrap_samples: int = Field(1000, ge=10)
+    mixed_precision: bool = False
+    distribution: Literal["none", "data_parallel"] = "none"
+
+
+class ServingConfig(_Frozen):
+    host: str = "127.0.0.1"
+    port: int = Field(8500, ge=1, le=65535)
+    max_candidates: int = Field(1000, ge=1)
+
+
+class RunConfig(_Frozen):
+    name: str = "movielens"
+    # Folder of this run (lake, models, report). Relative paths resolve against the repo root.
+    root: str = "runs/movielens"
+
+
+class Config(_Frozen):
+    run: RunConfig = RunConfig()
+    data: DataConfig = DataConfig()
+    synthetic: SyntheticConfig = SyntheticConfig()
+    labels: LabelConfig = LabelConfig()
+    split: SplitConfig = SplitConfig()
+    spark: SparkConfig = SparkConfig()
+    coclick: CoclickConfig = CoclickConfig()
+    stats: StatsConfig = StatsConfig()
+    sequences: SequenceConfig = SequenceConfig()
+    feast: FeastConfig = FeastConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    rqvae: RQVAEConfig = RQVAEConfig()
+    ranker: RankerConfig = RankerConfig()
+    serving: ServingConfig = ServingConfig()
+
+    # ---- resolved paths -------------------------------------------------------------------
+    def source_dir(self) -> Path:
+        raw = os.environ.get(DATA_ENV) or self.data.source_dir
+        return _resolve(raw)
+
+    def run_dir(self) -> Path:
+        return _resolve(self.run.root)
+
+    def with_overrides(self, **sections: dict[str, Any]) -> Config:
+        """A copy with some keys replaced, validated again: ``cfg.with_overrides(ranker={...})``."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            data[section] = {**data[section], **values}
+        return Config.model_validate(data)
+
+
+def _resolve(path: str) -> Path:
+    p = Path(path).expanduser()
+    return p if p.is_absolute() else (REPO_ROOT / p).resolve()
+
+
+class ConfigError(ValueError):
+    """A config file that cannot be used; the message names the file, key and value."""
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(
+    path: str | os.PathLike[str], overlays: tuple[str | os.PathLike[str], ...] = ()
+) -> Config:
+    """Load ``path``; each overlay file (e.g. configs/quick.yaml) then replaces what it names."""
+    path = Path(path)
+    raw = _read_yaml(path)
+    for overlay in overlays:
+        raw = _merge(raw, _read_yaml(Path(overlay)))
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_explain(path, raw, e)) from None
+
+
+def _explain(path: Path, raw: dict[str, Any], err: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration"]
+    for item in err.errors():
+        loc = [str(x) for x in item["loc"]]
+        key = ".".join(loc)
+        value: Any = raw
+        for part in item["loc"]:
+            try:
+                value = value[part]  # type: ignore[index]
+            except (KeyError, IndexError, TypeError):
+                value = "<missing>"
+                break
+        lines.append(f"  {key} = {value!r}: {item['msg']}")
+    return "\n".join(lines)
