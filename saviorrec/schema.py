@@ -181,7 +181,8 @@ ITEM_MULTIMODAL = _t(
     "Behaviour-aligned multimodal embedding and semantic ids of each item.",
     C("item_id", "int64"),
     C("embedding", "list<float32>"),
-    C("semantic_ids", "list<int64>"),
+    C("semantic_ids", "list<int64>", doc="L RQ codes (each in [0, K)) followed by one "
+      "disambiguation index (0 unless several items share the L codes); the MBA uses the first L"),
     C("encoder_version", "string"),
     C("rqvae_version", "string"),
     C("event_timestamp", "timestamp"),
@@ -228,7 +229,7 @@ TRAINING_ITEMS = _t(
     "Static item table for one encoder/RQ-VAE version: row i of the ranker's lookup is item i.",
     C("item_id", "int64"),
     C("embedding", "list<float32>"),
-    C("semantic_ids", "list<int64>"),
+    C("semantic_ids", "list<int64>", doc="as in item_multimodal"),
 )
 
 TABLES: dict[str, Table] = {

@@ -1,0 +1,119 @@
+"""Shared fixtures: the real MovieLens folder, a local SparkSession, a real redis-server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from saviorrec.config import REPO_ROOT, Config, load_config
+
+MOVIELENS_DIR = (REPO_ROOT / ".." / "shared" / "data" / "ml-latest-small").resolve()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    path = Path(os.environ.get("SAVIORREC_DATA", MOVIELENS_DIR))
+    if not (path / "ratings.csv").is_file():
+        pytest.fail(f"MovieLens data not found at {path}: set SAVIORREC_DATA (see README)")
+    return path
+
+
+@pytest.fixture()
+def config(tmp_path: Path) -> Config:
+    """The MovieLens config with its run folder in tmp_path."""
+    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml")
+    return cfg.with_overrides(run={"root": str(tmp_path / "run")})
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[object]:
+    """One local SparkSession for the whole test session (start-up is slow)."""
+    from pyspark.sql import SparkSession
+
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("saviorrec-tests")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.driver.memory", "2g")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+def _wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not open port {port} within {timeout}s")
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port; restartable (for fault tests)."""
+
+    def __init__(self, workdir: Path, password: str | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed: `apt-get install -y redis-server`")
+        self.binary = binary
+        self.workdir = workdir
+        self.password = password
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.workdir)]
+        if self.password:
+            args += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture()
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def redis_server_with_password(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path, password="s3cret-Pa55")
+    server.start()
+    yield server
+    server.stop()
