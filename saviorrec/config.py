@@ -49,6 +49,18 @@ class SyntheticConfig(_Frozen):
     cold_item_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     chunk_events: int = Field(1_000_000, ge=1_000)
     seed: int = 0
+    # Events span [start_date, start_date + span_days) in UTC.
+    start_date: str = "2020-01-01"
+    span_days: int = Field(365, ge=1)
+    # Dirichlet concentration of each user's topic preference (small = few favourite topics).
+    user_topic_concentration: float = Field(0.3, gt=0.0)
+    # Share of events whose topic is drawn from the global topic mix instead of the user's taste.
+    exploration: float = Field(0.2, ge=0.0, le=1.0)
+    # Text and image are optional per item: these fractions of items get them.
+    text_fraction: float = Field(0.9, ge=0.0, le=1.0)
+    image_fraction: float = Field(0.9, ge=0.0, le=1.0)
+    max_images: int = Field(100_000, ge=0)  # cap on JPEGs written (items beyond it get none)
+    image_size: int = Field(32, ge=8, le=256)  # pixels per side
 
 
 class LabelConfig(_Frozen):
