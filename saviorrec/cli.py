@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"saviorrec: {e}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        # StageError (a RuntimeError) already names the failed stage and its cause
         print(f"saviorrec {args.command}: {e}", file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ errors too (a typo must not silently fall back to a default).
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -107,7 +108,7 @@ class StatsConfig(_Frozen):
     @field_validator("pv_buckets")
     @classmethod
     def _buckets(cls, v: tuple[int, ...]) -> tuple[int, ...]:
-        if not v or v[0] != 0 or any(nxt <= prev for prev, nxt in zip(v[:-1], v[1:], strict=False)):
+        if not v or v[0] != 0 or any(nxt <= prev for prev, nxt in itertools.pairwise(v)):
             raise ValueError(f"{list(v)} must start at 0 and increase strictly")
         return v
 

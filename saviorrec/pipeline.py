@@ -1,0 +1,239 @@
+"""``saviorrec run``: every stage in order, resumable.
+
+A stage is skipped when its stamp says it already ran with the same configuration and after
+every stage it depends on; otherwise it runs and writes a new stamp. A failure names the stage
+and its cause. Per-stage seconds go to metrics.json (``timings.<stage>_s``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from saviorrec.config import REPO_ROOT, Config
+from saviorrec.lake import Lake, atomic_path
+from saviorrec.metrics import update_metrics
+
+log = logging.getLogger("saviorrec.pipeline")
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names it and the cause."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Config], Any]
+    # config sections whose values decide whether the stage's outputs are current
+    sections: tuple[str, ...]
+    after: tuple[str, ...] = ()
+    doc: str = ""
+
+
+def _call(target: str) -> Callable[..., Any]:
+    """The function at a dotted path, imported only when it is called (stages are heavy)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        module, _, func = target.rpartition(".")
+        return getattr(importlib.import_module(module), func)(*args, **kwargs)
+
+    return call
+
+
+def _train_all(cfg: Config, *, variants: tuple[str, ...], backend: str | None) -> Any:
+    """Train every variant x seed. Another Keras backend than this process's runs in a child
+    process (the backend is fixed when keras is first imported)."""
+    current = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if backend and backend != current:
+        cmd = [sys.executable, "-m", "saviorrec.pipeline", "--train-child", _config_json(cfg)]
+        for v in variants:
+            cmd += ["--variant", v]
+        env = {**os.environ, "KERAS_BACKEND": backend}
+        subprocess.run(cmd, check=True, env=env)
+        return {"backend": backend, "variants": list(variants)}
+    train = _call("tf_ranker.train.run_train")
+    return [train(cfg, variant=v, seed=s) for v in variants for s in cfg.ranker.seeds]
+
+
+def _config_json(cfg: Config) -> str:
+    return json.dumps(cfg.model_dump(mode="json"))
+
+
+def build_stages(
+    *, full_grid: bool = False, backend: str | None = None
+) -> list[Stage]:
+    def variants_of(cfg: Config) -> tuple[str, ...]:
+        extra = ("full_mba32", "full_mba16", "full_mba8", "no_id", "no_stats", "no_mm")
+        return tuple(cfg.ranker.variants) + (extra if full_grid else ())
+
+    return [
+        Stage("prepare", _call("saviorrec.datasets.prepare.prepare"), ("data", "synthetic")),
+        Stage(
+            "spark",
+            lambda cfg: _call("spark_jobs.runner.run_jobs")(
+                cfg, ["samples", "coclick", "item_stats", "sequences"]
+            ),
+            ("labels", "split", "spark", "coclick", "stats", "sequences"),
+            after=("prepare",),
+        ),
+        Stage("encode", _call("encoder_torch.pipeline.run_encoder"), ("encoder",), after=("spark",)),
+        Stage("rqvae", _call("encoder_torch.pipeline.run_rqvae"), ("rqvae",), after=("encode",)),
+        Stage(
+            "features",
+            lambda cfg: {
+                "apply": _call("feature_repo.store.apply")(cfg),
+                "materialize": _call("feature_repo.store.materialize")(cfg, None, None),
+            },
+            ("feast",),
+            after=("spark", "rqvae"),
+        ),
+        Stage(
+            "training_set",
+            _call("feature_repo.store.training_set"),
+            ("feast", "sequences"),
+            after=("features",),
+        ),
+        Stage(
+            "train",
+            lambda cfg: _train_all(cfg, variants=variants_of(cfg), backend=backend),
+            ("ranker",),
+            after=("training_set",),
+        ),
+        Stage(
+            "evaluate",
+            lambda cfg: _call("tf_ranker.evaluate.run_evaluate")(cfg, list(variants_of(cfg))),
+            ("ranker",),
+            after=("train",),
+        ),
+        Stage(
+            "export",
+            lambda cfg: _call("tf_ranker.export.run_export")(cfg, variant="full", seed=cfg.ranker.seeds[0]),
+            ("ranker",),
+            after=("train",),
+        ),
+        Stage("report", _call("saviorrec.report.write_report"), (), after=("evaluate", "export")),
+    ]
+
+
+# --- stamps -------------------------------------------------------------------------------------
+def _stamp_path(lake: Lake, name: str) -> Path:
+    return lake.root / ".stages" / f"{name}.json"
+
+
+def _fingerprint(cfg: Config, stage: Stage, extra: dict[str, Any]) -> str:
+    dumped = cfg.model_dump(mode="json")
+    payload = {s: dumped[s] for s in stage.sections} | extra
+    if stage.name == "prepare":
+        payload["source_dir"] = str(cfg.source_dir())
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _read_stamp(lake: Lake, name: str) -> dict[str, Any] | None:
+    path = _stamp_path(lake, name)
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _is_current(lake: Lake, stage: Stage, fingerprint: str) -> bool:
+    stamp = _read_stamp(lake, stage.name)
+    if stamp is None or stamp["fingerprint"] != fingerprint:
+        return False
+    for dep in stage.after:
+        dep_stamp = _read_stamp(lake, dep)
+        if dep_stamp is None or dep_stamp["finished"] > stamp["finished"]:
+            return False
+    return True
+
+
+def _write_stamp(lake: Lake, stage: Stage, fingerprint: str, seconds: float) -> None:
+    path = _stamp_path(lake, stage.name)
+    with atomic_path(path) as tmp:
+        tmp.write_text(
+            json.dumps({"fingerprint": fingerprint, "finished": time.time(), "seconds": seconds})
+        )
+
+
+# --- runner -------------------------------------------------------------------------------------
+def run_pipeline(
+    cfg: Config,
+    *,
+    full_grid: bool = False,
+    backend: str | None = None,
+    force: bool = False,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    lake = Lake.from_config(cfg)
+    lake.root.mkdir(parents=True, exist_ok=True)
+    stages = build_stages(full_grid=full_grid, backend=backend)
+    names = [s.name for s in stages]
+    for name in only or []:
+        if name not in names:
+            raise ValueError(f"unknown stage {name!r}; stages are {', '.join(names)}")
+    _record_versions(cfg, lake)
+    summary: dict[str, Any] = {"run_dir": str(lake.root), "stages": {}}
+    t_all = time.monotonic()
+    for i, stage in enumerate(stages, 1):
+        if only and stage.name not in only:
+            continue
+        fingerprint = _fingerprint(cfg, stage, {"full_grid": full_grid})
+        prefix = f"[{i}/{len(stages)}] {stage.name}"
+        if not force and not only and _is_current(lake, stage, fingerprint):
+            log.info("%s: outputs are current, skipped", prefix)
+            summary["stages"][stage.name] = "skipped (current)"
+            continue
+        log.info("%s: running", prefix)
+        t0 = time.monotonic()
+        try:
+            stage.run(cfg)
+        except Exception as e:  # re-raised with the stage name
+            raise StageError(f"stage {stage.name!r} failed: {type(e).__name__}: {e}") from e
+        seconds = time.monotonic() - t0
+        _write_stamp(lake, stage, fingerprint, seconds)
+        update_metrics(lake.metrics, f"timings.{stage.name}_s", round(seconds, 2))
+        summary["stages"][stage.name] = f"ran in {seconds:.1f} s"
+        log.info("%s: done in %.1f s", prefix, seconds)
+    summary["total_s"] = round(time.monotonic() - t_all, 1)
+    log.info("pipeline finished in %.1f s; report: %s", summary["total_s"], lake.report_dir)
+    return summary
+
+
+def _record_versions(cfg: Config, lake: Lake) -> None:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+            text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    update_metrics(lake.metrics, "versions.code", commit)
+    update_metrics(lake.metrics, "versions.config", hashlib.sha256(_config_json(cfg).encode()).hexdigest()[:12])
+    update_metrics(lake.metrics, "versions.python", platform.python_version())
+    update_metrics(lake.metrics, "machine", f"{platform.machine()}, {os.cpu_count()} cores")
+
+
+def _train_child(argv: list[str]) -> None:
+    """Entry of the child process that trains under another Keras backend."""
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--train-child", required=True)
+    p.add_argument("--variant", action="append", required=True)
+    args = p.parse_args(argv)
+    cfg = Config.model_validate(json.loads(args.train_child))
+    _train_all(cfg, variants=tuple(args.variant), backend=None)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _train_child(sys.argv[1:])
