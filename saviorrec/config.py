@@ -89,6 +89,9 @@ class SparkConfig(_Frozen):
     app_name: str = "saviorrec"
     driver_memory: str = "4g"
     shuffle_partitions: int = Field(8, ge=1)
+    # Standalone cluster (--master spark://...): memory and cores per executor.
+    executor_memory: str = "1g"
+    executor_cores: int = Field(1, ge=1)
 
 
 class CoclickConfig(_Frozen):
@@ -96,6 +99,9 @@ class CoclickConfig(_Frozen):
     max_position_gap: int = Field(5, ge=1)  # ... and at most this many clicks apart
     min_support: int = Field(2, ge=1)  # pairs co-clicked by fewer users are dropped
     top_k: int = Field(50, ge=1)  # partners kept per item
+    # coclick_stats counts an item as cold when its item_pv bucket is <= this index
+    # (1 with the default buckets: at most 5 train views).
+    cold_max_bucket: int = Field(1, ge=0)
 
 
 class StatsConfig(_Frozen):
