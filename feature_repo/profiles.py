@@ -1,0 +1,124 @@
+"""The Feast store configuration of a run, for the local or the production profile.
+
+Store types live in the two yaml files of this folder (``feature_store.yaml``: duckdb + sqlite,
+``feature_store.production.yaml``: Spark + Redis); what differs per run is filled in here: the
+registry and sqlite file in the run's ``Lake.feast_data``, the Spark master from the config and
+the Redis connection from the environment variable ``cfg.feast.redis_env``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+from feast.repo_config import RepoConfig
+
+from saviorrec.config import REPO_ROOT, Config
+from saviorrec.lake import Lake
+
+PROFILE_YAML = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
+
+
+class RedisConfigError(ValueError):
+    """A Redis URL that cannot be used; the message never contains the password."""
+
+
+def repo_dir(cfg: Config) -> Path:
+    path = Path(cfg.feast.repo_dir)
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def _split_redis_url(url: str) -> tuple[str, int, int, str | None, str | None, bool]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise RedisConfigError(
+            f"Redis URL must look like redis://[:password@]host:port/db, got scheme "
+            f"{parts.scheme!r}"
+        )
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise RedisConfigError(f"Redis URL for host {parts.hostname!r} has a bad port") from None
+    db_text = parts.path.lstrip("/") or "0"
+    if not parts.hostname or not db_text.isdigit():
+        raise RedisConfigError(
+            f"Redis URL needs a host and an integer db: host={parts.hostname!r}, db={db_text!r}"
+        )
+    password = unquote(parts.password) if parts.password else None
+    username = unquote(parts.username) if parts.username else None
+    return parts.hostname, port, int(db_text), username, password, parts.scheme == "rediss"
+
+
+def redis_address(url: str) -> str:
+    """``host:port`` of a Redis URL: safe to print (no user, no password)."""
+    host, port, *_ = _split_redis_url(url)
+    return f"{host}:{port}"
+
+
+def redis_connection_string(url: str) -> str:
+    """Convert redis://[user:password@]host:port/db into Feast's host:port,db=..,password=.."""
+    host, port, db, username, password, ssl = _split_redis_url(url)
+    params = [f"{host}:{port}", f"db={db}"]
+    if ssl:
+        params.append("ssl=true")
+    for key, value in (("username", username), ("password", password)):
+        if value is None:
+            continue
+        if "," in value:  # Feast splits its connection string on commas
+            raise RedisConfigError(f"Redis {key} for {host}:{port} contains ',' which Feast "
+                                   "cannot pass on; choose one without")
+        params.append(f"{key}={value}")
+    return ",".join(params)
+
+
+def redis_url(cfg: Config) -> str:
+    url = os.environ.get(cfg.feast.redis_env)
+    if not url:
+        raise RedisConfigError(
+            f"profile production needs the Redis URL in ${cfg.feast.redis_env} "
+            "(redis://[:password@]host:port/db)"
+        )
+    return url
+
+
+def store_settings(cfg: Config) -> dict[str, Any]:
+    """The yaml of the profile with this run's paths and connections filled in."""
+    profile = cfg.feast.profile
+    settings = yaml.safe_load((repo_dir(cfg) / PROFILE_YAML[profile]).read_text())
+    feast_dir = Lake.from_config(cfg).feast_data
+    settings["registry"] = {"path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 60}
+    if profile == "production":
+        settings["online_store"]["connection_string"] = redis_connection_string(redis_url(cfg))
+        settings["offline_store"]["spark_conf"] = {
+            **settings["offline_store"].get("spark_conf", {}),
+            "spark.master": cfg.spark.master,
+            "spark.app.name": f"{cfg.spark.app_name}-feast",
+            "spark.driver.memory": cfg.spark.driver_memory,
+            "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
+        }
+    else:
+        settings["online_store"]["path"] = str(feast_dir / "online.db")
+    return settings
+
+
+def repo_config(cfg: Config) -> RepoConfig:
+    Lake.from_config(cfg).feast_data.mkdir(parents=True, exist_ok=True)
+    return RepoConfig(repo_path=repo_dir(cfg), **store_settings(cfg))
+
+
+def main(argv: list[str]) -> int:
+    """``python -m feature_repo.profiles redis-connection [ENV]``: the Feast connection string."""
+    if argv[:1] != ["redis-connection"]:
+        print(__doc__ + "\nusage: python -m feature_repo.profiles redis-connection [ENV]")
+        return 2
+    env = argv[1] if len(argv) > 1 else Config().feast.redis_env
+    print(redis_connection_string(os.environ.get(env, "")))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
