@@ -165,6 +165,14 @@ class EncoderConfig(_Frozen):
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 0
     hit_k: int = Field(30, ge=1)
+    fusion_dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.01, ge=0.0)
+    image_size: int = Field(224, ge=32)  # EfficientNet-Lite0's native resolution
+    tower_batch_size: int = Field(64, ge=1)  # items per tower forward when computing features
+    # faiss index for Hit@K: exact "flat", or approximate "ivf" / "hnsw" for millions of items.
+    index: Literal["flat", "ivf", "hnsw"] = "flat"
+    # Also train the text-only and image-only SaviorEnc for the Table 4 style ablation.
+    ablations: bool = True
 
 
 class RQVAEConfig(_Frozen):
@@ -183,6 +191,9 @@ class RQVAEConfig(_Frozen):
     assignment: Literal["sinkhorn", "argmin"] = "sinkhorn"
     dead_code_every: int = Field(10, ge=1)  # epochs between dead-code reseeding
     device: str = "auto"
+    beta: float = Field(0.25, ge=0.0)  # encoder-side commitment weight inside L_commit (VQ-VAE)
+    kmeans_init: bool = True  # codebooks start at faiss k-means centroids of each level's residuals
+    compare_argmin: bool = True  # also train an argmin-assignment RQ-VAE for the metrics
     seed: int = 0
 
 
