@@ -1,0 +1,90 @@
+"""Run Spark jobs in pipeline order on one session: ``run_jobs(cfg, ["samples", ...])``.
+
+samples runs first (the other jobs read its output), then coclick, item_stats, sequences. Each
+job is a module of this package with ``run(spark, cfg) -> dict``; the result of ``run_jobs``
+holds, per job, its seconds, output row counts and bad-row counts.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by spark-submit: import from the repo root
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+import argparse
+import importlib
+import json
+import logging
+import time
+from typing import Any
+
+from pyspark.sql import SparkSession
+
+from saviorrec.config import Config, load_config
+from spark_jobs.session import build_session, configure
+
+log = logging.getLogger(__name__)
+
+JOBS: tuple[str, ...] = ("samples", "coclick", "item_stats", "sequences")
+
+
+def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[str, Any]:
+    """Run ``jobs`` (in pipeline order, whatever order they are given in) and report on each.
+
+    A SparkSession already active in this process is reused (and left running) when its master
+    matches; otherwise one is built from ``cfg.spark`` and stopped at the end.
+    """
+    unknown = sorted(set(jobs) - set(JOBS))
+    if unknown:
+        raise ValueError(f"unknown Spark job(s) {unknown}; choose from {list(JOBS)}")
+    wanted = master or cfg.spark.master
+    active = SparkSession.getActiveSession()
+    if active is not None and master is not None and active.sparkContext.master != master:
+        raise ValueError(
+            f"a SparkSession on {active.sparkContext.master!r} is already active in this process; "
+            f"cannot run on {master!r} (stop it first or run through spark-submit)"
+        )
+    started = time.perf_counter()
+    spark = active or build_session(cfg.spark, wanted)
+    configure(spark, cfg.spark)
+    result: dict[str, Any] = {
+        "master": spark.sparkContext.master,
+        "spark_version": spark.version,
+        "startup_seconds": round(time.perf_counter() - started, 3),
+        "jobs": {},
+    }
+    try:
+        for job in (j for j in JOBS if j in jobs):
+            t0 = time.perf_counter()
+            log.info("spark job %s on %s", job, result["master"])
+            out = importlib.import_module(f"spark_jobs.{job}").run(spark, cfg)
+            out = {"seconds": round(time.perf_counter() - t0, 3), **out}
+            out.setdefault("bad_rows", {})
+            result["jobs"][job] = out
+    finally:
+        if active is None:
+            spark.stop()
+    result["total_seconds"] = round(time.perf_counter() - started, 3)
+    return result
+
+
+def job_main(job: str, argv: list[str] | None = None) -> int:
+    """Entry point of ``spark-submit spark_jobs/<job>.py --config FILE [--master URL]``.
+
+    ``job`` may be ``all``. Prints the result as JSON on stdout.
+    """
+    parser = argparse.ArgumentParser(prog=f"spark_jobs/{job}.py", description=__doc__)
+    parser.add_argument("--config", required=True, help="YAML config of the run")
+    parser.add_argument("--master", default=None, help="Spark master URL (default: config)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = load_config(args.config)
+    jobs = list(JOBS) if job == "all" else [job]
+    print(json.dumps(run_jobs(cfg, jobs, master=args.master), indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(job_main("all"))
