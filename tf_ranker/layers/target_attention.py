@@ -1,0 +1,105 @@
+"""Multi-head target attention: the candidate item queries the user's behaviour sequence.
+
+Paper eq. 10, ``TA(Q, K, V) = ((Q W^q)(K W^k)^T / sqrt(d)) (V W^v)``, prints no normalisation of
+the scores. We apply a softmax over the sequence positions, as the target attention it cites
+(DIN-style TA [41]) and the multi-head attention of transformers [29] do, and scale by the
+square root of the per-head width. Padding positions (mask False) get zero weight; a sequence
+with no valid position yields a zero vector (new users have empty sequences).
+
+The sequence side can be projected once and reused for many candidates (serving): keys and
+values of batch 1 broadcast against queries of batch N in :meth:`TargetAttention.attend`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import ops
+
+_NEG_INF = -1e9
+
+
+def check_heads(num_heads: int, key_dim: int, value_dim: int) -> None:
+    """Raise ValueError unless both widths split evenly over ``num_heads`` heads."""
+    if num_heads < 1:
+        raise ValueError(f"num_heads must be >= 1, got {num_heads}")
+    for name, width in (("key_dim", key_dim), ("value_dim", value_dim)):
+        if width < 1 or width % num_heads:
+            raise ValueError(f"{name}={width} must be a positive multiple of num_heads={num_heads}")
+
+
+@keras.saving.register_keras_serializable(package="saviorrec")
+class TargetAttention(keras.layers.Layer):
+    """``call(query [B, Dq], keys [B, S, Dk], values [B, S, Dv], mask [B, S]) -> [B, H * dh]``.
+
+    Args:
+        num_heads: attention heads (paper: 8).
+        key_dim: total width of the query/key projection, split evenly over the heads.
+        value_dim: total width of the value projection (and of the output); default key_dim.
+    """
+
+    def __init__(
+        self, num_heads: int = 8, key_dim: int = 64, value_dim: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        value_dim = key_dim if value_dim is None else value_dim
+        check_heads(num_heads, key_dim, value_dim)
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            **super().get_config(),
+            "num_heads": self.num_heads,
+            "key_dim": self.key_dim,
+            "value_dim": self.value_dim,
+        }
+
+    def build(
+        self, query_shape: tuple[int | None, ...], keys_shape: tuple[int | None, ...],
+        values_shape: tuple[int | None, ...], mask_shape: tuple[int | None, ...] | None = None,
+    ) -> None:
+        def dense(units: int, name: str, shape: tuple[int | None, ...]) -> keras.layers.Dense:
+            layer = keras.layers.Dense(units, use_bias=False, name=name, dtype=self.dtype_policy)
+            layer.build(shape)
+            return layer
+
+        self.query_dense = dense(self.key_dim, "query", query_shape)
+        self.key_dense = dense(self.key_dim, "key", keys_shape)
+        self.value_dense = dense(self.value_dim, "value", values_shape)
+
+    def project_sequence(self, keys: Any, values: Any) -> tuple[Any, Any]:
+        """Keys [B, S, H, dk] and values [B, S, H, dv] of a sequence (once per user at serving)."""
+        heads = self.num_heads
+        k = self.key_dense(keys)
+        v = self.value_dense(values)
+        k = ops.reshape(k, (-1, ops.shape(k)[1], heads, self.key_dim // heads))
+        v = ops.reshape(v, (-1, ops.shape(v)[1], heads, self.value_dim // heads))
+        return k, v
+
+    def attend(self, query: Any, k: Any, v: Any, mask: Any = None) -> Any:
+        """Queries [N, Dq] over projected keys/values of batch N or 1 -> [N, value_dim]."""
+        heads, head_dim = self.num_heads, self.key_dim // self.num_heads
+        q = ops.reshape(self.query_dense(query), (-1, 1, heads, head_dim))
+        # Broadcasting product instead of an einsum: k of batch 1 serves every candidate.
+        scores = ops.sum(q * k, axis=-1) / ops.sqrt(ops.cast(head_dim, q.dtype))  # [N, S, H]
+        scores = ops.cast(scores, "float32")
+        if mask is not None:
+            valid = ops.expand_dims(ops.cast(mask, "bool"), -1)  # [B, S, 1]
+            scores = ops.where(valid, scores, _NEG_INF)
+        weights = ops.softmax(scores, axis=1)
+        if mask is not None:
+            weights = weights * ops.cast(valid, "float32")  # all-padding sequence -> zero output
+        weights = ops.cast(weights, v.dtype)
+        out = ops.sum(ops.expand_dims(weights, -1) * v, axis=1)  # [N, H, dv]
+        return ops.reshape(out, (-1, self.value_dim))
+
+    def call(self, query: Any, keys: Any, values: Any, mask: Any = None) -> Any:
+        k, v = self.project_sequence(keys, values)
+        return self.attend(query, k, v, mask)
+
+    def compute_output_shape(self, query_shape: tuple[int | None, ...], *args: Any,
+                             **kwargs: Any) -> tuple[int | None, ...]:
+        return (query_shape[0], self.value_dim)

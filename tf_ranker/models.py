@@ -1,0 +1,219 @@
+"""SaviorRanker: pCTR = DNN(user, candidate, attention over the behaviour sequence) (eq. 1, 16).
+
+Every item (candidate or sequence position) has a behaviour vector
+h = [id embedding, log1p counts + click rates, pv_bucket embedding] and, in the multimodal
+variants, a multimodal vector z (the frozen encoder embedding, aligned by MBA). The sequence
+side (h_seq, z_seq, the attention keys and values) is computed by :meth:`encode_sequence` and
+the candidate side by :meth:`score`. Their tensors broadcast: a batch of B samples (training)
+or one user's sequence [1, S] against N candidates (serving) run through the same code.
+
+Vocabulary sizes come from the data and live in the config, so ``from_config`` rebuilds the
+model. Ids outside a vocabulary map to row 0 (item 0 is padding, user 0 unused): unseen ids at
+serving time share one "unknown" embedding instead of failing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from tf_ranker.features import BASE_SCORE, NUM_STATS
+from tf_ranker.layers import (
+    BidirectionalTargetAttention,
+    LogCountTransform,
+    ModalBehaviorAlignment,
+    SimTier,
+    TargetAttention,
+)
+from tf_ranker.variants import get_variant
+
+
+def _in_vocab(ids: Any, size: int) -> Any:
+    ids = ops.cast(ids, "int32")
+    return ops.where(ops.logical_or(ids < 0, ids >= size), 0, ids)
+
+
+@keras.saving.register_keras_serializable(package="saviorrec")
+class SaviorRanker(keras.Model):
+    """``call(inputs: dict) -> pCTR [B, 1]`` (float32); inputs as in :mod:`tf_ranker.features`."""
+
+    def __init__(
+        self,
+        *,
+        variant: str = "full",
+        num_users: int,
+        num_items: int,
+        num_pv_buckets: int,
+        embedding_dim: int,
+        levels: int,
+        codebook_size: int,
+        semantic_id_width: int | None = None,
+        id_dim: int = 16,
+        stat_dim: int = 16,
+        heads: int = 8,
+        attention_dim: int = 64,
+        mba_dim: int = 64,
+        dnn_units: tuple[int, ...] | list[int] = (256, 128, 64),
+        feature_cross: bool = False,
+        simtier_bins: int = 10,
+        use_base_score: bool = False,
+        rqvae_version: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.spec = get_variant(variant)
+        for name, value in (("num_users", num_users), ("num_items", num_items),
+                            ("num_pv_buckets", num_pv_buckets), ("embedding_dim", embedding_dim),
+                            ("levels", levels), ("codebook_size", codebook_size)):
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if len(dnn_units) < 1 or min(dnn_units) < 1:
+            raise ValueError(f"dnn_units={list(dnn_units)} must be non-empty positive widths")
+        self.variant = variant
+        self.num_users, self.num_items, self.num_pv_buckets = num_users, num_items, num_pv_buckets
+        self.embedding_dim, self.levels, self.codebook_size = embedding_dim, levels, codebook_size
+        self.semantic_id_width = levels + 1 if semantic_id_width is None else semantic_id_width
+        self.id_dim, self.stat_dim, self.heads = id_dim, stat_dim, heads
+        self.attention_dim, self.mba_dim = attention_dim, mba_dim
+        self.dnn_units = tuple(int(u) for u in dnn_units)
+        self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
+        self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
+        self.build()
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "variant": self.variant,
+            "num_users": self.num_users,
+            "num_items": self.num_items,
+            "num_pv_buckets": self.num_pv_buckets,
+            "embedding_dim": self.embedding_dim,
+            "levels": self.levels,
+            "codebook_size": self.codebook_size,
+            "semantic_id_width": self.semantic_id_width,
+            "id_dim": self.id_dim,
+            "stat_dim": self.stat_dim,
+            "heads": self.heads,
+            "attention_dim": self.attention_dim,
+            "mba_dim": self.mba_dim,
+            "dnn_units": list(self.dnn_units),
+            "feature_cross": self.feature_cross,
+            "simtier_bins": self.simtier_bins,
+            "use_base_score": self.use_base_score,
+            "rqvae_version": self.rqvae_version,
+        }
+
+    # ---- weights -------------------------------------------------------------------------
+    def build(self, input_shape: Any = None) -> None:
+        """Create every weight from the config alone (input shapes are implied by it)."""
+        if self.built:
+            return
+        spec, d = self.spec, self.embedding_dim
+        h_dim = self.id_dim + NUM_STATS + self.stat_dim
+
+        def embedding(size: int, width: int, name: str) -> keras.layers.Embedding:
+            layer = keras.layers.Embedding(size, width, name=name)
+            layer.build((None,))
+            return layer
+
+        self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding")
+        self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
+        self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim, "pv_bucket_embedding")
+        self.stat_transform = LogCountTransform(name="stat_transform")
+        self.stat_transform.build((None, NUM_STATS))
+        if spec.mba is not None:
+            self.mba = ModalBehaviorAlignment(self.levels, self.codebook_size, self.mba_dim,
+                                              skip=spec.skip, name="mba")
+            self.mba.build((None, d), (None, self.semantic_id_width))
+        if spec.multimodal:
+            self.attention = BidirectionalTargetAttention(self.heads, self.attention_dim,
+                                                          blocks=spec.blocks, name="attention")
+            self.attention.build((None, h_dim), (None, None, h_dim), (None, d), (None, None, d))
+        else:
+            self.attention = TargetAttention(self.heads, self.attention_dim, name="attention")
+            self.attention.build((None, h_dim), (None, None, h_dim), (None, None, h_dim))
+        width = self.id_dim + h_dim + len(spec.blocks) * self.attention_dim
+        width += (d if spec.multimodal else 0) + int(self.use_base_score)
+        if spec.simtier:
+            self.simtier = SimTier(self.simtier_bins, name="simtier")
+            width += self.simtier_bins
+        if self.feature_cross:
+            import keras_rs  # optional DCN-v2 cross layer over the DNN inputs
+
+            self.cross = keras_rs.layers.FeatureCross(name="feature_cross")
+            self.cross.build((None, width))
+            # keras-rs 0.4 creates the cross Dense in build() but builds it only on first call:
+            # build it now, or load_model finds no weights to restore and keeps random ones.
+            self.cross.dense.build((None, width))
+        self.dnn = []
+        for i, units in enumerate(self.dnn_units):
+            layer = keras.layers.Dense(units, activation="leaky_relu", name=f"dnn_{i}")
+            layer.build((None, width))
+            self.dnn.append(layer)
+            width = units
+        self.out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pctr")
+        self.out.build((None, width))
+        self.built = True
+
+    def set_rq_codebook(self, codebook: np.ndarray) -> None:
+        """Initialise the MBA codebook from the RQ codebook [L, K, latent] (no_raw_mm)."""
+        if self.spec.mba != "rq":
+            raise ValueError(f"variant {self.variant!r} keeps a zero-initialised MBA codebook")
+        self.mba.set_codebook(codebook)
+
+    # ---- forward -------------------------------------------------------------------------
+    def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any) -> Any:
+        return ops.concatenate([
+            self.item_embedding(_in_vocab(ids, self.num_items)),
+            ops.cast(self.stat_transform(stats), self.compute_dtype),
+            self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets)),
+        ], axis=-1)
+
+    def _modal(self, embedding: Any, semantic_ids: Any) -> Any:
+        z = self.mba(embedding, semantic_ids) if self.spec.mba else embedding
+        return ops.cast(z, self.compute_dtype)
+
+    def encode_sequence(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The sequence side: mask, h_seq/z_seq projected to attention keys and values."""
+        ids = inputs["seq_item_ids"]
+        state: dict[str, Any] = {"mask": ops.not_equal(ids, 0)}
+        h_seq = self._behaviour(ids, inputs["seq_stats"], inputs["seq_pv_bucket"])
+        if self.spec.multimodal:
+            z_seq = self._modal(inputs["seq_embedding"], inputs["seq_semantic_ids"])
+            state["projected"] = self.attention.project_sequence(h_seq, z_seq)
+        else:
+            state["projected"] = self.attention.project_sequence(h_seq, h_seq)
+        if self.spec.simtier:
+            state["seq_embedding"] = inputs["seq_embedding"]
+        return state
+
+    def score(self, inputs: dict[str, Any], state: dict[str, Any]) -> Any:
+        """pCTR [N, 1] of N candidates against an encoded sequence of batch N or 1."""
+        h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"])
+        n = ops.shape(h_cand)[0]
+        user_ids = ops.reshape(_in_vocab(inputs["user_id"], self.num_users), (-1,))
+        user = ops.broadcast_to(self.user_embedding(user_ids), (n, self.id_dim))
+        parts = [user, h_cand]
+        mask = state["mask"]
+        if self.spec.multimodal:
+            z_cand = self._modal(inputs["item_embedding"], inputs["item_semantic_ids"])
+            parts += [z_cand, self.attention.attend(h_cand, z_cand, state["projected"], mask)]
+        else:
+            parts.append(self.attention.attend(h_cand, *state["projected"], mask))
+        if self.spec.simtier:
+            hist = self.simtier(inputs["item_embedding"], state["seq_embedding"], mask)
+            parts.append(ops.cast(hist, self.compute_dtype))
+        if self.use_base_score:
+            parts.append(ops.cast(ops.reshape(inputs[BASE_SCORE], (-1, 1)), self.compute_dtype))
+        x = ops.concatenate(parts, axis=-1)
+        if self.feature_cross:
+            x = self.cross(x, x)
+        for layer in self.dnn:
+            x = layer(x)
+        return self.out(x)
+
+    def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+        return self.score(inputs, self.encode_sequence(inputs))
