@@ -217,6 +217,10 @@ class RankerConfig(_Frozen):
     bootstrap_samples: int = Field(1000, ge=10)
     mixed_precision: bool = False
     distribution: Literal["none", "data_parallel"] = "none"
+    # Training steps run per compiled call (JAX/TF); > 1 cuts host overhead on a GPU.
+    steps_per_execution: int = Field(1, ge=1)
+    # Floor under |v|^2 in the MBA's L2 normalisation: bounds the gradient at the zero init.
+    mba_norm_epsilon: float = Field(1e-2, gt=0)
 
 
 class ServingConfig(_Frozen):
