@@ -9,7 +9,9 @@ Events (``iter_event_chunks``) come in time-ordered chunks of ``chunk_events`` w
 sessions of a user (geometric length, exponential gaps), each event's topic drawn from the
 user's taste (or, with probability ``exploration``, from the global mix), its item by popularity
 within the topic, and its rating from the user's taste for the topic relative to the topic's
-mass plus item quality and noise; ratings are MovieLens-like half stars in [0.5, 5].
+mass plus item quality and noise; ratings are MovieLens-like half stars in [0.5, 5]. Within a
+chunk a (user, item) pair is redrawn until unique (up to MAX_REDRAWS rounds, for users who have
+seen nearly every item of their topics); across chunks a user may view an item again.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ COLD_WINDOW = 0.2  # cold items appear only in the last 20% of time (config doc)
 MEAN_SESSION_EVENTS = 8.0
 MEAN_GAP_S = 90.0  # mean seconds between two events of a session
 RATING_MIN, RATING_MAX = 0.5, 5.0
-MAX_REDRAWS = 1_000
+MAX_REDRAWS = 50  # a pair still repeated after this many redraws stays (a re-view)
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,16 @@ def _sessions(n_events: int, rng: np.random.Generator) -> np.ndarray:
     return np.repeat(np.arange(len(lengths)), lengths)[:n_events]
 
 
+def _must_redraw(world: World, users: np.ndarray, items: np.ndarray, ts: np.ndarray,
+                 cutoff: int) -> np.ndarray:
+    """Events on a cold item before its release, or repeating a (user, item) pair of the chunk."""
+    key = users * len(world.cold) + items
+    order = np.argsort(key, kind="stable")
+    repeat = np.zeros(len(key), dtype=bool)
+    repeat[order[1:]] = key[order][1:] == key[order][:-1]
+    return repeat | (world.cold[items] & (ts < cutoff))
+
+
 def event_chunk(cfg: SyntheticConfig, world: World, samplers: _Samplers, k: int) -> pa.Table:
     """Chunk ``k``: the events of the k-th time window, sorted by time."""
     n_chunks = math.ceil(cfg.n_events / cfg.chunk_events)
@@ -167,13 +179,20 @@ def event_chunk(cfg: SyntheticConfig, world: World, samplers: _Samplers, k: int)
     ts = session_start[session] + offset
     users = session_user[session]
     topic, items = _draw_items(samplers, world, users, cfg.exploration, rng)
-    too_early = world.cold[items] & (ts < cold_cutoff_us(world))
+    cutoff = cold_cutoff_us(world)
+    redraw = _must_redraw(world, users, items, ts, cutoff)
     for _ in range(MAX_REDRAWS):
+        if not redraw.any():
+            break
+        topic[redraw], items[redraw] = _draw_items(
+            samplers, world, users[redraw], cfg.exploration, rng)
+        redraw = _must_redraw(world, users, items, ts, cutoff)
+    for _ in range(MAX_REDRAWS * 20):  # a repeat may stay, a cold item before release may not
+        too_early = world.cold[items] & (ts < cutoff)
         if not too_early.any():
             break
         topic[too_early], items[too_early] = _draw_items(
             samplers, world, users[too_early], cfg.exploration, rng)
-        too_early = world.cold[items] & (ts < cold_cutoff_us(world))
     else:
         raise RuntimeError("could not draw warm items before the cold cutoff; lower "
                            "synthetic.cold_item_fraction")
