@@ -227,6 +227,14 @@ class ServingConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(8500, ge=1, le=65535)
     max_candidates: int = Field(1000, ge=1)
+    # SavedModel folder to serve; "" = the run's Lake.export_dir (written by `saviorrec export`).
+    model_dir: str = ""
+    # Environment variable with the Redis password when the URL of feast.redis_env has none.
+    # Never logged; redacted from every log line and error message.
+    redis_password_env: str = "SAVIORREC_REDIS_PASSWORD"
+    # Items read from the online store at start-up to compare their rqvae_version with the model's.
+    version_probe_items: int = Field(64, ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
 
 class RunConfig(_Frozen):
