@@ -56,6 +56,7 @@ class SaviorRanker(keras.Model):
         heads: int = 8,
         attention_dim: int = 64,
         mba_dim: int = 64,
+        mba_norm_epsilon: float = 1e-2,
         dnn_units: tuple[int, ...] | list[int] = (256, 128, 64),
         feature_cross: bool = False,
         simtier_bins: int = 10,
@@ -78,6 +79,7 @@ class SaviorRanker(keras.Model):
         self.semantic_id_width = levels + 1 if semantic_id_width is None else semantic_id_width
         self.id_dim, self.stat_dim, self.heads = id_dim, stat_dim, heads
         self.attention_dim, self.mba_dim = attention_dim, mba_dim
+        self.mba_norm_epsilon = mba_norm_epsilon
         self.dnn_units = tuple(int(u) for u in dnn_units)
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
@@ -99,6 +101,7 @@ class SaviorRanker(keras.Model):
             "heads": self.heads,
             "attention_dim": self.attention_dim,
             "mba_dim": self.mba_dim,
+            "mba_norm_epsilon": self.mba_norm_epsilon,
             "dnn_units": list(self.dnn_units),
             "feature_cross": self.feature_cross,
             "simtier_bins": self.simtier_bins,
@@ -126,7 +129,8 @@ class SaviorRanker(keras.Model):
         self.stat_transform.build((None, NUM_STATS))
         if spec.mba is not None:
             self.mba = ModalBehaviorAlignment(self.levels, self.codebook_size, self.mba_dim,
-                                              skip=spec.skip, name="mba")
+                                              skip=spec.skip,
+                                              norm_epsilon=self.mba_norm_epsilon, name="mba")
             self.mba.build((None, d), (None, self.semantic_id_width))
         if spec.multimodal:
             self.attention = BidirectionalTargetAttention(self.heads, self.attention_dim,

@@ -1,0 +1,136 @@
+"""AUC of the trained ranker variants on the TEST split, into metrics.json.
+
+For each variant and each seed with a predictions_test.parquet: AUC overall and per PV bucket
+(eval_pv_bucket, labelled by cfg.stats.bucket_labels()) with a 95% percentile bootstrap interval
+(cfg.ranker.bootstrap_samples resamples). Reported: the mean over seeds of the AUC and of each
+interval bound, and the per-seed AUCs. Also the non-neural reference (smoothed user-mean +
+item-mean click rate, logit sum, fitted on TRAIN rows, scored on TEST) and the paired bootstrap
+of full - base on the same test rows (per seed, averaged over the seeds both variants have).
+
+Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bucket>.{mean,ci95},
+reference.smoothed_mean.auc(.ci95, _by_bucket), ranker.full_minus_base.{diff,ci95,seeds}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from saviorrec.config import Config
+from saviorrec.lake import Lake
+from saviorrec.metrics import (
+    auc,
+    auc_by_bucket,
+    bootstrap_auc,
+    paired_bootstrap_diff,
+    update_metrics,
+)
+from tf_ranker.data import load_samples
+
+
+def smoothed_mean_scores(train_users: np.ndarray, train_items: np.ndarray,
+                         train_labels: np.ndarray, users: np.ndarray, items: np.ndarray,
+                         strength: float) -> np.ndarray:
+    """logit(user rate) + logit(item rate), each smoothed towards the train click rate p:
+    rate = (clicks + strength * p) / (views + strength); unseen users/items get p."""
+    p = float(np.mean(train_labels))
+
+    def rate(keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        views = np.bincount(inverse, minlength=uniq.size)
+        clicks = np.bincount(inverse, weights=train_labels, minlength=uniq.size)
+        smoothed = (clicks + strength * p) / (views + strength)
+        if uniq.size == 0:
+            return np.full(query.shape, p)
+        pos = np.clip(np.searchsorted(uniq, query), 0, uniq.size - 1)
+        return np.where(uniq[pos] == query, smoothed[pos], p)
+
+    def logit(x: np.ndarray) -> np.ndarray:
+        x = np.clip(x, 1e-6, 1 - 1e-6)
+        return np.log(x / (1 - x))
+
+    return logit(rate(train_users, users)) + logit(rate(train_items, items))
+
+
+def _read_predictions(lake: Lake, variant: str, seeds: tuple[int, ...]) -> dict[int, dict[str, np.ndarray]]:
+    out = {}
+    for seed in seeds:
+        path = lake.ranker_dir(variant, seed) / "predictions_test.parquet"
+        if path.is_file():
+            table = pq.read_table(path)
+            out[seed] = {c: table[c].to_numpy() for c in table.column_names}
+    return out
+
+
+def _summary(labels: np.ndarray, scores: list[np.ndarray], n: int) -> dict[str, Any]:
+    aucs = [auc(labels, s) for s in scores]
+    cis = np.array([bootstrap_auc(labels, s, n_resamples=n, seed=i) for i, s in enumerate(scores)])
+    return {"mean": float(np.mean(aucs)), "ci95": [float(x) for x in cis.mean(axis=0)], "aucs": aucs}
+
+
+def evaluate_variant(cfg: Config, preds: dict[int, dict[str, np.ndarray]]) -> dict[str, Any]:
+    seeds = sorted(preds)
+    first = preds[seeds[0]]
+    for s in seeds[1:]:
+        if not np.array_equal(preds[s]["item_id"], first["item_id"]):
+            raise ValueError(f"seed {s} scored different test rows than seed {seeds[0]}")
+    labels, buckets = first["label"], first["eval_pv_bucket"]
+    scores = [preds[s]["score"] for s in seeds]
+    n = cfg.ranker.bootstrap_samples
+    overall = _summary(labels, scores, n)
+    by_bucket = {}
+    for i, name in enumerate(cfg.stats.bucket_labels()):
+        mask = buckets == i
+        summary = _summary(labels[mask], [s[mask] for s in scores], n)
+        by_bucket[name] = {"mean": summary["mean"], "ci95": summary["ci95"]}
+    return {
+        "auc": {"mean": overall["mean"], "ci95": overall["ci95"],
+                "seeds": {str(s): a for s, a in zip(seeds, overall["aucs"], strict=True)}},
+        "auc_by_bucket": by_bucket,
+    }
+
+
+def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate every variant with predictions (all of cfg.ranker.variants by default)."""
+    lake = Lake.from_config(cfg)
+    names = list(variants) if variants else list(cfg.ranker.variants)
+    results: dict[str, Any] = {"ranker": {}}
+    preds = {v: _read_predictions(lake, v, cfg.ranker.seeds) for v in names}
+    missing = [v for v in names if not preds[v]]
+    if variants and missing:
+        raise FileNotFoundError(f"no predictions_test.parquet for {missing} under "
+                                f"{lake.root / 'models' / 'ranker'}: run `saviorrec train` first")
+    for v in names:
+        if preds[v]:
+            results["ranker"][v] = evaluate_variant(cfg, preds[v])
+            for key, value in results["ranker"][v].items():
+                update_metrics(lake.metrics, f"ranker.{v}.{key}", value)
+
+    train, test = load_samples(lake.training("train")), load_samples(lake.training("test"))
+    ref = smoothed_mean_scores(train.user_id, train.item_id, train.label.astype("float64"),
+                               test.user_id, test.item_id, cfg.stats.ctr_prior_strength)
+    n = cfg.ranker.bootstrap_samples
+    reference = {
+        "auc": auc(test.label, ref),
+        "ci95": list(bootstrap_auc(test.label, ref, n_resamples=n)),
+        "auc_by_bucket": auc_by_bucket(test.label, ref, test.eval_pv_bucket,
+                                       cfg.stats.bucket_labels()),
+    }
+    results["reference"] = {"smoothed_mean": reference}
+    update_metrics(lake.metrics, "reference.smoothed_mean", reference)
+
+    common = sorted(set(preds.get("full", {})) & set(preds.get("base", {})))
+    if common:
+        diffs = np.array([
+            paired_bootstrap_diff(preds["full"][s]["label"], preds["full"][s]["score"],
+                                  preds["base"][s]["score"], n_resamples=n, seed=s)
+            for s in common
+        ])
+        gap = {"diff": float(diffs[:, 0].mean()), "ci95": [float(diffs[:, 1].mean()),
+                                                           float(diffs[:, 2].mean())],
+               "seeds": {str(s): float(d) for s, d in zip(common, diffs[:, 0], strict=True)}}
+        results["ranker"]["full_minus_base"] = gap
+        update_metrics(lake.metrics, "ranker.full_minus_base", gap)
+    return results

@@ -1,0 +1,183 @@
+"""Train one ranker variant with one seed: ``run_train(cfg, variant="full", seed=0)``.
+
+Adagrad, learning rate decaying exponentially from ranker.lr to ranker.lr_final over the planned
+steps (paper 4.1.4: 0.01 -> 0.001, batch 1024), binary cross-entropy (eq. 17), early stopping
+on validation AUC with the best weights restored. Runs on any Keras backend: TensorFlow on a
+CPU, ``KERAS_BACKEND=jax`` on a GPU host without TensorFlow (the data path is numpy/pyarrow;
+TensorBoard logs are written only where TensorFlow is importable).
+
+Writes to Lake.ranker_dir(variant, seed): model.keras, meta.json, predictions_test.parquet,
+history.csv, checkpoints/best.keras, logs/ (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from saviorrec.config import Config
+from saviorrec.lake import Lake, atomic_path
+from saviorrec.metrics import auc
+from tf_ranker.batches import RankerBatches
+from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
+from tf_ranker.models import SaviorRanker
+from tf_ranker.variants import get_variant
+
+SPLITS = ("train", "valid", "test")
+
+
+def read_rqvae(rqvae_dir: Path) -> tuple[np.ndarray | None, str | None]:
+    """(codebooks [L, K, latent] or None, rqvae_version or None) written by the encoder stage."""
+    codebook_path, version_path = rqvae_dir / "codebooks.npy", rqvae_dir / "version.json"
+    codebook = np.load(codebook_path) if codebook_path.is_file() else None
+    version = json.loads(version_path.read_text())["rqvae_version"] if version_path.is_file() else None
+    return codebook, version
+
+
+def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLookup,
+                 codebook: np.ndarray | None, rqvae_version: str | None) -> dict[str, Any]:
+    """The model config: vocabularies and code sizes from the data, widths from cfg.ranker."""
+    r = cfg.ranker
+    spec = get_variant(variant)
+    width = int(items.semantic_ids.shape[1])
+    if codebook is not None:
+        levels, size, latent = (int(x) for x in codebook.shape)
+        if levels > width:
+            raise ValueError(f"RQ codebook has {levels} levels but items carry {width} semantic ids")
+    else:
+        if spec.uses_semantic_ids and spec.mba == "rq":
+            raise FileNotFoundError("variant no_raw_mm needs codebooks.npy in Lake.rqvae_dir")
+        levels, size, latent = max(width - 1, 1), int(items.semantic_ids.max(initial=0)) + 1, r.mba_dim
+    if spec.uses_semantic_ids and rqvae_version is None:
+        raise FileNotFoundError(f"variant {variant!r} reads semantic ids: version.json with "
+                                "rqvae_version missing in Lake.rqvae_dir")
+    max_user = max(int(s.user_id.max(initial=0)) for s in splits)
+    max_item = max(max(int(s.item_id.max(initial=0)), int(s.seq_item_ids.max(initial=0)))
+                   for s in splits)
+    return {
+        "variant": variant,
+        "num_users": r.hash_buckets_user or max_user + 1,
+        "num_items": max(max_item + 1, items.num_rows),
+        "num_pv_buckets": len(cfg.stats.pv_buckets),
+        "embedding_dim": int(items.embedding.shape[1]),
+        "levels": levels,
+        "codebook_size": size,
+        "semantic_id_width": width,
+        "id_dim": r.id_dim,
+        "stat_dim": r.stat_dim,
+        "heads": r.heads,
+        "attention_dim": r.attention_dim,
+        # no_raw_mm copies the RQ codebook, so its width is the RQ latent width.
+        "mba_dim": latent if spec.mba == "rq" else r.mba_dim,
+        "mba_norm_epsilon": r.mba_norm_epsilon,
+        "dnn_units": list(r.dnn_units),
+        "feature_cross": r.feature_cross,
+        "simtier_bins": r.simtier_bins,
+        "use_base_score": all(s.base_score is not None for s in splits),
+        "rqvae_version": rqvae_version,
+    }
+
+
+def save_model_atomic(model: keras.Model, path: Path) -> None:
+    """model.save to a temporary ``.keras`` sibling, then rename (Keras wants the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}-{uuid.uuid4().hex[:8]}.keras")
+    try:
+        model.save(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _write_predictions(path: Path, samples: Samples, scores: np.ndarray) -> None:
+    table = pa.table({
+        "user_id": pa.array(samples.user_id, pa.int64()),
+        "item_id": pa.array(samples.item_id, pa.int64()),
+        "label": pa.array(samples.label, pa.int64()),
+        "eval_pv_bucket": pa.array(samples.eval_pv_bucket, pa.int64()),
+        "score": pa.array(scores.astype("float32"), pa.float32()),
+    })
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
+                                      restore_best_weights=True, verbose=1),
+        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.keras"), monitor="val_auc",
+                                        mode="max", save_best_only=True),
+        keras.callbacks.CSVLogger(str(out / "history.csv")),
+    ]
+    # Keras writes TensorBoard events through tf.summary, which needs both packages.
+    if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs")))
+    return callbacks
+
+
+def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
+    """Train ``variant`` with ``seed``; returns (and writes) meta.json's content."""
+    r, lake = cfg.ranker, Lake.from_config(cfg)
+    spec = get_variant(variant)
+    keras.utils.set_random_seed(seed)
+    if r.mixed_precision:
+        keras.mixed_precision.set_dtype_policy(
+            "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
+    if r.distribution == "data_parallel":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
+    items = load_items(lake.training_items)
+    codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
+    config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version)
+    model = SaviorRanker(**config)
+    if spec.mba == "rq":
+        model.set_rq_codebook(codebook)  # type: ignore[arg-type]
+
+    base = config["use_base_score"]
+    train_batches = RankerBatches(train, items, batch_size=r.batch_size, shuffle=True, seed=seed,
+                                  use_base_score=base)
+    valid_batches = RankerBatches(valid, items, batch_size=r.batch_size, use_base_score=base)
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        r.lr, decay_steps=max(len(train_batches) * r.epochs, 1), decay_rate=r.lr_final / r.lr)
+    model.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule),
+                  loss=keras.losses.BinaryCrossentropy(), metrics=[keras.metrics.AUC(name="auc")],
+                  steps_per_execution=r.steps_per_execution)
+    out = lake.ranker_dir(variant, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    history = model.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
+                        callbacks=_callbacks(out, r.early_stopping_patience), verbose="auto")
+
+    def predict(samples: Samples) -> np.ndarray:
+        batches = RankerBatches(samples, items, batch_size=r.batch_size, use_base_score=base,
+                                with_labels=False)
+        return np.asarray(model.predict(batches, verbose=0), dtype="float64").reshape(-1)
+
+    valid_scores, test_scores = predict(valid), predict(test)
+    val_aucs = history.history.get("val_auc", [])
+    meta = {
+        "variant": variant,
+        "seed": seed,
+        "rqvae_version": rqvae_version,
+        "backend": keras.backend.backend(),
+        "epochs": len(val_aucs),
+        "best_epoch": int(np.argmax(val_aucs)) + 1 if val_aucs else 0,
+        "val_auc": auc(valid.label, valid_scores),  # best weights, sklearn on all valid rows
+        "test_auc": auc(test.label, test_scores),
+        "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
+        "model_config": config,
+        "history": {k: [float(x) for x in v] for k, v in history.history.items()},
+    }
+    save_model_atomic(model, out / "model.keras")
+    _write_predictions(out / "predictions_test.parquet", test, test_scores)
+    with atomic_path(out / "meta.json") as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    return meta
