@@ -59,10 +59,12 @@ def redis_address(url: str) -> str:
     return f"{host}:{port}"
 
 
-def redis_connection_string(url: str) -> str:
+def redis_connection_string(url: str, timeout_s: float | None = None) -> str:
     """Convert redis://[user:password@]host:port/db into Feast's host:port,db=..,password=.."""
     host, port, db, username, password, ssl = _split_redis_url(url)
     params = [f"{host}:{port}", f"db={db}"]
+    if timeout_s is not None:
+        params += [f"socket_connect_timeout={timeout_s}", f"socket_timeout={timeout_s}"]
     if ssl:
         params.append("ssl=true")
     for key, value in (("username", username), ("password", password)):
@@ -92,7 +94,9 @@ def store_settings(cfg: Config) -> dict[str, Any]:
     feast_dir = Lake.from_config(cfg).feast_data
     settings["registry"] = {"path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 60}
     if profile == "production":
-        settings["online_store"]["connection_string"] = redis_connection_string(redis_url(cfg))
+        settings["online_store"]["connection_string"] = redis_connection_string(
+            redis_url(cfg), cfg.feast.redis_timeout_s
+        )
         settings["offline_store"]["spark_conf"] = {
             **settings["offline_store"].get("spark_conf", {}),
             "spark.master": cfg.spark.master,
