@@ -106,8 +106,7 @@ def pmi_scores(pairs: DataFrame, users_per_item: DataFrame, n_users: int) -> Dat
     score = F.log(F.col("count") * F.lit(float(n_users)) / (F.col("users_i") * F.col("users_j")))
     return (
         both.join(own, "item_id").join(other, "partner_id")
-        .withColumn("score", score)
-        .drop("users_i", "users_j")
+        .select("item_id", "partner_id", "count", score.alias("score"))
     )
 
 
