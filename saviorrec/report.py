@@ -1,0 +1,374 @@
+"""``saviorrec report``: report/ of a run (report.md, PNG figures, metrics.json).
+
+The report mirrors the paper's tables and figures from what the stages wrote into metrics.json
+and the lake; a table whose inputs a run did not produce (e.g. Table 5 without --full-grid) says
+so instead of showing numbers. Nothing here trains or evaluates anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from saviorrec.config import Config
+from saviorrec.lake import Lake, atomic_path
+from saviorrec.metrics import read_metrics, update_metrics
+
+log = logging.getLogger("saviorrec.report")
+
+PAPER_TABLE2 = {"base": 71.28, "simtier": 71.36, "full": 72.11}
+PAPER_TABLE3 = {"base": 71.28, "no_mba": 72.00, "no_raw_mm": 71.80, "no_bidir": 71.98, "full": 72.11}
+PAPER_TABLE4 = {"off_the_shelf": 28.56, "aligned": 41.30}
+PAPER_TABLE5 = {64: 72.11, 32: 72.07, 16: 72.08, 8: 72.03}
+VARIANT_NAMES = {
+    "base": "Base (TA over id + statistics)",
+    "simtier": "SimTier",
+    "no_mba": "w/o MBA",
+    "no_raw_mm": "w/o multimodal embedding",
+    "no_bidir": "w/o Bi-Dirc Attn",
+    "full": "SaviorRec (full)",
+}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def _ci(ci: Sequence[float] | None) -> str:
+    if not ci or ci[0] is None:
+        return ""
+    return f" [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    node: Any = d
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+# --- data summary (Table 1) ---------------------------------------------------------------------
+def data_summary(cfg: Config, lake: Lake) -> dict[str, Any]:
+    """Share of test samples, clicks and items per PV bucket, and overall counts."""
+    labels = cfg.stats.bucket_labels()
+    out: dict[str, Any] = {"buckets": {}}
+    test_path = lake.training("test")
+    if not test_path.exists():
+        return out
+    test = pq.read_table(test_path, columns=["item_id", "label", "eval_pv_bucket"])
+    bucket = test["eval_pv_bucket"].to_numpy()
+    label = test["label"].to_numpy()
+    item = test["item_id"].to_numpy()
+    n, clicks, items = len(bucket), max(int(label.sum()), 1), max(len(np.unique(item)), 1)
+    for i, name in enumerate(labels):
+        m = bucket == i
+        out["buckets"][name] = {
+            "samples_pct": 100 * m.sum() / max(n, 1),
+            "clicks_pct": 100 * label[m].sum() / clicks,
+            "items_pct": 100 * len(np.unique(item[m])) / items,
+            "ctr": float(label[m].mean()) if m.any() else None,
+        }
+    for split in ("train", "valid", "test"):
+        path = lake.training(split)
+        if path.exists():
+            t = pq.read_table(path, columns=["label"])
+            out[f"{split}_samples"] = t.num_rows
+            out[f"{split}_click_rate"] = float(pc.mean(t["label"]).as_py() or 0.0)
+    return out
+
+
+# --- markdown tables ----------------------------------------------------------------------------
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def table1(summary: dict[str, Any]) -> str:
+    if not summary.get("buckets"):
+        return "_No training set in this run._"
+    rows = [
+        [b, f"{v['samples_pct']:.2f}", f"{v['clicks_pct']:.2f}", f"{v['items_pct']:.2f}",
+         "n/a" if v["ctr"] is None else f"{v['ctr']:.3f}"]
+        for b, v in summary["buckets"].items()
+    ]
+    return _table(["train PV bucket", "samples %", "clicks %", "items %", "click rate"], rows)
+
+
+def table_auc(metrics: dict[str, Any], variants: list[str], buckets: list[str],
+              paper: dict[str, float]) -> str:
+    rows = []
+    for v in variants:
+        m = _get(metrics, f"ranker.{v}")
+        if not m:
+            continue
+        auc = m["auc"]
+        row = [VARIANT_NAMES.get(v, v), _pct(auc["mean"]) + _ci(auc.get("ci95")),
+               str(len(auc.get("seeds", [])))]
+        for b in buckets:
+            bm = _get(m, f"auc_by_bucket.{b}")
+            row.append(_pct(bm["mean"]) if bm else "n/a")
+        row.append(f"{paper[v]:.2f}" if v in paper else "")
+        rows.append(row)
+    if not rows:
+        return "_Not run._"
+    return _table(["model", "AUC % [95% CI]", "seeds", *[f"PV {b}" for b in buckets], "paper AUC %"], rows)
+
+
+def table3(metrics: dict[str, Any]) -> str:
+    full = _get(metrics, "ranker.full.auc.mean")
+    rows = []
+    for v in ("base", "no_mba", "no_raw_mm", "no_bidir", "full"):
+        mean = _get(metrics, f"ranker.{v}.auc.mean")
+        if mean is None:
+            continue
+        delta = "" if full is None or v == "full" else f"{100 * (mean - full):+.2f}"
+        paper_delta = "" if v == "full" else f"{PAPER_TABLE3[v] - PAPER_TABLE3['full']:+.2f}"
+        rows.append([VARIANT_NAMES[v], _pct(mean), delta, paper_delta])
+    return _table(["model", "AUC %", "delta vs full (pts)", "paper delta"], rows) if rows else "_Not run._"
+
+
+def table4(metrics: dict[str, Any]) -> str:
+    hits = _get(metrics, "encoder.hit_at_30") or {}
+    if not hits:
+        return "_Not run._"
+    rows = [[k, _pct(hits.get(k)), f"{PAPER_TABLE4[k]:.2f}" if k in PAPER_TABLE4 else ""]
+            for k in ("off_the_shelf", "text_only", "image_only", "aligned")]
+    base = hits.get("off_the_shelf")
+    ratio = "" if not base or hits.get("aligned") is None else f"{hits['aligned'] / base:.2f}x"
+    return _table(["encoder", "Hit@30 %", "paper Hit@30 %"], rows) + (
+        f"\n\nAligned / off-the-shelf: {ratio} (paper 1.45x)." if ratio else "")
+
+
+def table5(metrics: dict[str, Any]) -> str:
+    rows = []
+    for dim, name in ((64, "full"), (32, "full_mba32"), (16, "full_mba16"), (8, "full_mba8")):
+        mean = _get(metrics, f"ranker.{name}.auc.mean")
+        if mean is not None:
+            rows.append([str(dim), _pct(mean), f"{PAPER_TABLE5[dim]:.2f}"])
+    if len(rows) < 2:
+        return "_Not run (needs `saviorrec run --full-grid`)._"
+    return _table(["MBA codebook dim", "AUC %", "paper AUC %"], rows)
+
+
+def table_rqvae(metrics: dict[str, Any]) -> str:
+    rows = []
+    for mode in ("sinkhorn", "argmin"):
+        m = _get(metrics, f"rqvae.{mode}")
+        if not m:
+            continue
+        util = ", ".join(f"{100 * u:.1f}" for u in m.get("utilization_per_level", []))
+        rows.append([mode, util, _pct(m.get("unique_ratio")), _pct(m.get("collision_rate"))])
+    return _table(["assignment", "utilisation per level %", "unique ids %", "collision rate %"],
+                  rows) if rows else "_Not run._"
+
+
+# --- figures ------------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def figure_bucket_auc(metrics: dict[str, Any], buckets: list[str], path: Path) -> bool:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for v in ("base", "simtier", "full"):
+        vals = [_get(metrics, f"ranker.{v}.auc_by_bucket.{b}.mean") for b in buckets]
+        if any(x is not None for x in vals):
+            ax.plot(buckets, [np.nan if x is None else 100 * x for x in vals], marker="o",
+                    label=VARIANT_NAMES[v])
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return False
+    ax.set_xlabel("item PV bucket (train ratings)")
+    ax.set_ylabel("test AUC %")
+    ax.legend()
+    ax.set_title("AUC per PV bucket (Table 2)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def figure_feature_drop(metrics: dict[str, Any], buckets: list[str], path: Path) -> bool:
+    """Fig. 4: AUC drop when removing id, statistics or multimodal features, per bucket."""
+    plt = _plt()
+    removed = {"no_id": "item id", "no_stats": "statistics", "no_mm": "multimodal"}
+    full = [_get(metrics, f"ranker.full.auc_by_bucket.{b}.mean") for b in buckets]
+    series = {}
+    for v, name in removed.items():
+        vals = [_get(metrics, f"ranker.{v}.auc_by_bucket.{b}.mean") for b in buckets]
+        if all(x is not None for x in vals) and all(f is not None for f in full):
+            series[name] = [100 * (f - x) for f, x in zip(full, vals, strict=True)]
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(series)
+    x = np.arange(len(buckets))
+    for i, (name, drops) in enumerate(series.items()):
+        ax.bar(x + i * width, drops, width, label=f"without {name}")
+    ax.set_xticks(x + width * (len(series) - 1) / 2, buckets)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylabel("AUC drop vs full (points)")
+    ax.set_xlabel("item PV bucket")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def figure_mba_norms(metrics: dict[str, Any], path: Path) -> bool:
+    """Fig. 3: relative importance of each residual level (normalised mean L2 norms)."""
+    norms = _get(metrics, "ranker.full.mba_level_importance")
+    if not norms:
+        return False
+    plt = _plt()
+    codebook = np.asarray(norms["codebook"], dtype=float)
+    fusion = np.asarray(norms["fusion"], dtype=float)
+    levels = np.arange(1, len(codebook) + 1)
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(levels - 0.2, codebook / codebook.sum(), 0.4, label="MBA codebook")
+    ax.bar(levels + 0.2, fusion / fusion.sum(), 0.4, label="fusion MLP weights")
+    ax.set_xlabel("residual level")
+    ax.set_ylabel("relative importance")
+    ax.set_xticks(levels)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def figure_embedding_map(cfg: Config, lake: Lake, path: Path, franchise: str) -> bool:
+    """Fig. 5: t-SNE of item embeddings before (off-the-shelf) and after alignment."""
+    before_path = lake.encoder_dir / "off_the_shelf.parquet"
+    after_path = lake.encoder_dir / "embeddings.parquet"
+    if not (before_path.exists() and after_path.exists() and lake.items.exists()):
+        return False
+    from sklearn.manifold import TSNE
+
+    items = pq.read_table(lake.items, columns=["item_id", "title"]).to_pandas()
+    before = pq.read_table(before_path).to_pandas().set_index("item_id")
+    after = pq.read_table(after_path).to_pandas().set_index("item_id")
+    ids = items["item_id"][items["item_id"].isin(before.index) & items["item_id"].isin(after.index)]
+    rng = np.random.default_rng(0)
+    highlight = items.set_index("item_id").loc[ids, "title"].str.contains(franchise, case=False)
+    keep = np.asarray(ids)[highlight.to_numpy() | (rng.random(len(ids)) < min(1.0, 2000 / max(len(ids), 1)))]
+    hl = items.set_index("item_id").loc[keep, "title"].str.contains(franchise, case=False).to_numpy()
+    if hl.sum() < 2:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
+    for ax, (name, table) in zip(axes, (("off-the-shelf towers", before), ("co-click aligned", after)),
+                                 strict=True):
+        x = np.stack(table.loc[keep, "embedding"].to_numpy()).astype(np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True) + 1e-8
+        xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=30).fit_transform(x)
+        ax.scatter(xy[~hl, 0], xy[~hl, 1], s=3, c="lightgray")
+        ax.scatter(xy[hl, 0], xy[hl, 1], s=25, c="crimson", label=franchise)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(loc="lower right")
+    fig.suptitle(f"t-SNE of item embeddings, '{franchise}' titles highlighted (Fig. 5)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --- the report ---------------------------------------------------------------------------------
+def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, Any]:
+    lake = Lake.from_config(cfg)
+    out = lake.report_dir
+    out.mkdir(parents=True, exist_ok=True)
+    summary = data_summary(cfg, lake)
+    update_metrics(lake.metrics, "data.test_buckets", summary.get("buckets", {}))
+    for key in ("train_samples", "valid_samples", "test_samples", "test_click_rate"):
+        if key in summary:
+            update_metrics(lake.metrics, f"data.{key}", summary[key])
+    metrics = read_metrics(lake.metrics)
+    buckets = cfg.stats.bucket_labels()
+
+    figures = {
+        "auc_by_bucket.png": figure_bucket_auc(metrics, buckets, out / "auc_by_bucket.png"),
+        "mba_level_importance.png": figure_mba_norms(metrics, out / "mba_level_importance.png"),
+        "feature_drop.png": figure_feature_drop(metrics, buckets, out / "feature_drop.png"),
+        "embedding_map.png": figure_embedding_map(cfg, lake, out / "embedding_map.png", franchise),
+    }
+    ref = _get(metrics, "reference.smoothed_mean.auc")
+    diff = _get(metrics, "ranker.full_minus_base")
+    diff_line = ""
+    if diff:
+        diff_line = (f"\n\nfull - base: {100 * diff['diff']:+.2f} AUC points, 95% paired bootstrap "
+                     f"interval [{100 * diff['ci95'][0]:+.2f}, {100 * diff['ci95'][1]:+.2f}] "
+                     "(paper +0.83).")
+
+    def fig(name: str, caption: str) -> str:
+        return f"![{caption}]({name})" if figures[name] else f"_{caption}: not produced by this run._"
+
+    timings = metrics.get("timings", {})
+    md = f"""# saviorrec report: {cfg.run.name}
+
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from `{lake.root}`; code {metrics.get('versions', {}).get('code', '?')},
+machine: {metrics.get('machine', '?')}. AUC on the TEST split (each user's last
+{int(100 * cfg.split.test_fraction)}% of events by time); models saw train only; intervals are 95%
+bootstrap intervals; means over seeds {list(cfg.ranker.seeds)}.
+
+## Table 1: data per PV bucket (test split)
+{table1(summary)}
+
+Samples: train {summary.get('train_samples', 'n/a')}, valid {summary.get('valid_samples', 'n/a')},
+test {summary.get('test_samples', 'n/a')}; test click rate {summary.get('test_click_rate', float('nan')):.3f}.
+
+## Table 2: AUC of base, SimTier and SaviorRec per PV bucket
+{table_auc(metrics, ['base', 'simtier', 'full'], buckets, PAPER_TABLE2)}
+
+Non-neural reference (smoothed user mean + item mean, logit sum): {_pct(ref)}.{diff_line}
+
+{fig('auc_by_bucket.png', 'AUC per PV bucket')}
+
+## Table 3: ablations
+{table3(metrics)}
+
+## Table 4: encoder, i2i Hit@30 on test next clicks
+{table4(metrics)}
+
+### RQ-VAE semantic ids
+{table_rqvae(metrics)}
+
+## Table 5: MBA codebook dimension
+{table5(metrics)}
+
+## Fig. 3: relative importance of residual levels
+{fig('mba_level_importance.png', 'MBA level importance')}
+
+## Fig. 4: AUC drop without id, statistics or multimodal features
+{fig('feature_drop.png', 'AUC drop per feature group')}
+
+## Fig. 5: item embeddings before and after alignment
+{fig('embedding_map.png', 'embedding map')}
+
+## Stage timings (s)
+{_table(['stage', 'seconds'], [[k.removesuffix('_s'), f'{v:.1f}'] for k, v in timings.items()]) if timings else '_none recorded_'}
+"""
+    with atomic_path(out / "report.md") as tmp:
+        tmp.write_text(md)
+    log.info("report written to %s", out / "report.md")
+    return {"report": str(out / "report.md"), "figures": [k for k, v in figures.items() if v]}
