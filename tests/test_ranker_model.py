@@ -1,0 +1,121 @@
+"""SaviorRanker: variants, weight shapes, serving == per-sample, padding, saving, training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tf_ranker.export import per_sample_inputs
+from tf_ranker.features import SEQUENCE_INPUTS
+from tf_ranker.models import SaviorRanker
+from tf_ranker.synthetic import synthetic_inputs
+from tf_ranker.variants import VARIANTS
+
+DIMS = {"num_users": 20, "num_items": 50, "num_pv_buckets": 5, "embedding_dim": 8, "levels": 3,
+        "codebook_size": 16, "id_dim": 4, "stat_dim": 4, "heads": 2, "attention_dim": 8,
+        "mba_dim": 4, "dnn_units": (16, 8, 4), "simtier_bins": 5}
+
+
+def batch(n: int = 6, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    return synthetic_inputs(batch_size=n, seq_len=5, embedding_dim=8, levels=3, codebook_size=16,
+                            num_users=20, num_items=50, seed=seed)
+
+
+def model(variant: str, **kw: object) -> SaviorRanker:
+    keras.utils.set_random_seed(0)
+    return SaviorRanker(variant=variant, **{**DIMS, **kw})
+
+
+def test_variant_weights() -> None:
+    names = {v: {w.path.split("/", 1)[1] for w in model(v).weights} for v in VARIANTS}
+    assert not any("mba" in n for n in names["base"] | names["simtier"] | names["no_mba"])
+    full = {w.path.split("/", 1)[1]: tuple(w.shape) for w in model("full").weights}
+    assert full["mba/codebook"] == (3, 16, 4)  # the RQ codebook's L x K, width d_mba
+    assert full["mba/fusion/kernel"] == (12, 8)  # concat of L * d_mba -> d
+    h = 4 + 6 + 4  # id + statistics + pv bucket
+    assert full["attention/modal2behavior/value/kernel"] == (h, 8)
+    assert full["attention/modal2behavior/query/kernel"] == (8, 8)
+    # DNN input: user + h_cand + z_cand + 4 attention blocks; 3 LeakyReLU layers + sigmoid.
+    assert full["dnn_0/kernel"] == (4 + h + 8 + 4 * 8, 16)
+    assert full["pctr/kernel"] == (4, 1)
+    assert sum("attention/" in n and "kernel" in n for n in names["no_bidir"]) == 6
+    assert model("simtier").get_layer("dnn_0").kernel.shape[0] == 4 + h + 8 + 5
+    crossed = model("base", feature_cross=True)
+    assert crossed.get_layer("feature_cross").dense.kernel.shape == (4 + h + 8, 4 + h + 8)
+    with pytest.raises(ValueError, match="unknown ranker variant"):
+        model("fancy")
+
+
+def test_mba_starts_as_identity_and_output_is_float32_probability() -> None:
+    x, _ = batch()
+    full = model("full")
+    np.testing.assert_array_equal(np.asarray(full._modal(x["item_embedding"],
+                                                         x["item_semantic_ids"])),
+                                  x["item_embedding"])
+    out = np.asarray(full(x))
+    assert out.shape == (6, 1) and out.dtype == np.float32 and ((out > 0) & (out < 1)).all()
+
+
+@pytest.mark.parametrize("variant", ["base", "simtier", "no_bidir", "full"])
+def test_one_sequence_many_candidates_equals_per_sample(variant: str) -> None:
+    x, _ = batch()
+    m = model(variant)
+    request = {k: (v[:1] if k == "user_id" or k in SEQUENCE_INPUTS else v) for k, v in x.items()}
+    served = np.asarray(m(request)).reshape(-1)
+    tiled = np.asarray(m(per_sample_inputs(request))).reshape(-1)
+    np.testing.assert_allclose(served, tiled, atol=1e-6)
+    assert not np.allclose(served, served[0])  # candidates really differ
+
+
+def test_padding_positions_do_not_matter_and_unknown_ids_read_row_zero() -> None:
+    x, _ = batch()
+    m = model("full")
+    ref = np.asarray(m(x))
+    y = {k: v.copy() for k, v in x.items()}
+    pad = x["seq_item_ids"] == 0
+    assert pad.any()
+    y["seq_stats"][pad] = 123.0
+    y["seq_embedding"][pad] = -7.0
+    y["seq_semantic_ids"][pad] = 5
+    np.testing.assert_allclose(np.asarray(m(y)), ref, atol=1e-6)
+    y["item_id"][:] = 10_000  # beyond the vocabulary of 50 items
+    z = {**x, "item_id": np.zeros_like(x["item_id"])}
+    np.testing.assert_allclose(np.asarray(m(y)), np.asarray(m(z)), atol=1e-6)
+
+
+def test_no_raw_mm_copies_the_rq_codebook_without_skip() -> None:
+    m = model("no_raw_mm", mba_dim=4)
+    codebook = np.random.default_rng(0).standard_normal((3, 16, 4)).astype("float32")
+    m.set_rq_codebook(codebook)
+    np.testing.assert_array_equal(np.asarray(m.mba.codebook), codebook)
+    assert m.mba.skip is False
+    x, _ = batch()
+    z = np.asarray(m._modal(x["item_embedding"], x["item_semantic_ids"]))
+    shifted = np.asarray(m._modal(x["item_embedding"] + 1.0, x["item_semantic_ids"]))
+    np.testing.assert_allclose(z, shifted)  # the raw embedding no longer enters
+    with pytest.raises(ValueError, match="zero-initialised"):
+        model("full").set_rq_codebook(codebook)
+
+
+def test_keras_file_and_config_round_trip(tmp_path: Path) -> None:
+    x, _ = batch()
+    m = model("full", feature_cross=True, rqvae_version="rq-7")
+    m.save(tmp_path / "ranker.keras")
+    loaded = keras.saving.load_model(tmp_path / "ranker.keras", compile=False)
+    assert loaded.rqvae_version == "rq-7" and loaded.get_config() == m.get_config()
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(m(x)), atol=1e-6)
+    assert len(SaviorRanker.from_config(m.get_config()).weights) == len(m.weights)
+
+
+def test_one_training_step_reduces_the_loss() -> None:
+    x, y = batch(n=64, seed=1)
+    m = model("full")
+    m.compile(optimizer=keras.optimizers.Adagrad(0.05), loss="binary_crossentropy")
+    before = float(m.evaluate(x, y, verbose=0))
+    codebook_before = np.asarray(m.mba.codebook).copy()
+    m.train_on_batch(x, y)
+    assert float(m.evaluate(x, y, verbose=0)) < before
+    assert np.abs(np.asarray(m.mba.codebook) - codebook_before).max() > 0  # MBA learns
