@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -198,3 +200,58 @@ def test_feast_cli_apply_and_materialize(config: Config, tmp_path: Path) -> None
                              check=False)
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert_online_equals_offline(fs.get_store(cfg))
+
+
+def _random_lake(cfg: Config, n_samples: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Random tables with ties (half-day grid), unknown items and same-time samples."""
+    rng = np.random.default_rng(seed)
+    stats = [stats_row(int(i), float(d), int(rng.integers(0, 200)), int(rng.integers(0, 50)),
+                       float(rng.random()), int(rng.integers(0, 5)))
+             for i in range(1, 31) for d in np.unique(rng.integers(0, 200, rng.integers(0, 6)) / 2)]
+    samples = pd.DataFrame({
+        "user": rng.integers(1, 51, n_samples), "item": rng.integers(1, 36, n_samples),
+        "label": rng.integers(0, 2, n_samples), "day": rng.integers(0, 200, n_samples) / 2,
+        "split": rng.choice(["train", "valid", "test"], n_samples)})
+    sequences = []
+    for user, d in samples[["user", "day"]].drop_duplicates().itertuples(index=False):
+        k = int(rng.integers(0, SEQ_LEN + 1))
+        ids = [0] * (SEQ_LEN - k) + rng.integers(1, 36, k).tolist()
+        sequences.append((int(user), float(d), ids, k))
+    write_lake(cfg, stats=stats, sequences=sequences,
+               samples=[tuple(r) for r in samples.itertuples(index=False)],
+               item_pv=[(i, i, i % 5) for i in range(1, 31)])
+    seq = {(u, d): ids for u, d, ids, _ in sequences}
+    samples["seq"] = [seq[(u, d)] for u, d in zip(samples["user"], samples["day"], strict=True)]
+    return samples, pd.DataFrame(stats)
+
+
+def _asof_pv(items: np.ndarray, days: np.ndarray, stats: pd.DataFrame) -> np.ndarray:
+    """pandas merge_asof, independent of Feast and duckdb: pv of the latest row <= t, else 0."""
+    left = pd.DataFrame({"item_id": items, "event_timestamp": [day(d) for d in days],
+                         "order": np.arange(len(items))}).sort_values("event_timestamp")
+    right = stats[["item_id", "event_timestamp", "pv"]].sort_values("event_timestamp")
+    merged = pd.merge_asof(left, right, on="event_timestamp", by="item_id",
+                           direction="backward", allow_exact_matches=True)
+    return merged.sort_values("order")["pv"].fillna(0).to_numpy(np.float32)
+
+
+def test_training_set_in_chunks_matches_an_independent_asof(config: Config) -> None:
+    cfg = small_config(config)
+    samples, stats = _random_lake(cfg, n_samples=2_300)
+    fs.apply(cfg)
+    report = fs.training_set(cfg)  # chunks of 1,000 rows: three chunks
+    counts = samples["split"].value_counts().to_dict()
+    assert report["samples_in"] == report["samples_out"] == counts
+    seq_items = np.array(samples["seq"].tolist())
+    for split in ("train", "valid", "test"):
+        want = samples[samples["split"] == split]
+        got = pq.read_table(Lake.from_config(cfg).training(split)).to_pandas()
+        assert got["item_id"].tolist() == want["item"].tolist()
+        np.testing.assert_array_equal(got["pv"].to_numpy(),
+                                      _asof_pv(want["item"].to_numpy(), want["day"].to_numpy(),
+                                               stats))
+        ids = seq_items[want.index]
+        expect = _asof_pv(ids.ravel(), np.repeat(want["day"].to_numpy(), SEQ_LEN), stats)
+        expect[ids.ravel() == 0] = 0
+        np.testing.assert_array_equal(np.stack(got["seq_pv"].to_numpy()), expect.reshape(-1, SEQ_LEN))
+        assert np.stack(got["seq_item_ids"].to_numpy()).tolist() == ids.tolist()
