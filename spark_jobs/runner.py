@@ -39,7 +39,6 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
     unknown = sorted(set(jobs) - set(JOBS))
     if unknown:
         raise ValueError(f"unknown Spark job(s) {unknown}; choose from {list(JOBS)}")
-    wanted = master or cfg.spark.master
     active = SparkSession.getActiveSession()
     if active is not None and master is not None and active.sparkContext.master != master:
         raise ValueError(
@@ -47,7 +46,7 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
             f"cannot run on {master!r} (stop it first or run through spark-submit)"
         )
     started = time.perf_counter()
-    spark = active or build_session(cfg.spark, wanted)
+    spark = active or build_session(cfg.spark, master)
     configure(spark, cfg.spark)
     result: dict[str, Any] = {
         "master": spark.sparkContext.master,

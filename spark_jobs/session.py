@@ -7,15 +7,28 @@ as a timestamp by some readers, and nanoseconds are refused by Spark and duckdb)
 
 from __future__ import annotations
 
+from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from saviorrec.config import SparkConfig
 
 
+def resolve_master(spark_cfg: SparkConfig, master: str | None = None) -> str:
+    """The ``master`` argument, else spark-submit's own ``--master``, else ``spark_cfg.master``.
+
+    Under spark-submit the launcher has already set spark.master; a builder that set the config's
+    default again would silently run a cluster submission in local mode.
+    """
+    if master:
+        return master
+    submitted = SparkConf().get("spark.master", None)
+    return submitted or spark_cfg.master
+
+
 def build_session(spark_cfg: SparkConfig, master: str | None = None) -> SparkSession:
-    """``master`` overrides ``spark_cfg.master`` (default ``local[*]``)."""
+    """A session on ``resolve_master(spark_cfg, master)`` (default ``local[*]``)."""
     builder = (
-        SparkSession.builder.master(master or spark_cfg.master)
+        SparkSession.builder.master(resolve_master(spark_cfg, master))
         .appName(spark_cfg.app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
