@@ -87,6 +87,13 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
     }
 
 
+def learning_rate_schedule(cfg: Config, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
+    """lr * (lr_final / lr) ** (step / total_steps): ranker.lr at the start, lr_final at the end."""
+    r = cfg.ranker
+    return keras.optimizers.schedules.ExponentialDecay(
+        r.lr, decay_steps=max(total_steps, 1), decay_rate=r.lr_final / r.lr)
+
+
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     """model.save to a temporary ``.keras`` sibling, then rename (Keras wants the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,8 +153,7 @@ def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
     train_batches = RankerBatches(train, items, batch_size=r.batch_size, shuffle=True, seed=seed,
                                   use_base_score=base)
     valid_batches = RankerBatches(valid, items, batch_size=r.batch_size, use_base_score=base)
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        r.lr, decay_steps=max(len(train_batches) * r.epochs, 1), decay_rate=r.lr_final / r.lr)
+    schedule = learning_rate_schedule(cfg, len(train_batches) * r.epochs)
     model.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule),
                   loss=keras.losses.BinaryCrossentropy(), metrics=[keras.metrics.AUC(name="auc")],
                   steps_per_execution=r.steps_per_execution)

@@ -1,0 +1,174 @@
+"""End to end on a tiny training set: train (TensorFlow and JAX), evaluate, export, serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_ranker_fixtures import RQVAE_VERSION, write_training_set
+
+from saviorrec.config import REPO_ROOT, Config, load_config
+from saviorrec.lake import Lake
+from saviorrec.metrics import auc, read_metrics
+from tf_ranker.batches import RankerBatches
+from tf_ranker.data import load_items, load_samples
+from tf_ranker.evaluate import run_evaluate, smoothed_mean_scores
+from tf_ranker.export import per_sample_inputs, run_export
+from tf_ranker.train import learning_rate_schedule, model_kwargs, run_train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Config:
+    root = tmp_path_factory.mktemp("ranker_run")
+    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
+        run={"root": str(root)},
+        ranker={"epochs": 2, "batch_size": 64, "bootstrap_samples": 20, "seeds": [0, 1],
+                "early_stopping_patience": 1},
+    )
+    write_training_set(cfg)
+    for variant in ("base", "full"):
+        run_train(cfg, variant=variant, seed=0)
+    return cfg
+
+
+def test_train_writes_model_meta_and_test_predictions(trained: Config) -> None:
+    lake = Lake.from_config(trained)
+    out = lake.ranker_dir("full", 0)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["variant"] == "full" and meta["seed"] == 0 and meta["backend"] == "tensorflow"
+    assert meta["rqvae_version"] == RQVAE_VERSION and 1 <= meta["epochs"] <= 2
+    assert meta["model_config"]["num_items"] == 31 and meta["model_config"]["levels"] == 2
+    assert (out / "checkpoints" / "best.keras").is_file() and (out / "history.csv").is_file()
+    model = keras.saving.load_model(out / "model.keras", compile=False)
+    assert model.rqvae_version == RQVAE_VERSION
+    items = load_items(lake.training_items)
+    preds = pq.read_table(out / "predictions_test.parquet")
+    assert preds.column_names == ["user_id", "item_id", "label", "eval_pv_bucket", "score"]
+    test = load_samples(lake.training("test"))
+    again = model.predict(RankerBatches(test, items, batch_size=64, with_labels=False), verbose=0)
+    np.testing.assert_allclose(preds["score"].to_numpy(), again.reshape(-1), atol=1e-6)
+    assert meta["test_auc"] == pytest.approx(auc(test.label, again.reshape(-1)), abs=1e-6)
+    valid = load_samples(lake.training("valid"))
+    val = model.predict(RankerBatches(valid, items, batch_size=64, with_labels=False), verbose=0)
+    assert meta["val_auc"] == pytest.approx(auc(valid.label, val.reshape(-1)), abs=1e-6)
+    assert meta["history"]["val_auc"][meta["best_epoch"] - 1] == max(meta["history"]["val_auc"])
+
+
+def test_learning_rate_decays_from_lr_to_lr_final(trained: Config) -> None:
+    schedule = learning_rate_schedule(trained, 100)
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(50)) == pytest.approx(0.01 * 0.1 ** 0.5, rel=1e-5)
+    assert float(schedule(100)) == pytest.approx(0.001, rel=1e-5)
+
+
+def test_no_raw_mm_needs_the_rq_codebook(trained: Config) -> None:
+    lake = Lake.from_config(trained)
+    items, test = load_items(lake.training_items), load_samples(lake.training("test"))
+    with pytest.raises(FileNotFoundError, match="codebooks.npy"):
+        model_kwargs(trained, "no_raw_mm", [test], items, None, RQVAE_VERSION)
+    kw = model_kwargs(trained, "no_raw_mm", [test], items, np.zeros((2, 4, 8)), RQVAE_VERSION)
+    assert (kw["levels"], kw["codebook_size"], kw["mba_dim"]) == (2, 4, 8)
+
+
+def test_smoothed_mean_reference_by_hand() -> None:
+    # train: user 1 clicks 1 of 2, user 2 clicks 1 of 1, item 5 clicked 2 of 3; p = 2/3.
+    # strength 1: user 1 -> (1 + 2/3) / 3 = 5/9, user 2 -> (1 + 2/3) / 2 = 5/6, item 5 -> (2 + 2/3)/4 = 2/3
+    scores = smoothed_mean_scores(np.array([1, 1, 2]), np.array([5, 5, 5]),
+                                  np.array([1.0, 0.0, 1.0]), np.array([1, 2, 9]),
+                                  np.array([5, 5, 7]), strength=1.0)
+
+    def logit(p: float) -> float:
+        return float(np.log(p / (1 - p)))
+
+    np.testing.assert_allclose(scores, [logit(5 / 9) + logit(2 / 3), logit(5 / 6) + logit(2 / 3),
+                                        2 * logit(2 / 3)], atol=1e-9)
+
+
+def test_evaluate_writes_metrics(trained: Config) -> None:
+    result = run_evaluate(trained, ["base", "full"])
+    lake = Lake.from_config(trained)
+    metrics = read_metrics(lake.metrics)
+    preds = pq.read_table(lake.ranker_dir("full", 0) / "predictions_test.parquet")
+    labels, scores = preds["label"].to_numpy(), preds["score"].to_numpy()
+    buckets = preds["eval_pv_bucket"].to_numpy()
+    full = metrics["ranker"]["full"]
+    assert full["auc"]["mean"] == pytest.approx(auc(labels, scores))
+    assert list(full["auc"]["seeds"]) == ["0"]  # seed 1 has no predictions
+    lo, hi = full["auc"]["ci95"]
+    assert lo <= full["auc"]["mean"] <= hi
+    labels_by_bucket = trained.stats.bucket_labels()
+    assert set(full["auc_by_bucket"]) == set(labels_by_bucket)
+    in_bucket = buckets == 2
+    assert full["auc_by_bucket"][labels_by_bucket[2]]["mean"] == pytest.approx(
+        auc(labels[in_bucket], scores[in_bucket]))
+    base_preds = pq.read_table(lake.ranker_dir("base", 0) / "predictions_test.parquet")
+    gap = metrics["ranker"]["full_minus_base"]
+    assert gap["diff"] == pytest.approx(auc(labels, scores) - auc(labels, base_preds["score"].to_numpy()))
+    assert gap["ci95"][0] <= gap["diff"] <= gap["ci95"][1]
+    assert 0.0 <= metrics["reference"]["smoothed_mean"]["auc"] <= 1.0
+    assert result["ranker"]["full"]["auc"]["mean"] == full["auc"]["mean"]
+    with pytest.raises(FileNotFoundError, match="no_bidir"):
+        run_evaluate(trained, ["no_bidir"])
+
+
+def test_export_savedmodel_serves_one_user_against_many_candidates(trained: Config) -> None:
+    import tensorflow as tf
+
+    meta = run_export(trained, variant="full", seed=0)
+    export = Lake.from_config(trained).export_dir
+    assert json.loads((export / "meta.json").read_text())["rqvae_version"] == RQVAE_VERSION
+    assert meta["inputs"]["seq_embedding"] == {"dtype": "float32", "shape": [1, None, 8]}
+    assert meta["inputs"]["user_id"] == {"dtype": "int64", "shape": [1]}
+    assert meta["inputs"]["item_semantic_ids"] == {"dtype": "int64", "shape": [None, 3]}
+    signature = tf.saved_model.load(str(export)).signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    assert set(specs) == set(meta["inputs"])
+    assert specs["user_id"].dtype == tf.int64 and specs["seq_stats"].shape.as_list() == [1, None, 6]
+    request = json.loads((export / "sample_request.json").read_text())
+    assert request["signature_name"] == "serving_default"
+    feed = {k: tf.constant(np.asarray(v), dtype=specs[k].dtype) for k, v in request["inputs"].items()}
+    served = signature(**feed)["score"].numpy()
+    assert served.shape == (len(request["inputs"]["item_id"]),) and served.shape[0] > 1
+    model = keras.saving.load_model(Lake.from_config(trained).ranker_dir("full", 0) / "model.keras",
+                                    compile=False)
+    expected = np.asarray(model(per_sample_inputs(request["inputs"]))).reshape(-1)
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    cli = subprocess.run([str(Path(sys.executable).parent / "saved_model_cli"), "show", "--dir",
+                          str(export), "--all"], capture_output=True, text=True, check=True,
+                         timeout=300)
+    assert "signature_def['serving_default']" in cli.stdout
+    assert "inputs['seq_semantic_ids'] tensor_info" in cli.stdout
+    assert "outputs['score'] tensor_info" in cli.stdout
+
+
+JAX_TRAIN = r'''
+import json, sys
+from saviorrec.config import Config
+from tf_ranker.train import run_train
+cfg = Config.model_validate(json.loads(sys.argv[1]))
+print(json.dumps(run_train(cfg, variant="full", seed=1)["backend"]))
+'''
+
+
+def test_trained_under_jax_reloads_under_tensorflow(trained: Config) -> None:
+    cfg = trained.with_overrides(ranker={"epochs": 1})
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", JAX_TRAIN, cfg.model_dump_json()], env=env,
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lake = Lake.from_config(cfg)
+    out = lake.ranker_dir("full", 1)
+    assert json.loads((out / "meta.json").read_text())["backend"] == "jax"
+    model = keras.saving.load_model(out / "model.keras", compile=False)  # here: TensorFlow
+    assert keras.backend.backend() == "tensorflow"
+    test, items = load_samples(lake.training("test")), load_items(lake.training_items)
+    tf_scores = model.predict(RankerBatches(test, items, batch_size=64, with_labels=False), verbose=0)
+    jax_scores = pq.read_table(out / "predictions_test.parquet")["score"].to_numpy()
+    np.testing.assert_allclose(tf_scores.reshape(-1), jax_scores, atol=1e-5)
