@@ -1,0 +1,246 @@
+"""Helpers shared by the benchmark scripts: environment facts, timing, JSON and a text table.
+
+Benchmarks run on machines without the project installed (a GPU host with its own Python and no
+TensorFlow), so this module imports only the standard library and numpy at top level; every
+framework is imported lazily and reported as missing rather than failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import socket
+import sys
+import time
+import types
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+VERSIONED = (
+    "numpy", "keras", "keras-rs", "jax", "jaxlib", "torch", "tensorflow", "fuxictr", "optree",
+    "ml_dtypes", "pandas", "pyarrow", "pydantic",
+)
+
+
+def ensure_repo_on_path() -> None:
+    """Make ``saviorrec`` and the stage packages importable without installing the project."""
+    root = str(REPO_ROOT)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+
+
+def library_versions(names: Sequence[str] = VERSIONED) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def device_info() -> dict[str, Any]:
+    """Host and accelerator facts, from whichever frameworks are already imported."""
+    info: dict[str, Any] = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "accelerators": [],
+    }
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            info["accelerators"].append({
+                "framework": "torch", "name": props.name,
+                "memory_gib": round(props.total_memory / 2**30, 1),
+            })
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        with contextlib.suppress(Exception):
+            info["jax_backend"] = jax.default_backend()
+            info["accelerators"] += [
+                {"framework": "jax", "name": getattr(d, "device_kind", str(d))}
+                for d in jax.devices() if d.platform != "cpu"
+            ]
+    names = [a["name"] for a in info["accelerators"]]
+    info["device_name"] = names[0] if names else f"cpu ({platform.processor() or 'unknown'})"
+    return info
+
+
+def run_header(argv: Sequence[str]) -> dict[str, Any]:
+    return {
+        "command": " ".join(shlex.quote(a) for a in [sys.executable, *argv]),
+        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "cwd": os.getcwd(),
+        "env": {k: os.environ[k] for k in sorted(os.environ)
+                if k.startswith(("KERAS_", "XLA_", "JAX_", "CUDA_VISIBLE", "TF_CPP"))},
+    }
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Write then rename, so a reader (or a benchmark killed by a timeout) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=str) + "\n")
+    tmp.replace(path)
+
+
+@dataclass
+class Timing:
+    """Wall-clock figures of one measured loop of ``steps`` batches of ``batch_size`` samples."""
+
+    batch_size: int
+    steps: int
+    seconds: float
+    first_call_s: float | None = None  # warm-up call(s) incl. tracing / compilation
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.batch_size * self.steps / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ms_per_batch(self) -> float:
+        return 1e3 * self.seconds / self.steps if self.steps else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 6),
+            "ms_per_batch": round(self.ms_per_batch, 4),
+            "samples_per_s": round(self.samples_per_s, 1),
+        }
+        if self.first_call_s is not None:
+            out["first_call_s"] = round(self.first_call_s, 4)
+            # Compile estimate: the warm-up call minus one steady-state step.
+            out["compile_s_est"] = round(max(self.first_call_s - self.ms_per_batch / 1e3, 0.0), 4)
+        return {**out, **self.extra}
+
+
+def time_loop(
+    step: Callable[[int], Any],
+    *,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    sync: Callable[[Any], None],
+) -> Timing:
+    """Run ``step(i)`` ``warmup`` times (the first timed as the compile call), then ``steps`` times.
+
+    ``sync`` blocks until the device has finished the work behind a step's return value, so
+    asynchronous dispatch (JAX, CUDA) is not mistaken for speed.
+    """
+    start = time.perf_counter()
+    out = step(0)
+    sync(out)
+    first = time.perf_counter() - start
+    for i in range(1, warmup):
+        out = step(i)
+    sync(out)
+    start = time.perf_counter()
+    for i in range(steps):
+        out = step(warmup + i)
+    sync(out)
+    return Timing(batch_size, steps, time.perf_counter() - start, first_call_s=first)
+
+
+def cycle(items: Sequence[Any]) -> Iterator[Any]:
+    while True:
+        yield from items
+
+
+class _StubMeta(type):
+    """Class attributes of a stub are stubs too: ``stub.a.b`` never fails."""
+
+    def __getattr__(cls, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return _stub_class(f"{cls.__name__}.{name}")
+
+
+def _stub_class(name: str) -> type:
+    """A class standing in for any name of a missing module: callable, subclassable, inert."""
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def getattr_(self: Any, attr: str) -> Any:
+        if attr.startswith("__") and attr.endswith("__"):
+            raise AttributeError(attr)
+        return _stub_class(f"{name}.{attr}")
+
+    return _StubMeta(name, (), {"__init__": init, "__getattr__": getattr_})
+
+
+class _StubModule(types.ModuleType):
+    """A module stand-in whose every attribute is a stub class."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return _stub_class(f"{self.__name__}.{name}")
+
+
+@contextlib.contextmanager
+def stub_missing_modules(names: Sequence[str]) -> Iterator[list[str]]:
+    """Within the block, a module of ``names`` that cannot be imported is a stub; yields their names.
+
+    Use only in a benchmark process, around the import of a library that imports these at the
+    top but never calls them on the code path being measured (FuxiCTR's metrics import polars
+    and scikit-learn; its preprocessing imports ray). The stubs are removed from ``sys.modules``
+    on exit, so later optional-dependency probes (``try: import pandas``) see the truth. The
+    yielded list belongs in the results so a reader knows.
+    """
+    stubbed: list[str] = []
+    added: list[str] = []
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            parts = name.split(".")
+            for i in range(1, len(parts) + 1):
+                prefix = ".".join(parts[:i])
+                if sys.modules.get(prefix) is None:
+                    module = _StubModule(prefix)
+                    module.__path__ = []  # lets `import a.b.c` walk through the stub
+                    sys.modules[prefix] = module
+                    added.append(prefix)
+                    if i > 1:
+                        setattr(sys.modules[".".join(parts[: i - 1])], parts[i - 1], module)
+            stubbed.append(name)
+    try:
+        yield stubbed
+    finally:
+        for prefix in added:
+            sys.modules.pop(prefix, None)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain fixed-width table; floats with thousands separators."""
+
+    def fmt(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+        return str(value)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    out = [line, "  ".join("-" * w for w in widths)]
+    out += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(out)
