@@ -86,7 +86,7 @@ run_part ranker_torch "$T_TORCH" env KERAS_BACKEND=torch "$PY" benchmarks/ranker
 
 if [ -f benchmarks/encoder_throughput.py ]; then
   enc_args=(--device cuda)
-  if timeout 60 "$PY" benchmarks/encoder_throughput.py --help 2>/dev/null | grep -q -- "--out"; then
+  if timeout 30 "$PY" benchmarks/encoder_throughput.py --help 2>/dev/null | grep -q -- "--out"; then
     enc_args+=(--out "$OUT/encoder_throughput.json")
   fi
   run_part encoder "$T_ENCODER" "$PY" benchmarks/encoder_throughput.py "${enc_args[@]}"
