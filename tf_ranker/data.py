@@ -4,6 +4,10 @@ Reads TRAINING_SAMPLES / TRAINING_ITEMS parquet with pyarrow (no TensorFlow: the
 feeds JAX on a GPU host). Embeddings and semantic ids are joined at batch time by indexing an
 item lookup table whose row i is item i, for the candidate and every sequence position at once
 (vectorised numpy, no Python loop per sample).
+
+Statistics are passed as stored: an item without a stats row has pv = 0 and ctr = 0 ("unknown",
+ITEM_STAT_DEFAULTS). The model sees pv = 0 and the pv_bucket beside it and learns what that
+means, so the serving app needs no extra fill-in rule (it feeds Feast's values unchanged).
 """
 
 from __future__ import annotations
