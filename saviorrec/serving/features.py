@@ -1,0 +1,142 @@
+"""The serving side of the Feast online store: open it once, read per request, name it on failure.
+
+The store is the run's (feature_repo.profiles): sqlite in the local profile, Redis from
+``$feast.redis_env`` in production, with the password optionally in ``$serving.redis_password_env``.
+The registry is loaded once at start-up and never refreshed on the request path (re-apply and
+restart to serve new definitions). In production the item and sequence reads go through
+:mod:`saviorrec.serving.redis_reader` (``serving.online_reader: auto``), Feast's own read path
+with ``feast``. Connections are redis-py's pool: a request after the store
+comes back simply reconnects, so the service recovers without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import redis.exceptions
+from feast import FeatureStore
+from feast.repo_config import RepoConfig
+
+from feature_repo.online import (
+    OnlineFeatures,
+    OnlineStoreUnavailable,
+    item_defaults,
+    online_features,
+)
+from feature_repo.profiles import (
+    redis_address,
+    redis_connection_string,
+    redis_url,
+    repo_dir,
+    store_settings,
+)
+from saviorrec.config import Config
+from saviorrec.lake import Lake
+from saviorrec.serving.redact import redact
+from saviorrec.serving.redis_reader import RedisDirectReader, redis_client
+
+log = logging.getLogger(__name__)
+
+_STORE_ERRORS = (OnlineStoreUnavailable, redis.exceptions.RedisError, sqlite3.Error, OSError)
+
+
+class StoreUnavailable(RuntimeError):
+    """The online store cannot be read; the message names it (host:port or path), no secret."""
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        return url
+    user = quote(parts.username, safe="") if parts.username else ""
+    netloc = f"{user}:{quote(password, safe='')}@{parts.hostname}"
+    netloc += f":{parts.port}" if parts.port else ""
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _redis_url(cfg: Config) -> str:
+    """$feast.redis_env, with the password of $serving.redis_password_env when it has none."""
+    password = os.environ.get(cfg.serving.redis_password_env, "")
+    return _with_password(redis_url(cfg), password) if password else redis_url(cfg)
+
+
+def open_store(cfg: Config) -> FeatureStore:
+    """The run's FeatureStore with a registry cache that never expires (no per-request reload)."""
+    registry = Lake.from_config(cfg).feast_data / "registry.db"
+    if not registry.is_file():
+        raise FileNotFoundError(f"Feast registry {registry} not found: run "
+                                "`saviorrec features apply` and `saviorrec features materialize`")
+    settings = store_settings(cfg)
+    settings["registry"]["cache_ttl_seconds"] = 0  # 0 = load once, never refresh
+    if cfg.feast.profile == "production":
+        settings["online_store"]["connection_string"] = redis_connection_string(
+            _redis_url(cfg), cfg.feast.redis_timeout_s)
+    return FeatureStore(config=RepoConfig(repo_path=repo_dir(cfg), **settings))
+
+
+def store_name(cfg: Config) -> str:
+    """What the messages call the store: ``Redis online store at host:port`` or the sqlite path."""
+    if cfg.feast.profile == "production":
+        try:
+            return f"Redis online store at {redis_address(redis_url(cfg))}"
+        except ValueError:
+            return f"Redis online store from ${cfg.feast.redis_env}"
+    return f"sqlite online store at {Path(store_settings(cfg)['online_store']['path'])}"
+
+
+class FeatureReader:
+    """``read(user_id, item_ids)``: the user's sequence, then one batched read of all items."""
+
+    def __init__(self, cfg: Config, store: FeatureStore | None = None) -> None:
+        self.name = store_name(cfg)
+        self.store = store if store is not None else open_store(cfg)
+        self.store.get_feature_view("item_multimodal")  # load the registry now, fail early
+        self.direct: RedisDirectReader | None = None
+        if cfg.feast.profile == "production" and cfg.serving.online_reader == "auto":
+            client = redis_client(_redis_url(cfg), cfg.feast.redis_timeout_s)
+            self.direct = RedisDirectReader(self.store, client)
+
+    def _unavailable(self, error: BaseException) -> StoreUnavailable:
+        detail = redact(f"{type(error).__name__}: {error}")
+        if isinstance(error, OnlineStoreUnavailable):  # already names host:port
+            return StoreUnavailable(redact(str(error)))
+        return StoreUnavailable(f"{self.name} is unreachable: {detail}")
+
+    def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
+        try:
+            if self.direct is not None:
+                return self.direct.read(user_id, item_ids)
+            return online_features(self.store, user_id, item_ids)
+        except _STORE_ERRORS as e:
+            raise self._unavailable(e) from None
+
+    def defaults(self) -> dict[str, object]:
+        return item_defaults(self.store)
+
+    def ping(self) -> None:
+        """One real round trip to the online store (raises StoreUnavailable)."""
+        try:
+            if self.direct is not None:
+                self.direct.client.ping()
+                return
+            self.store.get_online_features(features=["user_sequence:seq_len"],
+                                           entity_rows=[{"user_id": 0}])
+        except _STORE_ERRORS as e:
+            raise self._unavailable(e) from None
+
+    def rqvae_versions(self, item_ids: list[int]) -> set[str]:
+        """Distinct rqvae_version of those items that have a multimodal row online."""
+        if not item_ids:
+            return set()
+        try:
+            rows = self.store.get_online_features(
+                features=["item_multimodal:rqvae_version"],
+                entity_rows=[{"item_id": int(i)} for i in dict.fromkeys(item_ids)],
+            ).to_dict()
+        except _STORE_ERRORS as e:
+            raise self._unavailable(e) from None
+        return {v for v in rows["rqvae_version"] if v}

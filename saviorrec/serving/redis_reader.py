@@ -1,0 +1,125 @@
+"""A fast reader of Feast's Redis online store: the same keys and values, fewer Python layers.
+
+``FeatureStore.get_online_features`` spends most of a 200-candidate request (measured: 80-110
+ms of ~120 ms on the 2-core dev machine) building its response and converting every value to
+Python. This reader reads the very hashes Feast's RedisOnlineStore writes (key =
+``serialize_entity_key(entity) + project``, field = ``mmh3("<view>:<feature>")``, value = a
+serialized ``ValueProto``), with Feast's own key and hash helpers, in two round trips: the
+user's sequence, then ONE pipeline of HMGETs over every candidate and sequence item, both item
+views at once (Feast keeps all views of an entity in one hash). Missing rows get the defaults
+of :func:`feature_repo.online.item_defaults`, exactly as ``online_features`` gives them;
+``tests/test_serving_redis_reader.py`` checks the two readers agree value for value.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import redis
+from feast import FeatureStore
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+from feast.protos.feast.types.Value_pb2 import Value
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from feature_repo.online import (
+    MULTIMODAL_FEATURES,
+    SEQUENCE_FEATURES,
+    STAT_FEATURES,
+    OnlineFeatures,
+    UserSequence,
+    item_defaults,
+)
+from saviorrec.schema import PADDING_ITEM_ID
+
+ITEM_VIEWS = (("item_stats", STAT_FEATURES), ("item_multimodal", MULTIMODAL_FEATURES))
+
+
+def decode(raw: bytes | None) -> Any:
+    """A serialized ValueProto -> Python (None when absent), as Feast's to_dict gives it."""
+    if not raw:
+        return None
+    value = Value.FromString(raw)
+    kind = value.WhichOneof("val")
+    if kind is None or kind == "null_val":
+        return None
+    field = getattr(value, kind)
+    return list(field.val) if kind.endswith("_list_val") else field
+
+
+class RedisDirectReader:
+    """``read(user_id, item_ids) -> OnlineFeatures`` over Feast's Redis layout (thread-safe)."""
+
+    def __init__(self, store: FeatureStore, client: redis.Redis) -> None:
+        self.client = client
+        config = store.config
+        self._project = config.project.encode()
+        self._version = config.entity_key_serialization_version
+        versioning = config.registry.enable_online_feature_view_versioning
+
+        def fields(view: str, names: list[str]) -> list[bytes]:
+            name = compute_versioned_name(store.get_feature_view(view), versioning)
+            return [_mmh3(f"{name}:{n}") for n in names]
+
+        self._seq_fields = fields("user_sequence", SEQUENCE_FEATURES)
+        self._item_names = [n for _, names in ITEM_VIEWS for n in names]
+        self._item_fields = [f for view, names in ITEM_VIEWS for f in fields(view, names)]
+        self._defaults = item_defaults(store)
+        self._keys: dict[int, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _key(self, join_key: str, value: int) -> bytes:
+        entity = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)])
+        return serialize_entity_key(entity, entity_key_serialization_version=self._version) + \
+            self._project
+
+    def _item_key(self, item_id: int) -> bytes:
+        key = self._keys.get(item_id)
+        if key is None:
+            key = self._key("item_id", item_id)
+            if len(self._keys) < 1_000_000:
+                with self._lock:
+                    self._keys[item_id] = key
+        return key
+
+    def read_sequence(self, user_id: int) -> UserSequence:
+        raw = self.client.hmget(self._key("user_id", user_id), self._seq_fields)
+        values = dict(zip(SEQUENCE_FEATURES, (decode(r) for r in raw), strict=True))
+        if values["seq_item_ids"] is None:
+            return UserSequence(item_ids=[], seq_len=0, known=False)
+        return UserSequence(item_ids=[int(i) for i in values["seq_item_ids"]],
+                            seq_len=int(values["seq_len"]), known=True)
+
+    def read_items(self, item_ids: list[int]) -> tuple[dict[int, dict[str, Any]], list[int]]:
+        unique = list(dict.fromkeys(int(i) for i in item_ids))
+        with self.client.pipeline(transaction=False) as pipe:
+            for item_id in unique:
+                pipe.hmget(self._item_key(item_id), self._item_fields)
+            replies = pipe.execute()
+        items: dict[int, dict[str, Any]] = {}
+        missing: list[int] = []
+        defaults, names = self._defaults, self._item_names
+        for item_id, raw in zip(unique, replies, strict=True):
+            values = {n: decode(r) for n, r in zip(names, raw, strict=True)}
+            if values["pv"] is None or values["embedding"] is None:
+                missing.append(item_id)
+            items[item_id] = {k: defaults[k] if v is None else v for k, v in values.items()}
+        return items, sorted(missing)
+
+    def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
+        sequence = self.read_sequence(user_id)
+        seq_items = [i for i in sequence.item_ids if i != PADDING_ITEM_ID]
+        items, missing = self.read_items(list(item_ids) + seq_items)
+        return OnlineFeatures(sequence=sequence, items=items, missing=missing)
+
+
+def redis_client(url: str, timeout_s: float) -> redis.Redis:
+    """A pooled client; a dropped connection is retried with backoff for ~0.5 s (reads are
+    idempotent), so a quick Redis restart costs few requests; then the error surfaces (503)."""
+    return redis.Redis.from_url(
+        url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.2, base=0.01), retries=5),
+        health_check_interval=0)
