@@ -7,7 +7,9 @@ as a timestamp by some readers, and nanoseconds are refused by Spark and duckdb)
 
 from __future__ import annotations
 
-from pyspark import SparkConf
+import os
+
+from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
 from saviorrec.config import SparkConfig
@@ -21,8 +23,12 @@ def resolve_master(spark_cfg: SparkConfig, master: str | None = None) -> str:
     """
     if master:
         return master
-    submitted = SparkConf().get("spark.master", None)
-    return submitted or spark_cfg.master
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # under spark-submit: its JVM is already running
+        SparkContext._ensure_initialized()
+        submitted = SparkConf().get("spark.master", None)
+        if submitted:
+            return submitted
+    return spark_cfg.master
 
 
 def build_session(spark_cfg: SparkConfig, master: str | None = None) -> SparkSession:
