@@ -1,0 +1,116 @@
+"""Frozen tower features of every item: text [n, 4, 384] and image [n, 5, 1280] tokens.
+
+Computed once and cached on disk (see cache.py) keyed by tower id and item content, so a re-run
+or a second stage reuses them. Image decoding runs in DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from encoder_torch.towers import (
+    IMAGE_DIM,
+    IMAGE_TOKENS,
+    TEXT_DIM,
+    TEXT_TOKENS,
+    ImageTower,
+    TextTower,
+    load_image,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TowerFeatures:
+    text: torch.Tensor  # [n, 4, 384] float32: title, genres, tags, overview
+    text_mask: torch.Tensor  # [n, 4] bool, True where that field is present
+    image: torch.Tensor  # [n, 5, 1280] float32; row 0 = global average, then the 2x2 grid
+    image_present: torch.Tensor  # [n] bool
+
+    def __len__(self) -> int:
+        return int(self.text.shape[0])
+
+    @property
+    def text_present(self) -> torch.Tensor:
+        return self.text_mask.any(dim=1)
+
+    def take(self, idx: torch.Tensor, *, device: torch.device | str = "cpu") -> TowerFeatures:
+        return TowerFeatures(*(t[idx].to(device, non_blocking=True) for t in
+                               (self.text, self.text_mask, self.image, self.image_present)))
+
+    def off_the_shelf(self) -> np.ndarray:
+        """Pooled frozen features, each normalised, concatenated, normalised: [n, 384 + 1280].
+        Text: the mean of the present fields' vectors; image: the global average token."""
+        fields = (self.text * self.text_mask[..., None]).sum(1)
+        text = torch.nn.functional.normalize(fields, dim=-1) * self.text_present[:, None]
+        image = torch.nn.functional.normalize(self.image[:, 0], dim=-1) * self.image_present[:, None]
+        both = torch.nn.functional.normalize(torch.cat([text, image], dim=1), dim=-1)
+        return both.numpy().astype(np.float32)
+
+
+def sha1(*parts: str | bytes) -> str:
+    h = hashlib.sha1()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def encode_texts(tower: TextTower, texts: list[list[str]], *, batch_size: int,
+                 device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Per item field texts (4 strings, '' = missing) -> tokens [n, 4, 384] f16, mask [n, 4]."""
+    flat = sorted({t for fields in texts for t in fields if t}, key=len)  # sorted: little padding
+    vectors: dict[str, np.ndarray] = {}
+    tower.to(device).eval()
+    for start in tqdm(range(0, len(flat), batch_size), desc="text tower", unit="batch",
+                      disable=len(flat) <= batch_size):
+        chunk = flat[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in tower.tokenize(chunk).items()}
+        out = tower(**batch).float().cpu().numpy()
+        vectors.update(zip(chunk, out, strict=True))
+    tokens = np.zeros((len(texts), TEXT_TOKENS, TEXT_DIM), dtype=np.float16)
+    mask = np.zeros((len(texts), TEXT_TOKENS), dtype=bool)
+    for i, fields in enumerate(texts):
+        for j, t in enumerate(fields):
+            if t:
+                tokens[i, j], mask[i, j] = vectors[t], True
+    return tokens, mask
+
+
+class _Images(Dataset):
+    def __init__(self, paths: list[str], image_size: int) -> None:
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return load_image(self.paths[i], image_size=self.image_size)
+
+
+@torch.no_grad()
+def encode_images(tower: ImageTower, paths: list[str], *, batch_size: int, num_workers: int,
+                  device: torch.device) -> np.ndarray:
+    """Image files -> tokens [n, 5, 1280] float16; decoding in ``num_workers`` processes."""
+    out = np.zeros((len(paths), IMAGE_TOKENS, IMAGE_DIM), dtype=np.float16)
+    if not paths:
+        return out
+    loader = DataLoader(_Images(paths, tower.image_size), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    tower.to(device).eval()
+    start = 0
+    for pixels in tqdm(loader, desc="image tower", unit="batch", disable=len(loader) <= 1):
+        tokens = tower(pixels.to(device, non_blocking=True)).float().cpu().numpy()
+        out[start:start + len(tokens)] = tokens
+        start += len(tokens)
+    log.info("image tower: %d images", len(paths))
+    return out

@@ -1,0 +1,87 @@
+"""SaviorEnc (paper eq. 2): z = g_proj(g([f_v(v); f_t(t)])), a multimodal transformer over the
+image and text tower tokens, then an MLP projection to d, L2-normalised.
+
+A missing modality (no text, or no image) is replaced by that modality's learned missing token,
+so every item gets an embedding. Missing text fields inside a present text are masked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MODALITIES = ("text", "image")
+
+
+@dataclass(frozen=True)
+class SaviorEncConfig:
+    text_dim: int = 384  # MiniLM width
+    image_dim: int = 1280  # EfficientNet-Lite0 head width
+    text_tokens: int = 4  # title, genres, tags, overview
+    image_tokens: int = 5  # global average + 2x2 grid
+    modalities: tuple[str, ...] = MODALITIES  # ("text",) / ("image",): unimodal ablations
+    width: int = 256  # transformer width
+    layers: int = 3  # paper: a 3-layer multimodal transformer
+    heads: int = 4
+    dim: int = 64  # d of z (paper: 64)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not self.modalities or set(self.modalities) - set(MODALITIES):
+            raise ValueError(f"modalities={self.modalities!r}: use a non-empty subset of {MODALITIES}")
+        if self.width % self.heads:
+            raise ValueError(f"width={self.width} is not divisible by heads={self.heads}")
+
+
+class _Modality(nn.Module):
+    """Tokens [B, T, in] -> [B, T, width] plus a key mask; absent rows get the missing token."""
+
+    def __init__(self, *, in_dim: int, tokens: int, width: int) -> None:
+        super().__init__()
+        self.proj = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, width))
+        self.position = nn.Parameter(torch.randn(1, tokens, width) * 0.02)  # slot + modality
+        self.missing = nn.Parameter(torch.randn(width) * 0.02)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor,
+                present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.proj(tokens) + self.position  # [B, T, W]
+        first = torch.zeros_like(mask)
+        first[:, 0] = True
+        absent = ~present[:, None]  # [B, 1]
+        x = torch.where((absent & first)[..., None], self.missing.to(x.dtype) + self.position[:, :1], x)
+        keep = torch.where(absent, first, mask)  # absent rows keep only the missing token
+        return x, keep
+
+
+class SaviorEnc(nn.Module):
+    def __init__(self, *, config: SaviorEncConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.text = _Modality(in_dim=c.text_dim, tokens=c.text_tokens, width=c.width)
+        self.image = _Modality(in_dim=c.image_dim, tokens=c.image_tokens, width=c.width)
+        self.cls = nn.Parameter(torch.randn(1, 1, c.width) * 0.02)
+        layer = nn.TransformerEncoderLayer(c.width, c.heads, 4 * c.width, c.dropout,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.fusion = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.dim))
+
+    def forward(self, *, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                image_present: torch.Tensor) -> torch.Tensor:
+        """text [B, Tt, 384], text_mask [B, Tt], image [B, Ti, 1280], image_present [B] -> z [B, d]."""
+        batch = text.shape[0] if "text" in self.config.modalities else image.shape[0]
+        parts = [self.cls.expand(batch, -1, -1)]
+        keeps = [torch.ones(batch, 1, dtype=torch.bool, device=self.cls.device)]
+        if "text" in self.config.modalities:
+            x, keep = self.text(text, text_mask, text_mask.any(dim=1))
+            parts.append(x)
+            keeps.append(keep)
+        if "image" in self.config.modalities:
+            x, keep = self.image(image, image_present[:, None].expand(-1, image.shape[1]), image_present)
+            parts.append(x)
+            keeps.append(keep)
+        h = self.fusion(torch.cat(parts, 1), src_key_padding_mask=~torch.cat(keeps, 1))
+        return F.normalize(self.head(self.norm(h[:, 0])), dim=-1)

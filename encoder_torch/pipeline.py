@@ -1,0 +1,91 @@
+"""Entry points called by ``saviorrec encode`` and ``saviorrec rqvae`` (saviorrec/cli.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from encoder_torch.cache import tower_features
+from encoder_torch.data import coclick_pairs, next_click_pairs, read_items
+from encoder_torch.device import resolve_device
+from encoder_torch.fusion import MODALITIES, SaviorEnc, SaviorEncConfig
+from encoder_torch.hit_rate import i2i_hit_rate
+from encoder_torch.outputs import EMBEDDINGS, save_checkpoint, vectors_column, write_json
+from encoder_torch.rq_stage import run_rqvae  # noqa: F401  (entry point re-exported)
+from encoder_torch.train_encoder import embed_items, train_saviorenc
+from saviorrec.config import Config
+from saviorrec.lake import Lake, write_table
+from saviorrec.metrics import update_metrics
+
+log = logging.getLogger(__name__)
+VARIANTS = {"aligned": MODALITIES, "text_only": ("text",), "image_only": ("image",)}
+
+
+def encoder_model_config(cfg: Config, modalities: tuple[str, ...]) -> SaviorEncConfig:
+    ec = cfg.encoder
+    return SaviorEncConfig(modalities=modalities, width=ec.fusion_width, layers=ec.fusion_layers,
+                           heads=ec.fusion_heads, dim=ec.dim, dropout=ec.fusion_dropout)
+
+
+def run_encoder(cfg: Config) -> dict[str, Any]:
+    """Tower features (cached) -> SaviorEnc trained on co-click pairs -> embeddings + Hit@K."""
+    ec, lake = cfg.encoder, Lake.from_config(cfg)
+    if ec.finetune_text_layers or ec.finetune_image:
+        raise NotImplementedError("fine-tuning the towers is not implemented yet: set "
+                                  "encoder.finetune_text_layers=0 and encoder.finetune_image=false")
+    device = resolve_device(ec.device)
+    torch.manual_seed(ec.seed)
+    items = read_items(lake)
+    item_ids = items["item_id"].to_numpy(np.int64)
+    t0 = time.perf_counter()
+    feats = tower_features(items, cache_dir=lake.tower_cache, max_text_tokens=ec.max_text_tokens,
+                           image_size=ec.image_size, batch_size=ec.tower_batch_size,
+                           num_workers=ec.num_workers, device=device)
+    tower_s = time.perf_counter() - t0
+    pairs = coclick_pairs(lake, item_ids)
+    splits = {s: next_click_pairs(lake, split=s) for s in ("valid", "test")}
+    hits: dict[str, dict[str, float]] = {s: {} for s in splits}
+
+    def evaluate(name: str, embeddings: np.ndarray) -> None:
+        for split, (queries, targets) in splits.items():
+            hits[split][name] = i2i_hit_rate(embeddings=embeddings, item_ids=item_ids, queries=queries,
+                                             targets=targets, k=ec.hit_k, index_kind=ec.index)
+        log.info("Hit@%d %s: test %.4f valid %.4f", ec.hit_k, name, hits["test"][name], hits["valid"][name])
+
+    evaluate("off_the_shelf", feats.off_the_shelf())
+    train = partial(train_saviorenc, features=feats, pairs=pairs, epochs=ec.epochs,
+                    batch_size=ec.batch_size, lr=ec.lr, warmup_epochs=ec.warmup_epochs,
+                    temperature=ec.temperature, weight_decay=ec.weight_decay, device=device, seed=ec.seed)
+    variants = VARIANTS if ec.ablations else {"aligned": MODALITIES}
+    train_s = {}
+    for name, modalities in variants.items():
+        torch.manual_seed(ec.seed)
+        model = SaviorEnc(config=encoder_model_config(cfg, modalities))
+        t1 = time.perf_counter()
+        history = train(model=model, desc=f"saviorenc[{name}]")
+        train_s[name] = time.perf_counter() - t1
+        z = embed_items(model=model, features=feats, batch_size=ec.batch_size, device=device)
+        evaluate(name, z)
+        if name == "aligned":
+            version = save_checkpoint(lake.encoder_dir / "saviorenc.pt", model=model, config=model.config,
+                                      loss_history=history)
+            table = pa.table({"item_id": item_ids, "embedding": vectors_column(z),
+                              "encoder_version": [version] * len(item_ids)})
+            write_table(table, lake.encoder_dir / "embeddings.parquet", EMBEDDINGS)
+            write_json(lake.encoder_dir / "version.json", {"encoder_version": version})
+    for split_hits in hits.values():
+        split_hits["both"] = split_hits["aligned"]
+    key = f"hit_at_{ec.hit_k}"
+    update_metrics(lake.metrics, f"encoder.{key}", hits["test"])
+    update_metrics(lake.metrics, f"encoder.{key}_valid", hits["valid"])
+    timing = {"tower_features_s": tower_s, "train_s": train_s, "device": str(device),
+              "items": len(items), "coclick_pairs": len(pairs),
+              "test_queries": len(splits["test"][0]), "encoder_version": version}
+    update_metrics(lake.metrics, "encoder.run", timing)
+    return {key: hits["test"], f"{key}_valid": hits["valid"], **timing}

@@ -1,0 +1,108 @@
+"""RQ-VAE (paper eq. 4-5): an MLP encoder, L residual codebooks of K codes, an MLP decoder.
+
+r_1 = Enc(z); c_l = assign(r_l, C_l); r_{l+1} = r_l - C_l[c_l]; z_hat = Dec(sum_l C_l[c_l]).
+assign is Sinkhorn (balanced) in training when configured, the nearest code otherwise and always
+at inference. The straight-through estimator passes the decoder's gradient to the encoder.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from encoder_torch.sinkhorn import sinkhorn_assign
+
+
+@dataclass(frozen=True)
+class RQVAEModelConfig:
+    input_dim: int = 64  # d of the SaviorEnc embedding
+    latent_dim: int = 64
+    hidden: tuple[int, ...] = (128,)
+    levels: int = 3  # L (paper: 8)
+    codebook_size: int = 64  # K (paper: 2048)
+    assignment: str = "sinkhorn"  # in training: "sinkhorn" | "argmin"; inference is argmin
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iters: int = 50
+    beta: float = 0.25  # weight of the encoder-side commitment term inside L_commit (VQ-VAE)
+
+    def __post_init__(self) -> None:
+        if self.assignment not in ("sinkhorn", "argmin"):
+            raise ValueError(f"assignment={self.assignment!r}: use 'sinkhorn' or 'argmin'")
+
+
+@dataclass
+class RQOutput:
+    x_hat: torch.Tensor  # [B, input_dim] reconstruction
+    codes: torch.Tensor  # [B, L] int64
+    latent: torch.Tensor  # [B, latent_dim] r_1 = Enc(x)
+    quantized: torch.Tensor  # [B, latent_dim] sum_l C_l[c_l]
+    commit_loss: torch.Tensor  # scalar: sum over levels of codebook + beta * commitment terms
+
+
+def _mlp(sizes: list[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.GELU())
+    return nn.Sequential(*layers)
+
+
+class RQVAE(nn.Module):
+    def __init__(self, *, config: RQVAEModelConfig) -> None:
+        super().__init__()
+        self.config = c = config
+        self.encoder = _mlp([c.input_dim, *c.hidden, c.latent_dim])
+        self.decoder = _mlp([c.latent_dim, *reversed(c.hidden), c.input_dim])
+        self.codebooks = nn.Parameter(torch.randn(c.levels, c.codebook_size, c.latent_dim) * 0.1)
+
+    def assign(self, residual: torch.Tensor, level: int, *, balanced: bool) -> torch.Tensor:
+        """residual [B, D] -> codes [B] at ``level``: Sinkhorn when ``balanced``, else nearest."""
+        cost = torch.cdist(residual.float(), self.codebooks[level].float()).square()  # [B, K]
+        if balanced:
+            return sinkhorn_assign(cost, epsilon=self.config.sinkhorn_epsilon,
+                                   iters=self.config.sinkhorn_iters)
+        return cost.argmin(dim=1)
+
+    def quantize(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """latent [B, D] -> codes [B, L], quantized [B, D], commit loss."""
+        balanced = self.training and self.config.assignment == "sinkhorn"
+        residual, quantized = latent, torch.zeros_like(latent)
+        codes, commit = [], latent.new_zeros(())
+        for level in range(self.config.levels):
+            code = self.assign(residual.detach(), level, balanced=balanced)
+            vector = self.codebooks[level][code]  # [B, D]
+            commit = commit + F.mse_loss(vector, residual.detach()) \
+                + self.config.beta * F.mse_loss(residual, vector.detach())
+            codes.append(code)
+            quantized = quantized + vector
+            residual = residual - vector.detach()
+        return torch.stack(codes, dim=1), quantized, commit
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, L] -> sum of their code vectors [B, latent_dim]."""
+        levels = torch.arange(self.config.levels, device=codes.device)
+        return self.codebooks[levels, codes].sum(dim=1)
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, L] -> reconstruction [B, input_dim]."""
+        return self.decoder(self.decode_codes(codes))
+
+    def forward(self, x: torch.Tensor) -> RQOutput:
+        latent = self.encoder(x)
+        codes, quantized, commit = self.quantize(latent)
+        straight_through = latent + (quantized - latent).detach()
+        return RQOutput(self.decoder(straight_through), codes, latent, quantized, commit)
+
+    @torch.no_grad()
+    def semantic_codes(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, input_dim] -> nearest-code ids [B, L] (inference; no balancing)."""
+        was_training = self.training
+        self.eval()
+        codes = self.quantize(self.encoder(x))[0]
+        self.train(was_training)
+        return codes

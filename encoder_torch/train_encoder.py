@@ -1,0 +1,75 @@
+"""Training SaviorEnc on co-click pairs (InfoNCE, in-batch negatives) over cached tower features."""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from encoder_torch.features import TowerFeatures
+from encoder_torch.fusion import SaviorEnc
+from encoder_torch.losses import info_nce
+
+log = logging.getLogger(__name__)
+
+
+def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
+    """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures, pairs: np.ndarray, epochs: int,
+                    batch_size: int, lr: float, warmup_epochs: float, temperature: float,
+                    weight_decay: float, device: torch.device, seed: int, desc: str = "saviorenc") -> list[float]:
+    """Train in place; returns the mean loss of each epoch. ``pairs`` [P, 2] are item rows."""
+    if len(pairs) < 2:
+        raise ValueError(f"need at least 2 co-click pairs for in-batch negatives, got {len(pairs)}")
+    generator = torch.Generator().manual_seed(seed)
+    pairs_t = torch.from_numpy(np.asarray(pairs, dtype=np.int64))
+    steps_per_epoch = max(1, len(pairs) // batch_size)  # the ragged tail of a permutation is dropped
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                  weight_decay=weight_decay)
+    total = epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, warmup=round(warmup_epochs * steps_per_epoch), total=total))
+    model.to(device).train()
+    history = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(pairs_t), generator=generator)
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", unit="step",
+                   disable=steps_per_epoch < 5, leave=False)
+        for step in bar:
+            batch = pairs_t[order[step * batch_size:(step + 1) * batch_size]]  # [B, 2]
+            rows = torch.cat([batch[:, 0], batch[:, 1]])
+            z = model(**vars(features.take(rows, device=device)))
+            za, zb = z.chunk(2)
+            loss = info_nce(za, zb, temperature=temperature, a_ids=batch[:, 0].to(device),
+                            b_ids=batch[:, 1].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        history.append(float(np.mean(losses)))
+        log.info("%s epoch %d/%d: loss %.4f", desc, epoch + 1, epochs, history[-1])
+    return history
+
+
+@torch.no_grad()
+def embed_items(*, model: SaviorEnc, features: TowerFeatures, batch_size: int,
+                device: torch.device) -> np.ndarray:
+    """z of every item [n, d] float32 (L2-normalised), in the row order of ``features``."""
+    model.to(device).eval()
+    out = []
+    for start in range(0, len(features), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(features)))
+        out.append(model(**vars(features.take(rows, device=device))).float().cpu())
+    return torch.cat(out).numpy()
