@@ -94,7 +94,7 @@ def duckdb_item_stats(con: duckdb.DuckDBPyConnection, samples: str, out: str, wi
                coalesce(pv_recent, 0) AS pv_recent, coalesce(clicks_recent, 0) AS clicks_recent
         FROM counted WHERE snap = 1
         ) TO '{out}' (FORMAT parquet)""")
-    return int(con.sql(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0])
+    return int(con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0])
 
 
 def duckdb_coclick(con: duckdb.DuckDBPyConnection, samples: str, out: str, cfg: Config) -> dict[str, int]:
@@ -130,8 +130,8 @@ def duckdb_coclick(con: duckdb.DuckDBPyConnection, samples: str, out: str, cfg: 
                        ORDER BY score DESC, count DESC, partner_id) AS rank FROM scored)
         WHERE rank <= {c.top_k}
         ) TO '{out}' (FORMAT parquet)""")
-    n_pairs = int(con.sql("SELECT count(*) FROM pairs").fetchone()[0])
-    return {"n_pairs": n_pairs, "rows": int(con.sql(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0])}
+    n_pairs = int(con.execute("SELECT count(*) FROM pairs").fetchone()[0])
+    return {"n_pairs": n_pairs, "rows": int(con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchone()[0])}
 
 
 def run_duckdb(cfg: Config, workdir: Path) -> dict[str, Any]:

@@ -28,6 +28,8 @@ from spark_jobs.session import build_session, configure
 log = logging.getLogger(__name__)
 
 JOBS: tuple[str, ...] = ("samples", "coclick", "item_stats", "sequences")
+RUNTIME_KEYS = ("spark.sql.session.timeZone", "spark.sql.shuffle.partitions",
+                "spark.sql.parquet.outputTimestampType")
 
 
 def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[str, Any]:
@@ -47,6 +49,7 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
         )
     started = time.perf_counter()
     spark = active or build_session(cfg.spark, master)
+    previous = {key: spark.conf.get(key, None) for key in RUNTIME_KEYS}
     configure(spark, cfg.spark)
     result: dict[str, Any] = {
         "master": spark.sparkContext.master,
@@ -65,6 +68,12 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
     finally:
         if active is None:
             spark.stop()
+        else:  # leave a borrowed session as it was
+            for key, value in previous.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)
     result["total_seconds"] = round(time.perf_counter() - started, 3)
     return result
 
