@@ -150,16 +150,18 @@ class EncoderConfig(_Frozen):
     dim: int = Field(64, ge=2)  # d of z
     fusion_layers: int = Field(3, ge=1)
     fusion_heads: int = Field(4, ge=1)
-    fusion_width: int = Field(256, ge=8)
+    fusion_width: int = Field(128, ge=8)  # 128: 3.5x cheaper than 256 on CPU; measured on MovieLens
     temperature: float = Field(0.07, gt=0.0)
     # Tower layers fine-tuned: 0 keeps the towers frozen (their features are computed once and
     # cached); n > 0 unfreezes the last n transformer layers of the text tower.
     finetune_text_layers: int = Field(0, ge=0)
     finetune_image: bool = False
     max_text_tokens: int = Field(64, ge=8)  # per text field; truncates long overviews on CPU budgets
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(512, ge=2)
-    lr: float = Field(1e-4, gt=0)
+    # Paper: 10 epochs, lr 1e-4, batch 4096 on Taobao-scale pairs. MovieLens has ~13k pairs, so
+    # more, smaller steps at a higher rate: 15 epochs x 50 steps (Hit@30 measured, see report).
+    epochs: int = Field(15, ge=1)
+    batch_size: int = Field(256, ge=2)
+    lr: float = Field(1e-3, gt=0)
     warmup_epochs: float = Field(1.0, ge=0)
     num_workers: int = Field(2, ge=0)
     device: str = "auto"  # auto | cpu | cuda
