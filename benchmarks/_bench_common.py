@@ -119,7 +119,7 @@ class Timing:
         out: dict[str, Any] = {
             "batch_size": self.batch_size,
             "steps": self.steps,
-            "seconds": round(self.seconds, 6),
+            "seconds": float(f"{self.seconds:.9g}"),  # significant digits: tiny loops keep precision
             "ms_per_batch": round(self.ms_per_batch, 4),
             "samples_per_s": round(self.samples_per_s, 1),
         }

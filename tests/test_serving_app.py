@@ -198,3 +198,22 @@ def test_no_secret_in_logs_or_responses(served: Served, redis_copy, caplog: pyte
     assert redis_copy.address in everything  # the store is named ...
     assert PASSWORD not in everything and PASSWORD + "x" not in everything  # ... never the secret
     assert "***" in everything
+
+
+def test_counters_of_two_apps_stay_apart_after_feast_is_imported() -> None:
+    # feast.metrics turns prometheus_client's own metrics into per-process shared files.
+    import feast.metrics  # noqa: F401
+
+    from saviorrec.serving.counters import Counters
+
+    first, second = Counters(), Counters()
+    first.candidates.inc(5)
+    first.requests.labels("200").inc()
+    first.latency.labels("model").observe(0.003)
+    families = {f.name: f for f in text_string_to_metric_families(second.render().decode())}
+    assert families["saviorrec_serving_candidates"].samples[0].value == 0
+    text = first.render().decode()
+    assert "saviorrec_serving_candidates_total 5.0" in text
+    assert 'saviorrec_serving_requests_total{status="200"} 1.0' in text
+    assert 'saviorrec_serving_request_seconds_bucket{le="0.005",stage="model"} 1.0' in text
+    assert 'saviorrec_serving_request_seconds_bucket{le="0.002",stage="model"} 0.0' in text

@@ -1,38 +1,123 @@
 """Service counters, exposed at ``GET /metrics`` in the Prometheus text format.
 
-One registry per app (tests build several apps in one process).
+One registry per app (tests build several apps in one process). The values live in plain Python
+objects read by a custom collector, not in ``prometheus_client.Counter``: importing Feast
+(``feast.metrics``) sets ``PROMETHEUS_MULTIPROCESS_DIR``, which switches every
+``prometheus_client`` metric created afterwards to files shared by metric name within the
+process, so two apps' counters would add up.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+import bisect
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 PREFIX = "saviorrec_serving"
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0, 5.0)
+
+
+class Count:
+    """A monotonically increasing number (one child of a labelled counter)."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"counters only go up, got {amount}")
+        with self._lock:
+            self.value += amount
+
+
+class Observations:
+    """Bucketed observations (one child of a labelled histogram)."""
+
+    def __init__(self, lock: threading.Lock, buckets: tuple[float, ...]) -> None:
+        self._lock = lock
+        self.buckets = buckets
+        self.counts = [0] * (len(buckets) + 1)  # last: above every bucket (+Inf)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        with self._lock:
+            self.counts[bisect.bisect_left(self.buckets, value)] += 1
+            self.total += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        bounds = [*map(str, self.buckets), "+Inf"]
+        running, out = 0, []
+        for bound, count in zip(bounds, self.counts, strict=True):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
+class _Family:
+    def __init__(self, name: str, doc: str, labels: tuple[str, ...], make) -> None:
+        self.name, self.doc, self.label_names, self._make = name, doc, labels, make
+        self.children: dict[tuple[str, ...], Count | Observations] = {}
+        self._lock = threading.Lock()
+        if not labels:
+            self.children[()] = make()
+
+    def labels(self, *values: str):
+        if len(values) != len(self.label_names):
+            raise ValueError(f"{self.name} takes labels {self.label_names}, got {values}")
+        with self._lock:
+            if values not in self.children:
+                self.children[values] = self._make()
+            return self.children[values]
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.children[()].inc(amount)  # type: ignore[union-attr]
 
 
 class Counters:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(f"{PREFIX}_requests", "POST /rank requests by HTTP status",
-                                ["status"], registry=r)
-        self.candidates = Counter(f"{PREFIX}_candidates", "candidates scored", registry=r)
-        self.candidates_without_features = Counter(
+        self._lock = threading.Lock()
+        count = lambda: Count(self._lock)
+        self.requests = _Family(f"{PREFIX}_requests", "POST /rank requests by HTTP status",
+                                ("status",), count)
+        self.candidates = _Family(f"{PREFIX}_candidates", "candidates scored", (), count)
+        self.candidates_without_features = _Family(
             f"{PREFIX}_candidates_without_features",
             "candidates with no row in item_stats or item_multimodal (scored with defaults)",
-            registry=r)
-        self.sequence_items_without_features = Counter(
+            (), count)
+        self.sequence_items_without_features = _Family(
             f"{PREFIX}_sequence_items_without_features",
-            "sequence items with no row in item_stats or item_multimodal", registry=r)
-        self.unknown_users = Counter(f"{PREFIX}_unknown_users",
+            "sequence items with no row in item_stats or item_multimodal", (), count)
+        self.unknown_users = _Family(f"{PREFIX}_unknown_users",
                                      "requests whose user has no sequence (empty sequence used)",
-                                     registry=r)
-        self.store_unavailable = Counter(f"{PREFIX}_store_unavailable",
+                                     (), count)
+        self.store_unavailable = _Family(f"{PREFIX}_store_unavailable",
                                          "requests refused because the online store failed",
-                                         registry=r)
-        self.latency = Histogram(
-            f"{PREFIX}_request_seconds", "POST /rank latency by stage", ["stage"], registry=r,
-            buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0, 5.0))
+                                         (), count)
+        self.latency = _Family(f"{PREFIX}_request_seconds", "POST /rank latency by stage",
+                               ("stage",), lambda: Observations(self._lock, LATENCY_BUCKETS))
+        self._counters = [self.requests, self.candidates, self.candidates_without_features,
+                          self.sequence_items_without_features, self.unknown_users,
+                          self.store_unavailable]
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            for family in self._counters:
+                metric = CounterMetricFamily(family.name, family.doc, labels=family.label_names)
+                for values, child in family.children.items():
+                    metric.add_metric(list(values), child.value)  # type: ignore[union-attr]
+                yield metric
+            hist = HistogramMetricFamily(self.latency.name, self.latency.doc,
+                                         labels=self.latency.label_names)
+            for values, child in self.latency.children.items():
+                hist.add_metric(list(values), child.cumulative(),  # type: ignore[union-attr]
+                                sum_value=child.total)  # type: ignore[union-attr]
+            yield hist
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
