@@ -37,6 +37,9 @@ class DataConfig(_Frozen):
     rating_max: float = 5.0
     # Keep only this fraction of users (deterministic by user id hash); 1.0 keeps all. --quick.
     user_fraction: float = Field(1.0, gt=0.0, le=1.0)
+    # Drop items no kept user rated (MovieLens): --quick uses it so the encoder's towers see only
+    # the items of the subsample. The full profile keeps them (never-rated items are cold items).
+    drop_items_without_events: bool = False
 
 
 class SyntheticConfig(_Frozen):

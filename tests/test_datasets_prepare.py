@@ -49,6 +49,20 @@ def test_movielens_prepare_writes_contract_tables_and_is_idempotent(
     assert _leftovers(lake.root) == []
 
 
+def test_drop_items_without_events_keeps_exactly_the_rated_items(
+    config: Config, movielens_dir: Path
+) -> None:
+    cfg = config.with_overrides(data={"source_dir": str(movielens_dir), "user_fraction": 0.2,
+                                      "drop_items_without_events": True})
+    lake = Lake.from_config(cfg)
+    summary = prepare(cfg)
+    events, items = read_table(lake.events, EVENTS), read_table(lake.items, ITEMS)
+    rated = set(events["item_id"].to_pylist())
+    assert set(items["item_id"].to_pylist()) == rated
+    assert summary["items"] == len(rated)
+    assert summary["items_dropped_without_events"] == 9_742 - len(rated) > 0
+
+
 def test_movielens_prepare_reports_skips_and_absent_files(config: Config, tmp_path: Path) -> None:
     source = tmp_path / "tiny"
     source.mkdir()

@@ -13,19 +13,27 @@ from tf_ranker.data import ItemLookup, Samples, make_inputs
 class RankerBatches(keras.utils.PyDataset):
     """Batches of (inputs, labels [B, 1] float32); reshuffled each epoch when ``shuffle``.
 
-    The last batch may be smaller. The permutation comes from ``seed`` and the epoch number,
-    so a run is reproducible.
+    The last batch may be smaller, unless ``pad_last``: then it is filled up to ``batch_size``
+    with rows repeated from the start of the epoch's order, and every batch carries sample
+    weights [B] float32 (1 for real rows, 0 for the filling), so all batches have one shape that
+    a data-parallel device mesh splits evenly. Under a loss reduced by the sum of the sample
+    weights (``mean_with_sample_weight``) and a weighted metric (AUC), the padded batch gives
+    the loss, gradients and metric values of the short one. Without labels, ``pad_last`` pads
+    the inputs alone: the caller keeps the first ``len(samples)`` predictions.
+
+    The permutation comes from ``seed`` and the epoch number, so a run is reproducible.
     """
 
     def __init__(self, samples: Samples, items: ItemLookup, *, batch_size: int,
                  shuffle: bool = False, seed: int = 0, use_base_score: bool = False,
-                 with_labels: bool = True, **kwargs: Any) -> None:
+                 with_labels: bool = True, pad_last: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.samples, self.items = samples, items
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.use_base_score, self.with_labels = use_base_score, with_labels
+        self.pad_last = pad_last
         self.epoch = 0
         self.order = self._order()
 
@@ -40,10 +48,18 @@ class RankerBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index: int) -> Any:
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        real = len(rows)
+        if self.pad_last and real < self.batch_size:
+            filling = np.resize(self.order, self.batch_size - real)  # wraps when n < batch_size
+            rows = np.concatenate([rows, filling])
         inputs = make_inputs(self.samples, self.items, rows, self.use_base_score)
         if not self.with_labels:
             return (inputs,)
-        return inputs, self.samples.label[rows].astype("float32").reshape(-1, 1)
+        labels = self.samples.label[rows].astype("float32").reshape(-1, 1)
+        if not self.pad_last:
+            return inputs, labels
+        weights = (np.arange(len(rows)) < real).astype("float32")
+        return inputs, labels, weights
 
     def on_epoch_end(self) -> None:
         self.epoch += 1

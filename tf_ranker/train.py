@@ -6,16 +6,27 @@ on validation AUC with the best weights restored. Runs on any Keras backend: Ten
 CPU, ``KERAS_BACKEND=jax`` on a GPU host without TensorFlow (the data path is numpy/pyarrow;
 TensorBoard logs are written only where TensorFlow is importable).
 
+``ranker.distribution: data_parallel`` (JAX only) trains on every visible device with
+``keras.distribution.DataParallel``: variables replicated, each batch of ranker.batch_size
+rows split evenly over the devices, so ranker.batch_size is the global batch and must be a
+multiple of the device count. Every batch then has that one shape: the last, short batch of
+each split is padded with zero-weight rows (RankerBatches ``pad_last``; the loss is averaged
+over the sample weights, so the padding changes neither loss, gradients nor AUC) and the
+padded predictions are dropped. The distribution and the dtype policy are set for the run only
+and restored afterwards, so later runs in the same process start clean.
+
 Writes to Lake.ranker_dir(variant, seed): model.keras, meta.json, predictions_test.parquet,
 history.csv, checkpoints/best.keras, logs/ (TensorBoard).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,16 +142,51 @@ def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+def make_distribution(cfg: Config) -> keras.distribution.Distribution | None:
+    """None for ``ranker.distribution: none``; DataParallel over all visible devices otherwise."""
+    r = cfg.ranker
+    if r.distribution == "none":
+        return None
+    if keras.backend.backend() != "jax":
+        raise ValueError(f"ranker.distribution={r.distribution!r} needs KERAS_BACKEND=jax "
+                         f"(keras.distribution), got {keras.backend.backend()!r}")
+    distribution = keras.distribution.DataParallel()
+    devices = int(distribution.device_mesh.devices.size)
+    if r.batch_size % devices:
+        raise ValueError(f"ranker.batch_size={r.batch_size} (the global batch) is not divisible by "
+                         f"the {devices} devices of ranker.distribution=data_parallel: use a "
+                         f"multiple of {devices}, e.g. {devices * max(r.batch_size // devices, 1)}")
+    return distribution
+
+
+@contextlib.contextmanager
+def _run_scope(cfg: Config, distribution: keras.distribution.Distribution | None) -> Iterator[None]:
+    """Distribution and dtype policy for one run, restored on exit (even on an error)."""
+    policy = keras.config.dtype_policy()
+    if cfg.ranker.mixed_precision:
+        keras.config.set_dtype_policy(
+            "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
+    try:
+        with distribution.scope() if distribution is not None else contextlib.nullcontext():
+            yield
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
 def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
     """Train ``variant`` with ``seed``; returns (and writes) meta.json's content."""
+    distribution = make_distribution(cfg)
+    with _run_scope(cfg, distribution):
+        return _train(cfg, variant=variant, seed=seed, distribution=distribution)
+
+
+def _train(cfg: Config, *, variant: str, seed: int,
+           distribution: keras.distribution.Distribution | None) -> dict[str, Any]:
     r, lake = cfg.ranker, Lake.from_config(cfg)
     spec = get_variant(variant)
     keras.utils.set_random_seed(seed)
-    if r.mixed_precision:
-        keras.mixed_precision.set_dtype_policy(
-            "mixed_float16" if keras.backend.backend() == "tensorflow" else "mixed_bfloat16")
-    if r.distribution == "data_parallel":
-        keras.distribution.set_distribution(keras.distribution.DataParallel())
+    devices = 1 if distribution is None else int(distribution.device_mesh.devices.size)
+    pad = distribution is not None
     train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
     items = load_items(lake.training_items)
     codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
@@ -151,11 +197,14 @@ def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
 
     base = config["use_base_score"]
     train_batches = RankerBatches(train, items, batch_size=r.batch_size, shuffle=True, seed=seed,
-                                  use_base_score=base)
-    valid_batches = RankerBatches(valid, items, batch_size=r.batch_size, use_base_score=base)
+                                  use_base_score=base, pad_last=pad)
+    valid_batches = RankerBatches(valid, items, batch_size=r.batch_size, use_base_score=base,
+                                  pad_last=pad)
     schedule = learning_rate_schedule(cfg, len(train_batches) * r.epochs)
-    model.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule),
-                  loss=keras.losses.BinaryCrossentropy(), metrics=[keras.metrics.AUC(name="auc")],
+    # Mean over the sample weights: the zero-weight padding rows of pad_last do not count.
+    loss = keras.losses.BinaryCrossentropy(reduction="mean_with_sample_weight")
+    model.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule), loss=loss,
+                  metrics=[keras.metrics.AUC(name="auc")],
                   steps_per_execution=r.steps_per_execution)
     out = lake.ranker_dir(variant, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,8 +213,9 @@ def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
 
     def predict(samples: Samples) -> np.ndarray:
         batches = RankerBatches(samples, items, batch_size=r.batch_size, use_base_score=base,
-                                with_labels=False)
-        return np.asarray(model.predict(batches, verbose=0), dtype="float64").reshape(-1)
+                                with_labels=False, pad_last=pad)
+        scores = np.asarray(model.predict(batches, verbose=0), dtype="float64").reshape(-1)
+        return scores[:len(samples)]  # without pad_last's filling
 
     valid_scores, test_scores = predict(valid), predict(test)
     val_aucs = history.history.get("val_auc", [])
@@ -174,6 +224,9 @@ def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
         "seed": seed,
         "rqvae_version": rqvae_version,
         "backend": keras.backend.backend(),
+        "distribution": r.distribution,
+        "devices": devices,
+        "global_batch_size": r.batch_size,
         "epochs": len(val_aucs),
         "best_epoch": int(np.argmax(val_aucs)) + 1 if val_aucs else 0,
         "val_auc": auc(valid.label, valid_scores),  # best weights, sklearn on all valid rows

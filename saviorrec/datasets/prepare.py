@@ -50,8 +50,15 @@ def _prepare_movielens(cfg: Config, lake: Lake) -> dict[str, Any]:
     source_dir = cfg.source_dir()
     log.info("prepare: reading MovieLens from %s", source_dir)
     data = load_movielens(source_dir, cfg.data)
+    items, dropped = data.items, 0
+    if cfg.data.drop_items_without_events:
+        rated = pc.is_in(items["item_id"], value_set=pc.unique(data.events["item_id"]))
+        items = items.filter(rated)
+        dropped = data.items.num_rows - items.num_rows
+        log.info("prepare: dropped %d items no kept user rated (data.drop_items_without_events)",
+                 dropped)
     write_table(data.events, lake.events, EVENTS)
-    write_table(data.items, lake.items, ITEMS)
+    write_table(items, lake.items, ITEMS)
     return {
         "source": "movielens",
         "source_dir": str(source_dir),
@@ -62,13 +69,17 @@ def _prepare_movielens(cfg: Config, lake: Lake) -> dict[str, Any]:
         "posters_unmatched": data.posters_unmatched,
         "user_fraction": cfg.data.user_fraction,
         "users_before_subsample": data.users_before_subsample,
+        "items_dropped_without_events": dropped,
         **_event_counts(data.events),
-        **item_counts(data.items),
+        **item_counts(items),
     }
 
 
 def _prepare_synthetic(cfg: Config, lake: Lake) -> dict[str, Any]:
     syn = cfg.synthetic
+    if cfg.data.drop_items_without_events:
+        log.warning("prepare: data.drop_items_without_events applies to MovieLens only; the "
+                    "synthetic catalogue is sized by synthetic.n_items (all kept)")
     world = synthetic.make_world(syn)
     items = _synthetic_items(cfg, world, lake)
     write_table(items, lake.items, ITEMS)
