@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from encoder_torch.towers import (
     IMAGE_DIM,
@@ -24,6 +23,7 @@ from encoder_torch.towers import (
     TextTower,
     load_image,
 )
+from saviorrec.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def encode_texts(tower: TextTower, texts: list[list[str]], *, batch_size: int,
     flat = sorted({t for fields in texts for t in fields if t}, key=len)  # sorted: little padding
     vectors: dict[str, np.ndarray] = {}
     tower.to(device).eval()
-    for start in tqdm(range(0, len(flat), batch_size), desc="text tower", unit="batch",
+    for start in progress(range(0, len(flat), batch_size), desc="text tower", unit="batch",
                       disable=len(flat) <= batch_size):
         chunk = flat[start:start + batch_size]
         batch = {k: v.to(device) for k, v in tower.tokenize(chunk).items()}
@@ -108,7 +108,7 @@ def encode_images(tower: ImageTower, paths: list[str], *, batch_size: int, num_w
                         num_workers=num_workers, pin_memory=device.type == "cuda")
     tower.to(device).eval()
     start = 0
-    for pixels in tqdm(loader, desc="image tower", unit="batch", disable=len(loader) <= 1):
+    for pixels in progress(loader, desc="image tower", unit="batch", disable=len(loader) <= 1):
         tokens = tower(pixels.to(device, non_blocking=True)).float().cpu().numpy()
         out[start:start + len(tokens)] = tokens
         start += len(tokens)

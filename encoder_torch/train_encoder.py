@@ -7,11 +7,11 @@ import math
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from encoder_torch.features import TowerFeatures
 from encoder_torch.fusion import SaviorEnc
 from encoder_torch.losses import info_nce
+from saviorrec.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,8 @@ def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
     """Learning-rate factor: linear warm-up over ``warmup`` steps, then cosine decay to 0."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    done = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures, pairs: np.ndarray, epochs: int,
@@ -43,7 +43,7 @@ def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures, pairs: np.ndar
     for epoch in range(epochs):
         order = torch.randperm(len(pairs_t), generator=generator)
         losses = []
-        bar = tqdm(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", unit="step",
+        bar = progress(range(steps_per_epoch), desc=f"{desc} {epoch + 1}/{epochs}", unit="step",
                    disable=steps_per_epoch < 5, leave=False)
         for step in bar:
             batch = pairs_t[order[step * batch_size:(step + 1) * batch_size]]  # [B, 2]

@@ -8,10 +8,10 @@ import faiss
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from encoder_torch.losses import info_nce
 from encoder_torch.rqvae import RQVAE
+from saviorrec.progress import progress
 
 log = logging.getLogger(__name__)
 MAX_FIT_ROWS = 262_144  # rows used for k-means and reseeding (a sample for millions of items)
@@ -68,7 +68,7 @@ def train_rqvae(*, model: RQVAE, x: torch.Tensor, pairs: np.ndarray, epochs: int
     steps = max(1, len(x) // batch_size)
     history = []
     model.train()
-    for epoch in tqdm(range(epochs), desc=desc, unit="epoch", disable=epochs < 5):
+    for epoch in progress(range(epochs), desc=desc, unit="epoch", disable=epochs < 5):
         order = torch.randperm(len(x), generator=generator).to(x.device)
         total = 0.0
         for step in range(steps):
