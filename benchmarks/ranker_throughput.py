@@ -21,6 +21,14 @@ matched sizes: embedding 64 per feature, sequences of 50, the ranker's DNN width
 MBA and without multimodal input, bf16 mixed precision, ``steps_per_execution``, a threaded
 pipeline, prebuilt host batches (H2D copy without the gather), and the forward / backward split.
 
+``--data-parallel`` measures multi-device scaling instead (JAX only): for each device count k of
+``--devices`` (default: 1 and all N visible devices), ``train_fit`` and ``train_step`` of the
+full model with a global batch of k x the per-device batch (``--batch-sizes``, default 1024),
+k = 1 without a distribution (plain single-device training) and k > 1 under
+``keras.distribution.DataParallel`` over the first k devices, as ``ranker.distribution:
+data_parallel`` trains. The JSON's ``data_parallel`` section holds samples/s per device count
+and the scaling efficiency samples/s(k) / (k x samples/s(1)).
+
 Run from the repository root: ``python benchmarks/ranker_throughput.py --backend jax``; the
 torch backend in a separate process (``--backend torch``). Results: a JSON file (``--out``) that
 is rewritten after every measurement, so a run cut short by a timeout keeps what it measured.
@@ -29,6 +37,7 @@ is rewritten after every measurement, so a run cut short by a timeout keeps what
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -163,8 +172,8 @@ def make_cached_batches(batches: list[Any], length: int) -> Any:
 class KerasRunner:
     """Compiled train / predict functions of one compiled Keras model, on device batches."""
 
-    def __init__(self, model: Any, backend: str) -> None:
-        self.model, self.backend = model, backend
+    def __init__(self, model: Any, backend: str, distribution: Any = None) -> None:
+        self.model, self.backend, self.distribution = model, backend, distribution
         if backend == "jax":
             import jax
 
@@ -176,6 +185,10 @@ class KerasRunner:
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
     def to_device(self, batch: Any) -> Any:
+        if self.backend == "jax" and self.distribution is not None:
+            # Split along the batch axis over the mesh, as fit's distributed iterator does.
+            return tree_map(lambda a: self._jax.device_put(
+                a, self.distribution.get_data_layout(a.shape).backend_layout), batch)
         if self.backend == "jax":
             return self._jax.device_put(batch)
         torch = self._torch
@@ -436,6 +449,83 @@ def run_ranker_suite(rec: Recorder, args: argparse.Namespace, data: Data, *, var
     return out
 
 
+def run_data_parallel(rec: Recorder, args: argparse.Namespace, data: Data,
+                      device_counts: list[int]) -> dict[str, Any]:
+    """Training samples/s of ``args.variant`` per device count and per-device batch; returns the
+    JSON's ``data_parallel`` section (also rewritten into the payload after each measurement)."""
+    import keras
+
+    section: dict[str, Any] = {
+        "devices_visible": len(keras.distribution.list_devices()),
+        "device_counts": device_counts, "per_device_batch_sizes": args.batch_sizes,
+        "distribution_at_1": "none", "distribution_above_1": "keras.distribution.DataParallel",
+        "results": [],
+    }
+    rec.payload["data_parallel"] = section
+    for per_device in args.batch_sizes:
+        by_count: dict[int, dict[str, float | None]] = {}
+        for k in device_counts:
+            by_count[k] = time_devices(rec, args, data, k, per_device)
+            section["results"] = [r for r in section["results"]
+                                  if r["per_device_batch"] != per_device]
+            section["results"].append(scaling_summary(per_device, by_count))
+            rec.flush()
+    return section
+
+
+def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
+                 per_device: int) -> dict[str, float | None]:
+    """train_fit and train_step on the first ``k`` devices, global batch ``k x per_device``."""
+    import keras
+
+    distribution = None
+    if k > 1:
+        distribution = keras.distribution.DataParallel(
+            devices=keras.distribution.list_devices()[:k])
+    global_batch = per_device * k
+    base = {"model": "SaviorRanker", "variant": args.variant, "backend": args.backend,
+            "precision": "float32", "batch_size": global_batch, "jit_compile": True,
+            "tag": f"devices{k}", "devices": k, "per_device_batch": per_device}
+    kw = {"batch_size": global_batch, "steps": args.steps, "warmup": args.warmup}
+
+    def dataset(n: int) -> Any:
+        return make_batches(data.samples, data.items, global_batch, n)
+
+    with distribution.scope() if distribution is not None else contextlib.nullcontext():
+        model = build_ranker(data, args.variant, jit_compile=True)
+        runner = KerasRunner(model, args.backend, distribution)
+        base["params"] = int(model.count_params())
+        fit = measure(rec, base, "train_fit", lambda: time_fit(model, dataset, **kw))
+
+        def time_step() -> common.Timing:
+            host = dataset(1 << 30)
+            batches = [runner.to_device(host[i]) for i in range(args.device_batches)]
+            step, finish = runner.train_stepper(batches)
+            timing = common.time_loop(step, sync=runner.sync, **kw)
+            finish()
+            # Where the work ran: devices holding a batch (split) and a variable (replicated).
+            timing.extra["batch_devices"] = len(batches[0][1].sharding.device_set)
+            timing.extra["variable_devices"] = len(
+                model.trainable_variables[0].value.sharding.device_set)
+            return timing
+
+        step = measure(rec, base, "train_step", time_step)
+    return {"train_fit": _sps(fit), "train_step": _sps(step)}
+
+
+def scaling_summary(per_device: int, by_count: dict[int, dict[str, float | None]]) -> dict[str, Any]:
+    """samples/s per device count and efficiency samples/s(k) / (k x samples/s(1)) per measure."""
+    out: dict[str, Any] = {"per_device_batch": per_device}
+    for key in ("train_fit", "train_step"):
+        sps = {str(k): v[key] for k, v in sorted(by_count.items())}
+        one = by_count.get(1, {}).get(key)
+        out[f"{key}_samples_per_s"] = sps
+        out[f"{key}_scaling_efficiency"] = {
+            str(k): (round(v[key] / (k * one), 4) if one and v[key] else None)
+            for k, v in sorted(by_count.items())}
+    return out
+
+
 # ---- FuxiCTR DIN ---------------------------------------------------------------------------
 class DinRunner:
     """FuxiCTR's DIN (model_zoo/LongCTR/DIN) at sizes matched to the ranker."""
@@ -637,8 +727,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=4, help="pipeline threads of --profile")
     p.add_argument("--tiny", action="store_true", help="small sizes for a CPU smoke test")
     p.add_argument("--num-items", type=int, default=None, help="item table rows")
+    p.add_argument("--data-parallel", action="store_true",
+                   help="jax: training samples/s per device count (--devices) with a global batch "
+                        "of k x the per-device --batch-sizes; skips the other measurements")
+    p.add_argument("--devices", default=None,
+                   help="--data-parallel: comma separated device counts (default 1,N: all visible)")
     args = p.parse_args(argv)
-    default_batches = "32,64" if args.tiny else "1024,8192"
+    if args.data_parallel and args.backend != "jax":
+        p.error("--data-parallel needs --backend jax (keras.distribution)")
+    if args.devices and not args.data_parallel:
+        p.error("--devices needs --data-parallel")
+    if args.data_parallel:
+        args.skip_din = True
+        default_batches = "16" if args.tiny else "1024"  # per device
+    else:
+        default_batches = "32,64" if args.tiny else "1024,8192"
     args.batch_sizes = [int(b) for b in (args.batch_sizes or default_batches).split(",")]
     args.steps = args.steps or (5 if args.tiny else 100)
     args.warmup = args.warmup or (2 if args.tiny else 5)
@@ -669,9 +772,18 @@ def main(argv: list[str] | None = None) -> int:
     sizes = tiny_sizes() if args.tiny else paper_sizes()
     if args.num_items:
         sizes = replace(sizes, num_items=args.num_items)
+    device_counts: list[int] = []
+    global_batches = list(args.batch_sizes)
+    if args.data_parallel:
+        visible = len(keras.distribution.list_devices())
+        device_counts = sorted({int(k) for k in args.devices.split(",")} if args.devices
+                               else {1, visible})
+        if device_counts[0] < 1 or device_counts[-1] > visible:
+            raise SystemExit(f"--devices {device_counts}: {visible} devices are visible")
+        global_batches = [b * k for b in args.batch_sizes for k in device_counts]
     # The pool is a multiple of every batch size (no partial batch) and holds >= 4 batches.
-    lcm = int(np.lcm.reduce(args.batch_sizes))
-    want = max(sizes.pool_samples, 4 * max(args.batch_sizes))
+    lcm = int(np.lcm.reduce(global_batches))
+    want = max(sizes.pool_samples, 4 * max(global_batches))
     sizes = replace(sizes, pool_samples=-(-want // lcm) * lcm)
     cfg = sizes.config()
     payload: dict[str, Any] = {
@@ -694,6 +806,19 @@ def main(argv: list[str] | None = None) -> int:
     payload["device"] = common.device_info()
     rec = Recorder(args.out, payload)
     rec.flush()
+
+    if args.data_parallel:
+        section = run_data_parallel(rec, args, data, device_counts)
+        payload["device"] = common.device_info()
+        payload["total_s"] = round(time.perf_counter() - start, 2)
+        rec.flush()
+        print()
+        print(common.format_table(payload["results"], TABLE_COLUMNS))
+        print()
+        for row in section["results"]:
+            print("data_parallel:", row)
+        print(f"\nwrote {args.out}")
+        return 0
 
     jit_modes = {"on": [True], "off": [False], "both": [False, True]}[args.jit_compile]
     jit_best = jit_modes[-1]

@@ -201,7 +201,7 @@ class TrainingSetBuilder:
 
 
 def build_training_items(cfg: Config, seen_items: set[int]) -> dict[str, Any]:
-    """Dense item table: row i is item i; ids without a multimodal row get zeros (counted)."""
+    """Dense item table, items 1..max: ids without a multimodal row get zeros (counted)."""
     lake = Lake.from_config(cfg)
     mm = read_table(lake.item_multimodal, ITEM_MULTIMODAL)
     mm = duckdb.connect().sql(
@@ -226,17 +226,19 @@ def build_training_items(cfg: Config, seen_items: set[int]) -> dict[str, Any]:
     if len(mm_ids):
         embedding[mm_ids] = pc.list_flatten(mm["embedding"]).to_numpy().reshape(-1, dim)
         semantic[mm_ids] = pc.list_flatten(mm["semantic_ids"]).to_numpy().reshape(-1, sid_len)
+    # Row 0 (PADDING_ITEM_ID) is not written: the ranker's lookup (tf_ranker.data.load_items)
+    # makes it zeros itself and rejects item id 0 in the table.
     table = pa.table({
-        "item_id": pa.array(np.arange(n, dtype=np.int64)),
-        "embedding": pa.FixedSizeListArray.from_arrays(embedding.ravel(), dim).cast(
+        "item_id": pa.array(np.arange(1, n, dtype=np.int64)),
+        "embedding": pa.FixedSizeListArray.from_arrays(embedding[1:].ravel(), dim).cast(
             pa.list_(pa.float32())),
-        "semantic_ids": pa.FixedSizeListArray.from_arrays(semantic.ravel(), sid_len).cast(
+        "semantic_ids": pa.FixedSizeListArray.from_arrays(semantic[1:].ravel(), sid_len).cast(
             pa.list_(pa.int64())),
     })
     write_table(table, lake.training_items, TRAINING_ITEMS)
     missing = len(seen_items - set(mm_ids.tolist()) - {PADDING_ITEM_ID})
     version = versions.pop() if versions else ("", "")
-    return {"rows": n, "embedding_dim": dim, "semantic_ids_len": sid_len,
+    return {"rows": table.num_rows, "embedding_dim": dim, "semantic_ids_len": sid_len,
             "encoder_version": version[0], "rqvae_version": version[1],
             "items_without_multimodal": missing}
 

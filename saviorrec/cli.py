@@ -31,6 +31,9 @@ def _call(target: str, *args: Any, **kwargs: Any) -> Any:
 def _config(args: argparse.Namespace) -> Config:
     overlays = (QUICK_OVERLAY,) if getattr(args, "quick", False) else ()
     cfg = load_config(args.config, overlays)
+    if overlays:  # a quick run has its own folder: it never overwrites the full run's outputs
+        cfg = cfg.with_overrides(run={"name": f"{cfg.run.name}-quick",
+                                      "root": f"{cfg.run.root.rstrip('/')}-quick"})
     if getattr(args, "profile", None):
         cfg = cfg.with_overrides(feast={"profile": args.profile})
     return cfg

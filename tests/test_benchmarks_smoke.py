@@ -64,3 +64,38 @@ def test_ranker_throughput_tiny(tmp_path: Path) -> None:
         assert {"train_fit", "train_step", "predict_step"} <= set(din)
         assert summary["ratio_vs_din_train_step"] > 0
     assert "SaviorRanker" in proc.stdout and "samples_per_s" in proc.stdout  # the table
+
+
+@pytest.mark.timeout(300)
+def test_ranker_throughput_data_parallel_tiny(tmp_path: Path) -> None:
+    """--data-parallel on two host CPU devices: samples/s and scaling efficiency per count."""
+    out = tmp_path / "ranker_dp.json"
+    cmd = [sys.executable, str(SCRIPT), "--tiny", "--backend", "jax", "--data-parallel",
+           "--batch-sizes", "8", "--steps", "3", "--warmup", "1", "--device-batches", "2",
+           "--out", str(out)]
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, check=False,
+                          timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    result = json.loads(out.read_text())
+    records = {(r["devices"], r["measure"]): r for r in result["results"]}
+    assert set(records) == {(k, m) for k in (1, 2) for m in ("train_fit", "train_step")}
+    for (k, _), record in records.items():
+        assert "error" not in record, record
+        assert record["per_device_batch"] == 8 and record["batch_size"] == 8 * k
+        assert record["samples_per_s"] == pytest.approx(8 * k * 3 / record["seconds"], rel=1e-3)
+    # The 2-device step really ran on both devices: batch split, variables replicated.
+    assert records[(2, "train_step")]["batch_devices"] == 2
+    assert records[(2, "train_step")]["variable_devices"] == 2
+    assert records[(1, "train_step")]["batch_devices"] == 1
+    section = result["data_parallel"]
+    assert section["devices_visible"] == 2 and section["device_counts"] == [1, 2]
+    (row,) = section["results"]
+    for measure in ("train_fit", "train_step"):
+        sps = row[f"{measure}_samples_per_s"]
+        assert sps == {str(k): records[(k, measure)]["samples_per_s"] for k in (1, 2)}
+        assert row[f"{measure}_scaling_efficiency"]["2"] == pytest.approx(
+            sps["2"] / (2 * sps["1"]), abs=1e-4)
+    assert not any(r["model"] == "FuxiCTR-DIN" for r in result["results"])

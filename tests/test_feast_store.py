@@ -27,6 +27,7 @@ from feature_repo import store as fs
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
 from saviorrec.schema import ITEM_STAT_DEFAULTS, TRAINING_ITEMS, TRAINING_SAMPLES
+from tf_ranker.data import load_items
 
 STATS = ("pv", "clicks", "ctr", "pv_recent", "clicks_recent", "ctr_recent", "pv_bucket")
 DEFAULT = {n: ITEM_STAT_DEFAULTS[n] for n in STATS}
@@ -121,15 +122,20 @@ def test_training_set_respects_the_ttl(config: Config, join: str) -> None:
 
 def test_training_items_are_dense_and_versioned(cfg: Config) -> None:
     report = fs.training_set(cfg)
-    assert report["items"] == {"rows": 5, "embedding_dim": 4, "semantic_ids_len": 3,
+    assert report["items"] == {"rows": 4, "embedding_dim": 4, "semantic_ids_len": 3,
                                "encoder_version": "enc-1", "rqvae_version": "rq-1",
                                "items_without_multimodal": 1}
     table = pq.read_table(Lake.from_config(cfg).training_items)
     assert table.schema == TRAINING_ITEMS.arrow_schema()
-    assert table["item_id"].to_pylist() == [0, 1, 2, 3, 4]
-    assert table["embedding"][2].as_py() == [2.0, 0.5, -1.0, 0.25]
-    assert table["embedding"][4].as_py() == [0.0] * 4 and table["embedding"][0].as_py() == [0.0] * 4
-    assert table["semantic_ids"][3].as_py() == [3, 4, 0]
+    assert table["item_id"].to_pylist() == [1, 2, 3, 4]  # no padding row: the reader adds it
+    assert table["embedding"][1].as_py() == [2.0, 0.5, -1.0, 0.25]
+    assert table["embedding"][3].as_py() == [0.0] * 4
+    assert table["semantic_ids"][2].as_py() == [3, 4, 0]
+    # the ranker reads exactly this file (the two stages once disagreed on the padding row)
+    lookup = load_items(Lake.from_config(cfg).training_items)
+    assert lookup.embedding.shape == (5, 4) and not lookup.embedding[0].any()
+    assert lookup.embedding[2].tolist() == [2.0, 0.5, -1.0, 0.25]
+    assert lookup.semantic_ids[3].tolist() == [3, 4, 0]
 
 
 def test_missing_sequence_row_is_an_error(config: Config) -> None:
