@@ -1,7 +1,8 @@
 """SaviorRanker: pCTR = DNN(user, candidate, attention over the behaviour sequence) (eq. 1, 16).
 
 Every item (candidate or sequence position) has a behaviour vector
-h = [id embedding, log1p counts + click rates, pv_bucket embedding] and, in the multimodal
+h = [id embedding, log1p counts + click rates, pv_bucket embedding] (no_id drops the first,
+no_stats the other two) and, in the multimodal
 variants, a multimodal vector z (the frozen encoder embedding, aligned by MBA). The sequence
 side (h_seq, z_seq, the attention keys and values) is computed by :meth:`encode_sequence` and
 the candidate side by :meth:`score`. Their tensors broadcast: a batch of B samples (training)
@@ -55,7 +56,7 @@ class SaviorRanker(keras.Model):
         stat_dim: int = 16,
         heads: int = 8,
         attention_dim: int = 64,
-        mba_dim: int = 64,
+        mba_dim: int | None = None,
         mba_norm_epsilon: float = 1e-2,
         dnn_units: tuple[int, ...] | list[int] = (256, 128, 64),
         feature_cross: bool = False,
@@ -71,6 +72,8 @@ class SaviorRanker(keras.Model):
                             ("levels", levels), ("codebook_size", codebook_size)):
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if mba_dim is not None and self.spec.mba_dim is not None and mba_dim != self.spec.mba_dim:
+            raise ValueError(f"variant {variant!r} has mba_dim={self.spec.mba_dim}, got {mba_dim}")
         if len(dnn_units) < 1 or min(dnn_units) < 1:
             raise ValueError(f"dnn_units={list(dnn_units)} must be non-empty positive widths")
         self.variant = variant
@@ -78,7 +81,9 @@ class SaviorRanker(keras.Model):
         self.embedding_dim, self.levels, self.codebook_size = embedding_dim, levels, codebook_size
         self.semantic_id_width = levels + 1 if semantic_id_width is None else semantic_id_width
         self.id_dim, self.stat_dim, self.heads = id_dim, stat_dim, heads
-        self.attention_dim, self.mba_dim = attention_dim, mba_dim
+        # d_mba: the argument, else the variant's (Table 5), else the paper's 64.
+        self.attention_dim = attention_dim
+        self.mba_dim = mba_dim if mba_dim is not None else (self.spec.mba_dim or 64)
         self.mba_norm_epsilon = mba_norm_epsilon
         self.dnn_units = tuple(int(u) for u in dnn_units)
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
@@ -115,7 +120,7 @@ class SaviorRanker(keras.Model):
         if self.built:
             return
         spec, d = self.spec, self.embedding_dim
-        h_dim = self.id_dim + NUM_STATS + self.stat_dim
+        h_dim = self.behaviour_dim
 
         def embedding(size: int, width: int, name: str) -> keras.layers.Embedding:
             layer = keras.layers.Embedding(size, width, name=name)
@@ -123,10 +128,13 @@ class SaviorRanker(keras.Model):
             return layer
 
         self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding")
-        self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
-        self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim, "pv_bucket_embedding")
-        self.stat_transform = LogCountTransform(name="stat_transform")
-        self.stat_transform.build((None, NUM_STATS))
+        if spec.use_id:
+            self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
+        if spec.use_stats:
+            self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim,
+                                                 "pv_bucket_embedding")
+            self.stat_transform = LogCountTransform(name="stat_transform")
+            self.stat_transform.build((None, NUM_STATS))
         if spec.mba is not None:
             self.mba = ModalBehaviorAlignment(self.levels, self.codebook_size, self.mba_dim,
                                               skip=spec.skip,
@@ -168,13 +176,21 @@ class SaviorRanker(keras.Model):
             raise ValueError(f"variant {self.variant!r} keeps a zero-initialised MBA codebook")
         self.mba.set_codebook(codebook)
 
+    @property
+    def behaviour_dim(self) -> int:
+        """Width of h: item id embedding and/or statistics + pv_bucket embedding."""
+        return (self.id_dim if self.spec.use_id else 0) + \
+            (NUM_STATS + self.stat_dim if self.spec.use_stats else 0)
+
     # ---- forward -------------------------------------------------------------------------
     def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any) -> Any:
-        return ops.concatenate([
-            self.item_embedding(_in_vocab(ids, self.num_items)),
-            ops.cast(self.stat_transform(stats), self.compute_dtype),
-            self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets)),
-        ], axis=-1)
+        parts = []
+        if self.spec.use_id:
+            parts.append(self.item_embedding(_in_vocab(ids, self.num_items)))
+        if self.spec.use_stats:
+            parts += [ops.cast(self.stat_transform(stats), self.compute_dtype),
+                      self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets))]
+        return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def _modal(self, embedding: Any, semantic_ids: Any) -> Any:
         z = self.mba(embedding, semantic_ids) if self.spec.mba else embedding

@@ -87,8 +87,9 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "stat_dim": r.stat_dim,
         "heads": r.heads,
         "attention_dim": r.attention_dim,
-        # no_raw_mm copies the RQ codebook, so its width is the RQ latent width.
-        "mba_dim": latent if spec.mba == "rq" else r.mba_dim,
+        # no_raw_mm copies the RQ codebook, so its width is the RQ latent width; full_mba32/16/8
+        # fix their own (Table 5).
+        "mba_dim": latent if spec.mba == "rq" else (spec.mba_dim or r.mba_dim),
         "mba_norm_epsilon": r.mba_norm_epsilon,
         "dnn_units": list(r.dnn_units),
         "feature_cross": r.feature_cross,
