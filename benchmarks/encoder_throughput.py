@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from encoder_torch.device import resolve_device
-from encoder_torch.fusion import SaviorEnc, SaviorEncConfig
+from encoder_torch.fusion import SaviorEnc, SaviorEncConfig, encoder_model_config
 from encoder_torch.rqvae import RQVAE, RQVAEModelConfig
 from encoder_torch.towers import ImageTower, TextTower
 from encoder_torch.train_rqvae import kmeans_init, train_rqvae
+from saviorrec.config import load_config
 
 WORDS = ["space", "crew", "journey", "love", "war", "city", "night", "secret", "family", "detective", "ghost", "island", "robot", "king", "summer", "school", "heist", "river", "storm", "dream", "music", "border", "train", "winter", "hero"]
 
@@ -39,12 +40,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_embed(*, items: int, batch: int, image_size: int, device: torch.device, amp: bool) -> dict:
+def bench_embed(*, items: int, batch: int, image_size: int, fusion_config: SaviorEncConfig,
+                device: torch.device, amp: bool) -> dict:
     rng = np.random.default_rng(0)
     texts = [[" ".join(rng.choice(WORDS, n)) for n in (4, 3, 5, 60)] for _ in range(items)]
     text_tower = TextTower(max_tokens=64).to(device).eval()
     image_tower = ImageTower(image_size=image_size).to(device).eval()
-    fusion = SaviorEnc(config=SaviorEncConfig()).to(device).eval()
+    fusion = SaviorEnc(config=fusion_config).to(device).eval()
     pixels = torch.rand(batch, 3, image_size, image_size) * 2 - 1  # generated posters
     timings = {"text_s": 0.0, "image_s": 0.0, "fusion_s": 0.0}
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if amp else torch.autocast(device.type, enabled=False)
@@ -98,6 +100,8 @@ def bench_rqvae(*, items: int, levels: int, codebook: int, dim: int, batch: int,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=str(ROOT / "configs" / "movielens.yaml"),
+                   help="sizes (image side, fusion, RQ-VAE levels and codes) from this config")
     p.add_argument("--device", default="auto")
     p.add_argument("--small", action="store_true", help="CPU-sized run")
     p.add_argument("--embed-items", type=int)
@@ -109,13 +113,19 @@ def main() -> None:
     device = resolve_device(args.device)
     embed_items = args.embed_items or (64 if args.small else 8192)
     rq_items = args.rq_items or (50_000 if args.small else 1_000_000)
-    levels, codebook, batch = (8, 2048, 16384) if args.paper else (3, 64, 1024 if args.small else 16384)
+    cfg = load_config(args.config)
+    rq = cfg.rqvae
+    levels, codebook, batch = (8, 2048, 16384) if args.paper else (
+        rq.levels, rq.codebook_size, 1024 if args.small else 16384)
     result = {
         "device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
         else platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads(), "command": " ".join(sys.argv),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "embed": bench_embed(items=embed_items, batch=16 if args.small else 256, image_size=224,
+        "config": args.config,
+        "embed": bench_embed(items=embed_items, batch=16 if args.small else 256,
+                             image_size=cfg.encoder.image_size,
+                             fusion_config=encoder_model_config(cfg, ("text", "image")),
                              device=device, amp=args.amp),
         "rqvae": bench_rqvae(items=rq_items, levels=levels, codebook=codebook, dim=64, batch=batch, device=device),
     }

@@ -8,10 +8,14 @@ so every item gets an embedding. Missing text fields inside a present text are m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from saviorrec.config import Config
 
 MODALITIES = ("text", "image")
 
@@ -85,3 +89,10 @@ class SaviorEnc(nn.Module):
             keeps.append(keep)
         h = self.fusion(torch.cat(parts, 1), src_key_padding_mask=~torch.cat(keeps, 1))
         return F.normalize(self.head(self.norm(h[:, 0])), dim=-1)
+
+
+def encoder_model_config(cfg: Config, modalities: tuple[str, ...]) -> SaviorEncConfig:
+    """The fusion model's sizes from the run config (``encoder.*``)."""
+    ec = cfg.encoder
+    return SaviorEncConfig(modalities=modalities, width=ec.fusion_width, layers=ec.fusion_layers,
+                           heads=ec.fusion_heads, dim=ec.dim, dropout=ec.fusion_dropout)

@@ -14,7 +14,7 @@ import torch
 from encoder_torch.cache import tower_features
 from encoder_torch.data import coclick_pairs, next_click_pairs, read_items
 from encoder_torch.device import resolve_device
-from encoder_torch.fusion import MODALITIES, SaviorEnc, SaviorEncConfig
+from encoder_torch.fusion import MODALITIES, SaviorEnc, encoder_model_config
 from encoder_torch.hit_rate import i2i_hit_rate
 from encoder_torch.outputs import EMBEDDINGS, save_checkpoint, vectors_column, write_json
 from encoder_torch.rq_stage import run_rqvae  # noqa: F401  (entry point re-exported)
@@ -25,12 +25,6 @@ from saviorrec.metrics import update_metrics
 
 log = logging.getLogger(__name__)
 VARIANTS = {"aligned": MODALITIES, "text_only": ("text",), "image_only": ("image",)}
-
-
-def encoder_model_config(cfg: Config, modalities: tuple[str, ...]) -> SaviorEncConfig:
-    ec = cfg.encoder
-    return SaviorEncConfig(modalities=modalities, width=ec.fusion_width, layers=ec.fusion_layers,
-                           heads=ec.fusion_heads, dim=ec.dim, dropout=ec.fusion_dropout)
 
 
 def run_encoder(cfg: Config) -> dict[str, Any]:

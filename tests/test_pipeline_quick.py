@@ -109,7 +109,7 @@ def test_metrics_json_has_every_key(run: Run) -> None:
 
 def test_the_data_summary_matches_the_lake(run: Run) -> None:
     events = pq.read_table(run.root / "lake" / "raw" / "events.parquet")
-    prepare = json.loads((run.root / "lake" / "raw" / "prepare_summary.json").read_text())
+    prepare = json.loads((run.root / "lake" / "raw" / "summary.json").read_text())
     assert prepare["events"] == events.num_rows
     assert 0.05 * 100_836 < events.num_rows < 0.3 * 100_836  # user_fraction 0.15
 
@@ -127,7 +127,7 @@ def test_report_and_figures_are_written(run: Run) -> None:
 
 def test_predictions_and_export_are_well_formed(run: Run) -> None:
     for v in VARIANTS:
-        preds = pq.read_table(next(run.root.rglob(f"{v}/seed-0/predictions_test.parquet")))
+        preds = pq.read_table(next(run.root.rglob(f"{v}/seed0/predictions_test.parquet")))
         scores = preds["score"].to_numpy()
         assert preds.num_rows > 100 and np.isfinite(scores).all()
         assert ((scores >= 0) & (scores <= 1)).all()

@@ -12,7 +12,7 @@ from tf_ranker.export import per_sample_inputs
 from tf_ranker.features import SEQUENCE_INPUTS
 from tf_ranker.models import SaviorRanker
 from tf_ranker.synthetic import synthetic_inputs
-from tf_ranker.variants import VARIANTS
+from tf_ranker.variants import VARIANTS, get_variant
 
 DIMS = {"num_users": 20, "num_items": 50, "num_pv_buckets": 5, "embedding_dim": 8, "levels": 3,
         "codebook_size": 16, "id_dim": 4, "stat_dim": 4, "heads": 2, "attention_dim": 8,
@@ -26,7 +26,10 @@ def batch(n: int = 6, seed: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]
 
 def model(variant: str, **kw: object) -> SaviorRanker:
     keras.utils.set_random_seed(0)
-    return SaviorRanker(variant=variant, **{**DIMS, **kw})
+    dims = {**DIMS, **kw}
+    if get_variant(variant).mba_dim is not None:  # full_mba32/16/8 fix their own width
+        dims.pop("mba_dim")
+    return SaviorRanker(variant=variant, **dims)
 
 
 def test_variant_weights() -> None:

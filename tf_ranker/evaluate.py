@@ -7,12 +7,19 @@ interval bound, and the per-seed AUCs. Also the non-neural reference (smoothed u
 item-mean click rate, logit sum, fitted on TRAIN rows, scored on TEST) and the paired bootstrap
 of full - base on the same test rows (per seed, averaged over the seeds both variants have).
 
+Fig. 3: for variants with MBA, the per-level importance that training wrote into each seed's
+meta.json (mean L2 norm of the used MBA codebook rows and of the fusion weights per level),
+averaged over the seeds.
+
 Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bucket>.{mean,ci95},
-reference.smoothed_mean.auc(.ci95, _by_bucket), ranker.full_minus_base.{diff,ci95,seeds}.
+ranker.<variant>.mba_level_importance.{codebook,fusion,codebook_rows_used,levels,seeds} (the
+first three: lists over the levels), reference.smoothed_mean.auc(.ci95, _by_bucket),
+ranker.full_minus_base.{diff,ci95,seeds}.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -64,6 +71,24 @@ def _read_predictions(lake: Lake, variant: str, seeds: tuple[int, ...]) -> dict[
     return out
 
 
+def level_importance(lake: Lake, variant: str, seeds: list[int]) -> dict[str, Any] | None:
+    """Mean over ``seeds`` of meta.json's mba_level_importance; None if a seed has none."""
+    per_seed = {}
+    for seed in seeds:
+        path = lake.ranker_dir(variant, seed) / "meta.json"
+        value = json.loads(path.read_text()).get("mba_level_importance") if path.is_file() else None
+        if value is None:
+            return None
+        per_seed[str(seed)] = value
+    first = next(iter(per_seed.values()))
+    return {
+        **{key: [float(x) for x in np.mean([v[key] for v in per_seed.values()], axis=0)]
+           for key in ("codebook", "fusion", "codebook_rows_used")},
+        "levels": len(first["codebook"]),
+        "seeds": per_seed,
+    }
+
+
 def _summary(labels: np.ndarray, scores: list[np.ndarray], n: int) -> dict[str, Any]:
     aucs = [auc(labels, s) for s in scores]
     cis = np.array([bootstrap_auc(labels, s, n_resamples=n, seed=i) for i, s in enumerate(scores)])
@@ -105,6 +130,9 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
     for v in names:
         if preds[v]:
             results["ranker"][v] = evaluate_variant(cfg, preds[v])
+            importance = level_importance(lake, v, sorted(preds[v]))
+            if importance is not None:
+                results["ranker"][v]["mba_level_importance"] = importance
             for key, value in results["ranker"][v].items():
                 update_metrics(lake.metrics, f"ranker.{v}.{key}", value)
 

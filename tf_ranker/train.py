@@ -16,7 +16,8 @@ padded predictions are dropped. The distribution and the dtype policy are set fo
 and restored afterwards, so later runs in the same process start clean.
 
 Writes to Lake.ranker_dir(variant, seed): model.keras, meta.json, predictions_test.parquet,
-history.csv, checkpoints/best.keras, logs/ (TensorBoard).
+history.csv, checkpoints/best.keras, logs/ (TensorBoard). meta.json of a variant with MBA holds
+``mba_level_importance`` (Fig. 3, :func:`mba_level_importance`).
 """
 
 from __future__ import annotations
@@ -143,6 +144,16 @@ def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+def mba_level_importance(model: SaviorRanker, train: Samples,
+                         items: ItemLookup) -> dict[str, list[float] | list[int]]:
+    """Fig. 3 of the trained model: per MBA level, the mean L2 norm of the codebook rows of the
+    items seen in training (candidates and sequence items) and of the fusion weights that read
+    the level (ModalBehaviorAlignment.level_importance)."""
+    ids = np.unique(np.concatenate([train.item_id, train.seq_item_ids.reshape(-1)]))
+    ids = ids[(ids > 0) & (ids < items.num_rows)]  # no padding; ids beyond the table read row 0
+    return model.mba.level_importance(items.semantic_ids[ids])
+
+
 def make_distribution(cfg: Config) -> keras.distribution.Distribution | None:
     """None for ``ranker.distribution: none``; DataParallel over all visible devices otherwise."""
     r = cfg.ranker
@@ -220,6 +231,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
 
     valid_scores, test_scores = predict(valid), predict(test)
     val_aucs = history.history.get("val_auc", [])
+    importance = mba_level_importance(model, train, items) if spec.mba is not None else None
     meta = {
         "variant": variant,
         "seed": seed,
@@ -236,6 +248,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
         "model_config": config,
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
+    if importance is not None:
+        meta["mba_level_importance"] = importance
     save_model_atomic(model, out / "model.keras")
     _write_predictions(out / "predictions_test.parquet", test, test_scores)
     with atomic_path(out / "meta.json") as tmp:

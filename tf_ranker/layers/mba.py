@@ -87,6 +87,24 @@ class ModalBehaviorAlignment(keras.layers.Layer):
             raise ValueError(f"codebook shape {tuple(codebook.shape)} != expected {expected}")
         self.codebook.assign(np.asarray(codebook, dtype="float32"))
 
+    def level_importance(self, semantic_ids: np.ndarray) -> dict[str, list[float] | list[int]]:
+        """Fig. 3: per level l, the mean L2 norm of the codebook rows C_l[c] that the items of
+        ``semantic_ids`` [M, >= L] index (distinct codes, clipped as in :meth:`call`; the other
+        rows never receive a gradient and stay at zero), and the mean L2 norm of the fusion
+        kernel rows that read v_l (its L x codebook_dim input rows, split by level)."""
+        levels, size, width = self.levels, self.codebook_size, self.codebook_dim
+        codebook = keras.ops.convert_to_numpy(self.codebook).astype("float64")  # [L, K, width]
+        kernel = keras.ops.convert_to_numpy(self.fusion.kernel).astype("float64")
+        codes = np.clip(np.asarray(semantic_ids)[..., :levels].reshape(-1, levels), 0, size - 1)
+        used = [np.unique(codes[:, level]) for level in range(levels)]
+        rows = [np.linalg.norm(codebook[level, used[level]], axis=-1) for level in range(levels)]
+        fusion = np.linalg.norm(kernel.reshape(levels, width, -1), axis=-1).mean(axis=1)
+        return {
+            "codebook": [float(r.mean()) if r.size else 0.0 for r in rows],
+            "fusion": [float(x) for x in fusion],
+            "codebook_rows_used": [int(u.size) for u in used],
+        }
+
     def call(self, embedding: Any, semantic_ids: Any) -> Any:
         levels, size, width = self.levels, self.codebook_size, self.codebook_dim
         codes = ops.cast(semantic_ids[..., :levels], "int32")
