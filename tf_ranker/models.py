@@ -1,12 +1,12 @@
 """SaviorRanker: pCTR = DNN(user, candidate, attention over the behaviour sequence) (eq. 1, 16).
 
 Every item (candidate or sequence position) has a behaviour vector
-h = [id embedding, log1p counts + click rates, pv_bucket embedding] (no_id drops the first,
-no_stats the other two) and, in the multimodal
-variants, a multimodal vector z (the frozen encoder embedding, aligned by MBA). The sequence
-side (h_seq, z_seq, the attention keys and values) is computed by :meth:`encode_sequence` and
-the candidate side by :meth:`score`. Their tensors broadcast: a batch of B samples (training)
-or one user's sequence [1, S] against N candidates (serving) run through the same code.
+h = [id embedding, log1p counts + click rates, pv_bucket embedding] (variant no_id drops the
+first part, no_stats the other two) and, in the multimodal variants, a multimodal vector z
+(the frozen encoder embedding, aligned by MBA). The sequence side (h_seq, z_seq, the
+attention keys and values) is computed by :meth:`encode_sequence` and the candidate side by
+:meth:`score`. Their tensors broadcast: a batch of B samples (training) or one user's sequence
+[1, S] against N candidates (serving) run through the same code.
 
 Vocabulary sizes come from the data and live in the config, so ``from_config`` rebuilds the
 model. Ids outside a vocabulary map to row 0 (item 0 is padding, user 0 unused): unseen ids at
