@@ -134,7 +134,7 @@ def make_data(sizes: Sizes, num_pv_buckets: int, seed: int = 0) -> tuple[Any, An
 
 
 def make_batches(samples: Any, items: Any, batch_size: int, length: int, *,
-                 workers: int = 1) -> Any:
+                 workers: int = 1, gather_items: bool = True) -> Any:
     """The training loop's PyDataset (tf_ranker.batches.RankerBatches: shuffled rows, item
     features gathered from the lookup by tf_ranker.data.make_inputs), looped to ``length``
     batches so a timed ``fit`` never runs out of data."""
@@ -150,7 +150,7 @@ def make_batches(samples: Any, items: Any, batch_size: int, length: int, *,
     if len(samples) % batch_size:
         raise ValueError(f"pool of {len(samples)} samples is not a multiple of {batch_size}")
     return LoopedBatches(samples, items, batch_size=batch_size, shuffle=True, seed=0,
-                         workers=workers, use_multiprocessing=False,
+                         gather_items=gather_items, workers=workers, use_multiprocessing=False,
                          max_queue_size=max(2 * workers, 4))
 
 
@@ -302,16 +302,20 @@ class Data:
 
 
 def build_ranker(data: Data, variant: str, *, jit_compile: bool, steps_per_execution: int = 1,
-                 auc_metric: bool = True) -> Any:
-    """The model and compile settings of tf_ranker.train.run_train (kept in step with it)."""
+                 auc_metric: bool = True, item_tables: bool = False) -> Any:
+    """The model and compile settings of tf_ranker.train.run_train (kept in step with it);
+    ``item_tables``: behind tf_ranker.item_tables.ItemTableRanker (ranker.item_tables=device)."""
     import keras
 
+    from tf_ranker.item_tables import ItemTableRanker
     from tf_ranker.models import SaviorRanker
     from tf_ranker.train import model_kwargs
 
     r = data.cfg.ranker
     model = SaviorRanker(**model_kwargs(data.cfg, variant, [data.samples], data.items,
                                         None, "benchmark"))
+    if item_tables:
+        model = ItemTableRanker(model, data.items)
     steps_per_epoch = max(len(data.samples) // r.batch_size, 1)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         r.lr, decay_steps=steps_per_epoch * r.epochs, decay_rate=r.lr_final / r.lr)
@@ -420,6 +424,21 @@ def run_ranker_suite(rec: Recorder, args: argparse.Namespace, data: Data, *, var
     if "train_fit" in measures:
         out["train_fit"] = measure(rec, base, "train_fit",
                                    lambda: time_fit(model, dataset(), **kw))
+    if "fit_device_tables" in measures:
+        # What tf_ranker.train does by default: item tables on the device (the host sends ids),
+        # batches built ahead by args.workers threads. A second model: its own compile.
+        keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
+        try:
+            tabled = build_ranker(data, variant, jit_compile=jit_compile,
+                                  steps_per_execution=steps_per_execution,
+                                  auc_metric=auc_metric, item_tables=True)
+        finally:
+            keras.config.set_dtype_policy("float32")
+        out["train_fit_device_tables"] = measure(
+            rec, {**base, "tag": f"device_item_tables_workers{args.workers}"}, "train_fit",
+            lambda: time_fit(tabled, lambda n: make_batches(
+                data.samples, data.items, batch_size, n, workers=args.workers,
+                gather_items=False), **kw))
     if "fit_workers" in measures:
         out["train_fit_workers"] = measure(
             rec, {**base, "tag": f"workers{args.workers}"}, "train_fit",
@@ -496,6 +515,13 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
         runner = KerasRunner(model, args.backend, distribution)
         base["params"] = int(model.count_params())
         fit = measure(rec, base, "train_fit", lambda: time_fit(model, dataset, **kw))
+        # The training default: item tables on the devices (replicated), ids from the host.
+        tabled = build_ranker(data, args.variant, jit_compile=True, item_tables=True)
+        fit_tables = measure(
+            rec, {**base, "tag": f"devices{k}_device_item_tables_workers{args.workers}"},
+            "train_fit", lambda: time_fit(tabled, lambda n: make_batches(
+                data.samples, data.items, global_batch, n, workers=args.workers,
+                gather_items=False), **kw))
 
         def time_step() -> common.Timing:
             host = dataset(1 << 30)
@@ -510,18 +536,19 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
             return timing
 
         step = measure(rec, base, "train_step", time_step)
-    return {"train_fit": _sps(fit), "train_step": _sps(step)}
+    return {"train_fit": _sps(fit), "train_fit_device_tables": _sps(fit_tables),
+            "train_step": _sps(step)}
 
 
 def scaling_summary(per_device: int, by_count: dict[int, dict[str, float | None]]) -> dict[str, Any]:
     """samples/s per device count and efficiency samples/s(k) / (k x samples/s(1)) per measure."""
     out: dict[str, Any] = {"per_device_batch": per_device}
-    for key in ("train_fit", "train_step"):
-        sps = {str(k): v[key] for k, v in sorted(by_count.items())}
+    for key in ("train_fit", "train_fit_device_tables", "train_step"):
+        sps = {str(k): v.get(key) for k, v in sorted(by_count.items())}
         one = by_count.get(1, {}).get(key)
         out[f"{key}_samples_per_s"] = sps
         out[f"{key}_scaling_efficiency"] = {
-            str(k): (round(v[key] / (k * one), 4) if one and v[key] else None)
+            str(k): (round(v[key] / (k * one), 4) if one and v.get(key) else None)
             for k, v in sorted(by_count.items())}
     return out
 
@@ -570,6 +597,13 @@ class DinRunner:
             learning_rate=r.lr, optimizer="Adagrad", loss="binary_crossentropy",
             verbose=0, model_root="/tmp/fuxictr_bench", metrics=["logloss"],
         )
+        self.model.to(self.device)
+        # torch's Adagrad makes its state sums when constructed (in FuxiCTR's compile, while the
+        # parameters were still on the CPU): move them next to the parameters.
+        for state in self.model.optimizer.state.values():
+            for key, value in state.items():
+                if torch.is_tensor(value):
+                    state[key] = value.to(self.device)
         self.model._batch_index = 0  # set by BaseModel.fit, read by train_step
         self.model._max_gradient_norm = 10.0  # BaseModel.fit's default
         self.samples, self.items = data.samples, data.items
@@ -663,7 +697,7 @@ def _sps(record: dict[str, Any] | None) -> float | None:
 def summarize(batch_size: int, ranker: dict[str, dict[str, Any]],
               din: dict[str, dict[str, Any]] | None) -> dict[str, Any]:
     s: dict[str, Any] = {"batch_size": batch_size}
-    for key in ("pipeline", "train_fit", "train_step", "predict_step"):
+    for key in ("pipeline", "train_fit", "train_fit_device_tables", "train_step", "predict_step"):
         s[f"ranker_{key}_samples_per_s"] = _sps(ranker.get(key))
         if din is not None:
             s[f"din_{key}_samples_per_s"] = _sps(din.get(key))
@@ -676,7 +710,7 @@ def summarize(batch_size: int, ranker: dict[str, dict[str, Any]],
                                           pipe["ms_per_batch"])
     if fit and "compile_s_est" in fit:
         s["ranker_compile_s_est"] = fit["compile_s_est"]
-    for key in ("train_fit", "train_step"):
+    for key in ("train_fit", "train_fit_device_tables", "train_step"):
         ours = _sps(ranker.get(key))
         if ours is None:
             continue
@@ -822,7 +856,7 @@ def main(argv: list[str] | None = None) -> int:
 
     jit_modes = {"on": [True], "off": [False], "both": [False, True]}[args.jit_compile]
     jit_best = jit_modes[-1]
-    main_measures = ("pipeline", "train_fit", "train_step", "predict_step")
+    main_measures = ("pipeline", "train_fit", "fit_device_tables", "train_step", "predict_step")
     ranker_main: dict[tuple[int, bool], dict[str, Any]] = {}
     din_main: dict[int, dict[str, Any]] = {}
 

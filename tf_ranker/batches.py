@@ -21,19 +21,24 @@ class RankerBatches(keras.utils.PyDataset):
     the loss, gradients and metric values of the short one. Without labels, ``pad_last`` pads
     the inputs alone: the caller keeps the first ``len(samples)`` predictions.
 
+    With ``gather_items=False`` the batches carry item ids only, for a model that gathers item
+    embeddings and semantic ids itself (tf_ranker.item_tables.ItemTableRanker). Extra keyword
+    arguments go to ``keras.utils.PyDataset`` (``workers``: threads building batches ahead).
+
     The permutation comes from ``seed`` and the epoch number, so a run is reproducible.
     """
 
     def __init__(self, samples: Samples, items: ItemLookup, *, batch_size: int,
                  shuffle: bool = False, seed: int = 0, use_base_score: bool = False,
-                 with_labels: bool = True, pad_last: bool = False, **kwargs: Any) -> None:
+                 with_labels: bool = True, pad_last: bool = False, gather_items: bool = True,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.samples, self.items = samples, items
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.use_base_score, self.with_labels = use_base_score, with_labels
-        self.pad_last = pad_last
+        self.pad_last, self.gather_items = pad_last, gather_items
         self.epoch = 0
         self.order = self._order()
 
@@ -52,7 +57,8 @@ class RankerBatches(keras.utils.PyDataset):
         if self.pad_last and real < self.batch_size:
             filling = np.resize(self.order, self.batch_size - real)  # wraps when n < batch_size
             rows = np.concatenate([rows, filling])
-        inputs = make_inputs(self.samples, self.items, rows, self.use_base_score)
+        inputs = make_inputs(self.samples, self.items, rows, self.use_base_score,
+                             self.gather_items)
         if not self.with_labels:
             return (inputs,)
         labels = self.samples.label[rows].astype("float32").reshape(-1, 1)

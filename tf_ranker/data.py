@@ -102,27 +102,33 @@ def load_samples(path: Path) -> Samples:
     )
 
 
+# The inputs make_inputs gathers from the item table (the rest come from the sample rows).
+ITEM_TABLE_INPUTS = ("item_embedding", "item_semantic_ids", "seq_embedding", "seq_semantic_ids")
+
+
 def make_inputs(samples: Samples, items: ItemLookup, rows: np.ndarray | slice,
-                use_base_score: bool = False) -> dict[str, np.ndarray]:
-    """Model inputs of the selected sample rows; item features gathered from the lookup."""
+                use_base_score: bool = False, gather_items: bool = True) -> dict[str, np.ndarray]:
+    """Model inputs of the selected sample rows; item features gathered from the lookup, unless
+    ``gather_items=False`` (the model gathers them on the device: tf_ranker.item_tables)."""
     item_id = samples.item_id[rows]
     seq_ids = samples.seq_item_ids[rows]
-    # Ids beyond the lookup (never in the item table) read row 0: zeros, like padding.
-    item_row = np.where(item_id < items.num_rows, item_id, 0)
-    seq_row = np.where(seq_ids < items.num_rows, seq_ids, 0)
     out = {
         "user_id": samples.user_id[rows],
         "item_id": item_id,
         "item_stats": samples.stats[rows],
         "item_pv_bucket": samples.pv_bucket[rows],
-        "item_embedding": items.embedding[item_row],
-        "item_semantic_ids": items.semantic_ids[item_row],
         "seq_item_ids": seq_ids,
         "seq_stats": samples.seq_stats[rows],
         "seq_pv_bucket": samples.seq_pv_bucket[rows],
-        "seq_embedding": items.embedding[seq_row],
-        "seq_semantic_ids": items.semantic_ids[seq_row],
     }
+    if gather_items:
+        # Ids beyond the lookup (never in the item table) read row 0: zeros, like padding.
+        item_row = np.where(item_id < items.num_rows, item_id, 0)
+        seq_row = np.where(seq_ids < items.num_rows, seq_ids, 0)
+        out["item_embedding"] = items.embedding[item_row]
+        out["item_semantic_ids"] = items.semantic_ids[item_row]
+        out["seq_embedding"] = items.embedding[seq_row]
+        out["seq_semantic_ids"] = items.semantic_ids[seq_row]
     if use_base_score:
         if samples.base_score is None:
             raise ValueError(f"the model reads {BASE_SCORE!r} but the training set has no such column")

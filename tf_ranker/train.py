@@ -16,7 +16,7 @@ padded predictions are dropped. The distribution and the dtype policy are set fo
 and restored afterwards, so later runs in the same process start clean.
 
 Writes to Lake.ranker_dir(variant, seed): model.keras, meta.json, predictions_test.parquet,
-history.csv, checkpoints/best.keras, logs/ (TensorBoard). meta.json of a variant with MBA holds
+history.csv, checkpoints/best.weights.h5, logs/ (TensorBoard). meta.json of a variant with MBA holds
 ``mba_level_importance`` (Fig. 3, :func:`mba_level_importance`).
 """
 
@@ -41,6 +41,7 @@ from saviorrec.lake import Lake, atomic_path
 from saviorrec.metrics import auc
 from tf_ranker.batches import RankerBatches
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
+from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.models import SaviorRanker
 from tf_ranker.variants import get_variant
 
@@ -134,7 +135,9 @@ def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
-        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.keras"), monitor="val_auc",
+        # Weights only: the model that trains may be the ItemTableRanker wrapper (not saved).
+        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.weights.h5"),
+                                        save_weights_only=True, monitor="val_auc",
                                         mode="max", save_best_only=True),
         keras.callbacks.CSVLogger(str(out / "history.csv")),
     ]
@@ -208,25 +211,28 @@ def _train(cfg: Config, *, variant: str, seed: int,
         model.set_rq_codebook(codebook)  # type: ignore[arg-type]
 
     base = config["use_base_score"]
-    train_batches = RankerBatches(train, items, batch_size=r.batch_size, shuffle=True, seed=seed,
-                                  use_base_score=base, pad_last=pad)
-    valid_batches = RankerBatches(valid, items, batch_size=r.batch_size, use_base_score=base,
-                                  pad_last=pad)
+    on_device = r.item_tables == "device"
+    # The model that trains: the ranker itself, or the ranker behind on-device item tables.
+    fitted = ItemTableRanker(model, items) if on_device else model
+    batch_kw = {"batch_size": r.batch_size, "use_base_score": base, "pad_last": pad,
+                "gather_items": not on_device, "workers": r.input_workers,
+                "use_multiprocessing": False}
+    train_batches = RankerBatches(train, items, shuffle=True, seed=seed, **batch_kw)
+    valid_batches = RankerBatches(valid, items, **batch_kw)
     schedule = learning_rate_schedule(cfg, len(train_batches) * r.epochs)
     # Mean over the sample weights: the zero-weight padding rows of pad_last do not count.
     loss = keras.losses.BinaryCrossentropy(reduction="mean_with_sample_weight")
-    model.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule), loss=loss,
-                  metrics=[keras.metrics.AUC(name="auc")],
-                  steps_per_execution=r.steps_per_execution)
+    fitted.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule), loss=loss,
+                   metrics=[keras.metrics.AUC(name="auc")],
+                   steps_per_execution=r.steps_per_execution)
     out = lake.ranker_dir(variant, seed)
     out.mkdir(parents=True, exist_ok=True)
-    history = model.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
-                        callbacks=_callbacks(out, r.early_stopping_patience), verbose="auto")
+    history = fitted.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
+                         callbacks=_callbacks(out, r.early_stopping_patience), verbose="auto")
 
     def predict(samples: Samples) -> np.ndarray:
-        batches = RankerBatches(samples, items, batch_size=r.batch_size, use_base_score=base,
-                                with_labels=False, pad_last=pad)
-        scores = np.asarray(model.predict(batches, verbose=0), dtype="float64").reshape(-1)
+        batches = RankerBatches(samples, items, with_labels=False, **batch_kw)
+        scores = np.asarray(fitted.predict(batches, verbose=0), dtype="float64").reshape(-1)
         return scores[:len(samples)]  # without pad_last's filling
 
     valid_scores, test_scores = predict(valid), predict(test)
@@ -240,6 +246,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
         "distribution": r.distribution,
         "devices": devices,
         "global_batch_size": r.batch_size,
+        "item_tables": r.item_tables,
         "epochs": len(val_aucs),
         "best_epoch": int(np.argmax(val_aucs)) + 1 if val_aucs else 0,
         "val_auc": auc(valid.label, valid_scores),  # best weights, sklearn on all valid rows

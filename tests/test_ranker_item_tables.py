@@ -1,0 +1,68 @@
+"""On-device item tables (ranker.item_tables: device) train the same model as host gathering."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from test_ranker_fixtures import write_training_set
+
+from saviorrec.config import REPO_ROOT, load_config
+from saviorrec.lake import Lake
+from tf_ranker.batches import RankerBatches
+from tf_ranker.data import ITEM_TABLE_INPUTS, ItemLookup, load_items, load_samples
+from tf_ranker.item_tables import ItemTableRanker
+from tf_ranker.train import run_train
+
+
+def test_device_gather_equals_host_gather(tmp_path: Path) -> None:
+    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
+        run={"root": str(tmp_path)}, ranker={"batch_size": 64})
+    write_training_set(cfg)
+    lake = Lake.from_config(cfg)
+    items = load_items(lake.training_items)
+    # A table one row short: the last item id reads row 0 on both paths.
+    short = ItemLookup(items.embedding[:-1], items.semantic_ids[:-1])
+    test = load_samples(lake.training("test"))
+    host = RankerBatches(test, short, batch_size=64, with_labels=False)[0][0]
+    ids_only = RankerBatches(test, short, batch_size=64, with_labels=False,
+                             gather_items=False)[0][0]
+    assert not set(ITEM_TABLE_INPUTS) & set(ids_only)
+
+    probe: dict[str, np.ndarray] = {}
+
+    class Recorder(keras.Model):
+        def call(self, inputs, training=None):  # noqa: ANN001, ANN201
+            probe.update({k: keras.ops.convert_to_numpy(inputs[k]) for k in ITEM_TABLE_INPUTS})
+            return keras.ops.zeros((keras.ops.shape(inputs["item_id"])[0], 1))
+
+    ItemTableRanker(Recorder(), short)(ids_only)
+    for key in ITEM_TABLE_INPUTS:
+        np.testing.assert_array_equal(probe[key], host[key].astype(probe[key].dtype), err_msg=key)
+
+
+@pytest.mark.parametrize("variant", ["full"])
+def test_training_with_device_tables_matches_host_tables(tmp_path: Path, variant: str) -> None:
+    scores, weights = {}, {}
+    for mode in ("host", "device"):
+        cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
+            run={"root": str(tmp_path / mode)},
+            ranker={"epochs": 2, "batch_size": 64, "item_tables": mode, "input_workers": 2,
+                    "early_stopping_patience": 5})
+        write_training_set(cfg)
+        meta = run_train(cfg, variant=variant, seed=0)
+        assert meta["item_tables"] == mode
+        out = Lake.from_config(cfg).ranker_dir(variant, 0)
+        scores[mode] = pq.read_table(out / "predictions_test.parquet")["score"].to_numpy()
+        model = keras.saving.load_model(out / "model.keras", compile=False)
+        weights[mode] = [np.asarray(w) for w in model.get_weights()]
+        assert json.loads((out / "meta.json").read_text())["test_auc"] == meta["test_auc"]
+    # the saved model is the bare ranker in both cases (same weights, no item table inside)
+    assert len(weights["host"]) == len(weights["device"])
+    for a, b in zip(weights["host"], weights["device"], strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    np.testing.assert_allclose(scores["host"], scores["device"], atol=1e-5)
