@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,18 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def _resamples(labels: np.ndarray, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Row indices of ``n_resamples`` bootstrap resamples (with replacement); a resample that
+    holds one class only (AUC undefined) is skipped."""
+    rng = np.random.default_rng(seed)
+    n = labels.size
+    for _ in range(n_resamples):
+        idx = rng.integers(0, n, n)
+        y = labels[idx]
+        if y.min() != y.max():
+            yield idx
+
+
 def bootstrap_auc(
     labels: np.ndarray, scores: np.ndarray, *, n_resamples: int = 1000, seed: int = 0
 ) -> tuple[float, float]:
@@ -32,15 +44,8 @@ def bootstrap_auc(
     scores = np.asarray(scores)
     if labels.size == 0 or labels.min() == labels.max():
         return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    n = labels.size
-    values = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, n, n)
-        y = labels[idx]
-        if y.min() == y.max():
-            continue
-        values.append(roc_auc_score(y, scores[idx]))
+    values = [roc_auc_score(labels[idx], scores[idx])
+              for idx in _resamples(labels, n_resamples, seed)]
     lo, hi = np.percentile(values, [2.5, 97.5])
     return (float(lo), float(hi))
 
@@ -55,15 +60,8 @@ def paired_bootstrap_diff(
 ) -> tuple[float, float, float]:
     """AUC(a) - AUC(b) on the same test rows, with its 95% paired bootstrap interval."""
     labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    n = labels.size
-    diffs = []
-    for _ in range(n_resamples):
-        idx = rng.integers(0, n, n)
-        y = labels[idx]
-        if y.min() == y.max():
-            continue
-        diffs.append(roc_auc_score(y, scores_a[idx]) - roc_auc_score(y, scores_b[idx]))
+    diffs = [roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx], scores_b[idx])
+             for idx in _resamples(labels, n_resamples, seed)]
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return (auc(labels, scores_a) - auc(labels, scores_b), float(lo), float(hi))
 

@@ -60,7 +60,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, movielens_dir: Path) -> Run:
     return Run(config, root, first, metrics)
 
 
-def _get(d: dict, dotted: str):  # noqa: ANN202
+def _get(d: dict, dotted: str):
     for part in dotted.split("."):
         assert isinstance(d, dict) and part in d, f"metrics.json lacks {dotted!r} (at {part!r})"
         d = d[part]
