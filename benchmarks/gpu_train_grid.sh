@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Train ranker variants x seeds on a GPU host (KERAS_BACKEND=jax), several processes per GPU,
+# from a run's training set; the CPU machine then evaluates, exports and reports:
+#
+#   # on the GPU host, from the repository root, with the run's lake/training and models/rqvae:
+#   OUT=/path/out SEEDS="0 1 2" PER_GPU=4 bash benchmarks/gpu_train_grid.sh CONFIG VARIANT...
+#   # back on the CPU machine, with OUT/ranker.tar unpacked into <run>/models/:
+#   saviorrec run --config CONFIG --full-grid --only evaluate --only export --only report
+#
+# Each (variant, seed) is one `saviorrec train` process (compilation is CPU-bound, so processes
+# in parallel keep the GPUs busy); jobs go round-robin over the visible GPUs, PER_GPU at a time
+# on each, with JAX's memory preallocation off so they share a GPU. Writes OUT/ranker.tar (the
+# models/ranker folder), OUT/train_grid.json (per-job seconds and exit codes) and logs.
+set -uo pipefail
+
+CONFIG="$1"; shift
+VARIANTS=("$@")
+OUT="${OUT:-/tmp/train_grid}"
+SEEDS="${SEEDS:-0 1 2}"
+PER_GPU="${PER_GPU:-4}"
+PY="${PY:-/opt/torch/.venv/bin/python3}"
+[ -x "$PY" ] || PY="$(command -v python3)"
+mkdir -p "$OUT/logs"
+NGPU="$(nvidia-smi -L 2>/dev/null | wc -l)"
+[ "$NGPU" -ge 1 ] || NGPU=1
+START=$(date +%s)
+
+jobs_file="$OUT/jobs.txt"; : >"$jobs_file"
+i=0
+for v in "${VARIANTS[@]}"; do
+  for s in $SEEDS; do
+    echo "$((i % NGPU)) $v $s" >>"$jobs_file"; i=$((i + 1))
+  done
+done
+echo "[train_grid] $i jobs on $NGPU GPU(s), $PER_GPU per GPU"
+
+run_job() {  # run_job GPU VARIANT SEED
+  local gpu="$1" v="$2" s="$3" t0 rc ms
+  t0=$(date +%s%N)
+  CUDA_VISIBLE_DEVICES="$gpu" KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false \
+    "$PY" -m saviorrec.cli train --config "$CONFIG" --variant "$v" --seed "$s" \
+    >"$OUT/logs/$v-seed$s.log" 2>&1
+  rc=$?
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  printf '{"variant": "%s", "seed": %s, "gpu": %s, "ms": %s, "exit": %s}\n' \
+    "$v" "$s" "$gpu" "$ms" "$rc" >>"$OUT/jobs.jsonl"
+  echo "[train_grid] $v seed $s on GPU $gpu: exit $rc"
+}
+export -f run_job
+export CONFIG OUT PY
+: >"$OUT/jobs.jsonl"
+xargs -P "$((NGPU * PER_GPU))" -L 1 bash -c 'run_job "$0" "$1" "$2"' <"$jobs_file"
+
+RUN_ROOT="$("$PY" -c "import sys; from saviorrec.config import load_config; \
+print(load_config(sys.argv[1]).run_dir())" "$CONFIG")"
+tar -cf "$OUT/ranker.tar" -C "$RUN_ROOT/models" ranker
+"$PY" - "$OUT" "$START" "$NGPU" "$PER_GPU" <<'EOF'
+import json, sys, time
+out, start, ngpu, per_gpu = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+jobs = [json.loads(line) for line in open(f"{out}/jobs.jsonl")]
+json.dump({"gpus": ngpu, "per_gpu": per_gpu, "wall_s": round(time.time() - start, 1),
+           "failed": [j for j in jobs if j["exit"]], "jobs": jobs},
+          open(f"{out}/train_grid.json", "w"), indent=2)
+print(f"[train_grid] {len(jobs)} jobs, {sum(1 for j in jobs if j['exit'])} failed, "
+      f"{time.time() - start:.0f} s")
+EOF
