@@ -430,12 +430,13 @@ def run_ranker_suite(rec: Recorder, args: argparse.Namespace, data: Data, *, var
         keras.config.set_dtype_policy("mixed_bfloat16" if precision == "bf16" else "float32")
         try:
             tabled = build_ranker(data, variant, jit_compile=jit_compile,
-                                  steps_per_execution=steps_per_execution,
+                                  steps_per_execution=args.fit_spe or steps_per_execution,
                                   auc_metric=auc_metric, item_tables=True)
         finally:
             keras.config.set_dtype_policy("float32")
         out["train_fit_device_tables"] = measure(
-            rec, {**base, "tag": f"device_item_tables_workers{args.workers}"}, "train_fit",
+            rec, {**base, "tag": f"device_item_tables_workers{args.workers}"
+                  + (f"_spe{args.fit_spe}" if args.fit_spe else "")}, "train_fit",
             lambda: time_fit(tabled, lambda n: make_batches(
                 data.samples, data.items, batch_size, n, workers=args.workers,
                 gather_items=False), **kw))
@@ -758,7 +759,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="also time variants at the first batch size to find the bottleneck")
     p.add_argument("--spe", type=int, default=8, help="steps_per_execution of --profile (jax)")
-    p.add_argument("--workers", type=int, default=4, help="pipeline threads of --profile")
+    p.add_argument("--workers", type=int, default=4,
+                   help="threads building batches for the device-item-table fit and --profile")
+    p.add_argument("--fit-spe", type=int, default=None,
+                   help="steps_per_execution of the device-item-table fit (default: as trained)")
     p.add_argument("--tiny", action="store_true", help="small sizes for a CPU smoke test")
     p.add_argument("--num-items", type=int, default=None, help="item table rows")
     p.add_argument("--data-parallel", action="store_true",
