@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from encoder_torch.cache import tower_features
@@ -20,7 +21,7 @@ from encoder_torch.outputs import EMBEDDINGS, save_checkpoint, vectors_column, w
 from encoder_torch.rq_stage import run_rqvae  # noqa: F401  (entry point re-exported)
 from encoder_torch.train_encoder import embed_items, train_saviorenc
 from saviorrec.config import Config
-from saviorrec.lake import Lake, write_table
+from saviorrec.lake import Lake, atomic_path, write_table
 from saviorrec.metrics import update_metrics
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,12 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
                                              targets=targets, k=ec.hit_k, index_kind=ec.index)
         log.info("Hit@%d %s: test %.4f valid %.4f", ec.hit_k, name, hits["test"][name], hits["valid"][name])
 
-    evaluate("off_the_shelf", feats.off_the_shelf())
+    off_the_shelf = feats.off_the_shelf()
+    evaluate("off_the_shelf", off_the_shelf)
+    # The embeddings before alignment, for the report's Fig. 5 (not served, not versioned).
+    with atomic_path(lake.encoder_dir / "off_the_shelf.parquet") as tmp:
+        pq.write_table(pa.table({"item_id": item_ids,
+                                 "embedding": vectors_column(off_the_shelf)}), tmp)
     train = partial(train_saviorenc, features=feats, pairs=pairs, epochs=ec.epochs,
                     batch_size=ec.batch_size, lr=ec.lr, warmup_epochs=ec.warmup_epochs,
                     temperature=ec.temperature, weight_decay=ec.weight_decay, device=device, seed=ec.seed)

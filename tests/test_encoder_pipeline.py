@@ -83,6 +83,11 @@ def test_encoder_and_rqvae_end_to_end(tiny: tuple[Config, Lake], monkeypatch: py
     assert out["coclick_pairs"] == N  # the 2N symmetric rows are N unordered pairs
     emb = read_table(lake.encoder_dir / "embeddings.parquet", EMBEDDINGS).to_pandas()
     assert len(emb) == N and len(emb["embedding"][0]) == 8
+    before = pq.read_table(lake.encoder_dir / "off_the_shelf.parquet").to_pandas()
+    assert before["item_id"].tolist() == emb["item_id"].tolist()
+    vectors = np.stack(before["embedding"].to_numpy())
+    assert vectors.shape == (N, 384 + 1280)  # text + image towers, pooled (Fig. 5's "before")
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
     # a re-run reuses the cached tower features: building a tower would now fail
     def no_tower(**_: object) -> None:
