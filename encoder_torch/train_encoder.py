@@ -1,4 +1,5 @@
-"""Training SaviorEnc on co-click pairs (InfoNCE, in-batch negatives) over cached tower features."""
+"""Training SaviorEnc on co-click pairs (InfoNCE, in-batch negatives) over cached tower features,
+frozen (features.TowerFeatures) or with the towers' tails fine-tuned (finetune.TunedFeatures)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 
 import numpy as np
 import torch
+from torch import nn
 
 from encoder_torch.features import TowerFeatures
+from encoder_torch.finetune import TunedFeatures
 from encoder_torch.fusion import SaviorEnc
 from encoder_torch.losses import info_nce
 from saviorrec.progress import progress
@@ -24,17 +27,29 @@ def warmup_cosine(step: int, *, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
-def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures, pairs: np.ndarray, epochs: int,
-                    batch_size: int, lr: float, warmup_epochs: float, temperature: float,
-                    weight_decay: float, device: torch.device, seed: int, desc: str = "saviorenc") -> list[float]:
-    """Train in place; returns the mean loss of each epoch. ``pairs`` [P, 2] are item rows."""
+def _param_groups(model: SaviorEnc, features: TowerFeatures | TunedFeatures, *, lr: float,
+                  tower_lr_scale: float) -> list[dict]:
+    """SaviorEnc's weights at ``lr``; fine-tuned tower weights, if any, at ``lr * tower_lr_scale``."""
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    tower = [p for p in features.parameters() if p.requires_grad] if isinstance(features, nn.Module) else []
+    if tower:
+        groups.append({"params": tower, "lr": lr * tower_lr_scale})
+    return groups
+
+
+def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures | TunedFeatures, pairs: np.ndarray,
+                    epochs: int, batch_size: int, lr: float, warmup_epochs: float, temperature: float,
+                    weight_decay: float, device: torch.device, seed: int, tower_lr_scale: float = 0.1,
+                    desc: str = "saviorenc") -> list[float]:
+    """Train in place (and the tower tails of TunedFeatures); returns the mean loss of each epoch.
+    ``pairs`` [P, 2] are item rows."""
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 co-click pairs for in-batch negatives, got {len(pairs)}")
     generator = torch.Generator().manual_seed(seed)
     pairs_t = torch.from_numpy(np.asarray(pairs, dtype=np.int64))
     steps_per_epoch = max(1, len(pairs) // batch_size)  # the ragged tail of a permutation is dropped
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(_param_groups(model, features, lr=lr, tower_lr_scale=tower_lr_scale),
+                                  lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, warmup=round(warmup_epochs * steps_per_epoch), total=total))
@@ -64,7 +79,7 @@ def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures, pairs: np.ndar
 
 
 @torch.no_grad()
-def embed_items(*, model: SaviorEnc, features: TowerFeatures, batch_size: int,
+def embed_items(*, model: SaviorEnc, features: TowerFeatures | TunedFeatures, batch_size: int,
                 device: torch.device) -> np.ndarray:
     """z of every item [n, d] float32 (L2-normalised), in the row order of ``features``."""
     model.to(device).eval()

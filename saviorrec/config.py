@@ -156,9 +156,12 @@ class EncoderConfig(_Frozen):
     fusion_width: int = Field(128, ge=8)  # 128: 3.5x cheaper than 256 on CPU; measured on MovieLens
     temperature: float = Field(0.07, gt=0.0)
     # Tower layers fine-tuned: 0 keeps the towers frozen (their features are computed once and
-    # cached); n > 0 unfreezes the last n transformer layers of the text tower.
+    # cached); n > 0 trains the last n of the text tower's 6 transformer layers, over cached
+    # hidden states entering them. finetune_image trains EfficientNet-Lite0's last MBConv stage
+    # and 1x1 head conv over cached feature maps (encoder_torch/finetune.py).
     finetune_text_layers: int = Field(0, ge=0)
     finetune_image: bool = False
+    finetune_lr_scale: float = Field(0.1, gt=0)  # tower layers' lr = lr * this: pretrained weights move gently
     max_text_tokens: int = Field(64, ge=8)  # per text field; truncates long overviews on CPU budgets
     # Paper: 10 epochs, lr 1e-4, batch 4096 on Taobao-scale pairs. MovieLens has ~13k pairs, so
     # more, smaller steps at a higher rate: 15 epochs x 50 steps (Hit@30 measured, see report).
