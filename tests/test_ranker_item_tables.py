@@ -36,7 +36,7 @@ def test_device_gather_equals_host_gather(tmp_path: Path) -> None:
     probe: dict[str, np.ndarray] = {}
 
     class Recorder(keras.Model):
-        def call(self, inputs, training=None):  # noqa: ANN001, ANN201
+        def call(self, inputs, training=None):
             probe.update({k: keras.ops.convert_to_numpy(inputs[k]) for k in ITEM_TABLE_INPUTS})
             return keras.ops.zeros((keras.ops.shape(inputs["item_id"])[0], 1))
 
