@@ -37,6 +37,24 @@ def test_auc_equals_pairwise_count_and_is_nan_for_one_class() -> None:
     assert math.isnan(auc(np.array([]), np.array([])))
 
 
+def test_weighted_auc_equals_sklearn_on_the_resampled_rows() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from saviorrec.metrics import _resamples, _WeightedAUC
+
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 2, 500)
+    scores = np.round(rng.normal(size=500) + labels, 1)  # rounded: many ties
+    weighted = _WeightedAUC(labels, scores)
+    rng_idx = np.random.default_rng(7)
+    for _ in range(20):
+        idx = rng_idx.integers(0, 500, 500)
+        weights = np.bincount(idx, minlength=500).astype(float)
+        assert weighted(weights) == pytest.approx(roc_auc_score(labels[idx], scores[idx]), abs=1e-12)
+    assert weighted(np.ones(500)) == pytest.approx(auc(labels, scores), abs=1e-12)
+    assert all(w.sum() == 40 for w in _resamples(labels[:40], 5, seed=0))
+
+
 def test_bootstrap_interval_brackets_the_auc_and_narrows_with_more_rows() -> None:
     rng = np.random.default_rng(0)
 
