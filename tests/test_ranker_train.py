@@ -46,6 +46,7 @@ def test_train_writes_model_meta_and_test_predictions(trained: Config) -> None:
     assert meta["rqvae_version"] == RQVAE_VERSION and 1 <= meta["epochs"] <= 2
     assert meta["model_config"]["num_items"] == 31 and meta["model_config"]["levels"] == 2
     assert (out / "checkpoints" / "best.weights.h5").is_file() and (out / "history.csv").is_file()
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     model = keras.saving.load_model(out / "model.keras", compile=False)
     assert model.rqvae_version == RQVAE_VERSION
     items = load_items(lake.training_items)
