@@ -7,6 +7,7 @@ so instead of showing numbers. Nothing here trains or evaluates anything.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -294,6 +295,26 @@ def figure_embedding_map(cfg: Config, lake: Lake, path: Path, franchise: str) ->
 
 
 # --- the report ---------------------------------------------------------------------------------
+def model_versions(lake: Lake) -> dict[str, str]:
+    """Versions of the data and models behind the report, from the files the stages wrote:
+    data (the prepared source's checksum or seed), encoder, rqvae, exported ranker."""
+    def field(path: Path, key: str) -> str | None:
+        if not path.is_file():
+            return None
+        value = json.loads(path.read_text()).get(key)
+        return None if value is None else str(value)
+
+    found = {
+        "data": field(lake.prepare_summary, "ratings_sha256") or (
+            f"synthetic-seed-{field(lake.prepare_summary, 'seed')}"
+            if field(lake.prepare_summary, "seed") is not None else None),
+        "encoder": field(lake.encoder_dir / "version.json", "encoder_version"),
+        "rqvae": field(lake.rqvae_dir / "version.json", "rqvae_version"),
+        "ranker_export": field(lake.export_dir / "meta.json", "model_version"),
+    }
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, Any]:
     lake = Lake.from_config(cfg)
     out = lake.report_dir
@@ -303,6 +324,8 @@ def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, A
     for key in ("train_samples", "valid_samples", "test_samples", "test_click_rate"):
         if key in summary:
             update_metrics(lake.metrics, f"data.{key}", summary[key])
+    for key, value in model_versions(lake).items():
+        update_metrics(lake.metrics, f"versions.{key}", value)
     metrics = read_metrics(lake.metrics)
     buckets = cfg.stats.bucket_labels()
 
@@ -324,12 +347,16 @@ def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, A
         return f"![{caption}]({name})" if figures[name] else f"_{caption}: not produced by this run._"
 
     timings = metrics.get("timings", {})
+    v = metrics.get("versions", {})
+    versions_line = ", ".join(f"{k} `{str(v[k])[:12] if k == 'data' else v[k]}`" for k in
+                              ("data", "encoder", "rqvae", "ranker_export") if k in v) or "n/a"
     md = f"""# saviorrec report: {cfg.run.name}
 
 Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from `{lake.root}`; code {metrics.get('versions', {}).get('code', '?')},
 machine: {metrics.get('machine', '?')}. AUC on the TEST split (each user's last
 {int(100 * cfg.split.test_fraction)}% of events by time); models saw train only; intervals are 95%
 bootstrap intervals; means over seeds {list(cfg.ranker.seeds)}.
+Versions: {versions_line}.
 
 ## Table 1: data per PV bucket (test split)
 {table1(summary)}

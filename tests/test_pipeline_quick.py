@@ -104,8 +104,9 @@ def test_metrics_json_has_every_key(run: Run) -> None:
         assert 0 <= _get(m, f"rqvae.{method}.collision_rate") <= 1
     data = _get(m, "data")
     assert data, "metrics.json: data.* is empty"
-    for key in ("code", "config"):
+    for key in ("code", "config", "data", "encoder", "rqvae", "ranker_export"):
         assert _get(m, f"versions.{key}")
+    assert len(m["versions"]["data"]) == 64  # sha256 of the source ratings
 
 
 def test_the_data_summary_matches_the_lake(run: Run) -> None:
@@ -119,6 +120,7 @@ def test_report_and_figures_are_written(run: Run) -> None:
     report = (run.root / "report" / "report.md").read_text()
     for heading in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5"):
         assert heading in report, heading
+    assert f"encoder `{run.metrics['versions']['encoder']}`" in report
     assert "n/a" in report or "not run" in report.lower()  # Table 5 needs --full-grid
     pngs = sorted((run.root / "report").glob("*.png"))
     assert pngs, "no figures"
