@@ -848,14 +848,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.data_parallel:
         section = run_data_parallel(rec, args, data, device_counts)
         payload["device"] = common.device_info()
-        payload["total_s"] = round(time.perf_counter() - start, 2)
-        rec.flush()
-        print()
-        print(common.format_table(payload["results"], TABLE_COLUMNS))
-        print()
-        for row in section["results"]:
-            print("data_parallel:", row)
-        print(f"\nwrote {args.out}")
+        finish(rec, args.out, start, "data_parallel", section["results"])
         return 0
 
     jit_modes = {"on": [True], "off": [False], "both": [False, True]}[args.jit_compile]
@@ -918,15 +911,21 @@ def main(argv: list[str] | None = None) -> int:
                 rec.add({"model": "SaviorRanker", "tag": tag, "measure": "profile",
                          "error": f"{type(e).__name__}: {e}"[:2000]})
 
-    payload["total_s"] = round(time.perf_counter() - start, 2)
+    finish(rec, args.out, start, "summary",
+           [{k: v for k, v in s.items() if v is not None} for s in payload["summary"]])
+    return 0
+
+
+def finish(rec: Recorder, out: Path, start: float, label: str, rows: list[Any]) -> None:
+    """Total time into the JSON, then the results table and one line per summary row."""
+    rec.payload["total_s"] = round(time.perf_counter() - start, 2)
     rec.flush()
     print()
-    print(common.format_table(payload["results"], TABLE_COLUMNS))
+    print(common.format_table(rec.payload["results"], TABLE_COLUMNS))
     print()
-    for s in payload["summary"]:
-        print("summary:", {k: v for k, v in s.items() if v is not None})
-    print(f"\nwrote {args.out}")
-    return 0
+    for row in rows:
+        print(f"{label}:", row)
+    print(f"\nwrote {out}")
 
 
 if __name__ == "__main__":
