@@ -298,19 +298,17 @@ def figure_embedding_map(cfg: Config, lake: Lake, path: Path, franchise: str) ->
 def model_versions(lake: Lake) -> dict[str, str]:
     """Versions of the data and models behind the report, from the files the stages wrote:
     data (the prepared source's checksum or seed), encoder, rqvae, exported ranker."""
-    def field(path: Path, key: str) -> str | None:
-        if not path.is_file():
-            return None
-        value = json.loads(path.read_text()).get(key)
-        return None if value is None else str(value)
+    def read(path: Path) -> dict[str, Any]:
+        return json.loads(path.read_text()) if path.is_file() else {}
 
+    prepared = read(lake.prepare_summary)
+    data = prepared.get("ratings_sha256") or (
+        f"synthetic-seed-{prepared['seed']}" if "seed" in prepared else None)
     found = {
-        "data": field(lake.prepare_summary, "ratings_sha256") or (
-            f"synthetic-seed-{field(lake.prepare_summary, 'seed')}"
-            if field(lake.prepare_summary, "seed") is not None else None),
-        "encoder": field(lake.encoder_dir / "version.json", "encoder_version"),
-        "rqvae": field(lake.rqvae_dir / "version.json", "rqvae_version"),
-        "ranker_export": field(lake.export_dir / "meta.json", "model_version"),
+        "data": data,
+        "encoder": read(lake.encoder_dir / "version.json").get("encoder_version"),
+        "rqvae": read(lake.rqvae_dir / "version.json").get("rqvae_version"),
+        "ranker_export": read(lake.export_dir / "meta.json").get("model_version"),
     }
     return {k: v for k, v in found.items() if v is not None}
 

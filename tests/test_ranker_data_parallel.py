@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_ranker_fixtures import write_training_set
+from test_ranker_fixtures import training_world, write_training_set
 
-from saviorrec.config import REPO_ROOT, Config, load_config
+from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
 from tf_ranker.batches import RankerBatches
 from tf_ranker.data import load_items, load_samples
@@ -70,10 +70,8 @@ print("RESULT" + json.dumps(out))
 
 
 def _cfg(root: Path, distribution: str, **ranker: object) -> Config:
-    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
-        run={"root": str(root)}, ranker={**TINY_RANKER, "distribution": distribution, **ranker})
-    write_training_set(cfg)  # seeded: both roots hold identical data
-    return cfg
+    # seeded: both roots hold identical data
+    return training_world(root, **{**TINY_RANKER, "distribution": distribution, **ranker})
 
 
 @pytest.mark.timeout(600)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
-from saviorrec.config import Config
+from saviorrec.config import REPO_ROOT, Config, load_config
 from saviorrec.lake import Lake, read_table, write_table
 from saviorrec.schema import ITEM_STAT_NUMERIC, SEQ_STAT_PREFIX, TRAINING_ITEMS, TRAINING_SAMPLES
 
@@ -28,6 +29,15 @@ def _stats(rng: np.random.Generator, shape: tuple[int, ...]) -> dict[str, np.nda
     clicks_r = np.minimum(clicks, pv_r)
     return {"pv": pv, "clicks": clicks, "ctr": (clicks + 5) / (pv + 10),
             "pv_recent": pv_r, "clicks_recent": clicks_r, "ctr_recent": (clicks_r + 5) / (pv_r + 10)}
+
+
+def training_world(root: Path, **ranker: object) -> Config:
+    """configs/movielens.yaml with its run in ``root`` and ``ranker`` overrides, holding the
+    tiny seeded training set of :func:`write_training_set` (identical for every root)."""
+    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
+        run={"root": str(root)}, ranker=ranker)
+    write_training_set(cfg)
+    return cfg
 
 
 def write_training_set(cfg: Config, *, n_users: int = 12, n_items: int = 30, dim: int = 8,

@@ -9,9 +9,8 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_ranker_fixtures import write_training_set
+from test_ranker_fixtures import training_world
 
-from saviorrec.config import REPO_ROOT, load_config
 from saviorrec.lake import Lake
 from tf_ranker.batches import RankerBatches
 from tf_ranker.data import ITEM_TABLE_INPUTS, ItemLookup, load_items, load_samples
@@ -20,9 +19,7 @@ from tf_ranker.train import run_train
 
 
 def test_device_gather_equals_host_gather(tmp_path: Path) -> None:
-    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
-        run={"root": str(tmp_path)}, ranker={"batch_size": 64})
-    write_training_set(cfg)
+    cfg = training_world(tmp_path, batch_size=64)
     lake = Lake.from_config(cfg)
     items = load_items(lake.training_items)
     # A table one row short: the last item id reads row 0 on both paths.
@@ -49,11 +46,8 @@ def test_device_gather_equals_host_gather(tmp_path: Path) -> None:
 def test_training_with_device_tables_matches_host_tables(tmp_path: Path, variant: str) -> None:
     scores, weights = {}, {}
     for mode in ("host", "device"):
-        cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
-            run={"root": str(tmp_path / mode)},
-            ranker={"epochs": 2, "batch_size": 64, "item_tables": mode, "input_workers": 2,
-                    "early_stopping_patience": 5})
-        write_training_set(cfg)
+        cfg = training_world(tmp_path / mode, epochs=2, batch_size=64, item_tables=mode,
+                             input_workers=2, early_stopping_patience=5)
         meta = run_train(cfg, variant=variant, seed=0)
         assert meta["item_tables"] == mode
         out = Lake.from_config(cfg).ranker_dir(variant, 0)

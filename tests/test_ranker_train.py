@@ -12,9 +12,9 @@ import keras
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_ranker_fixtures import RQVAE_VERSION, write_training_set
+from test_ranker_fixtures import RQVAE_VERSION, training_world
 
-from saviorrec.config import REPO_ROOT, Config, load_config
+from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
 from saviorrec.metrics import auc, read_metrics
 from tf_ranker.batches import RankerBatches
@@ -27,12 +27,8 @@ from tf_ranker.train import learning_rate_schedule, model_kwargs, run_train
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Config:
     root = tmp_path_factory.mktemp("ranker_run")
-    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
-        run={"root": str(root)},
-        ranker={"epochs": 2, "batch_size": 64, "bootstrap_samples": 20, "seeds": [0, 1],
-                "early_stopping_patience": 1},
-    )
-    write_training_set(cfg)
+    cfg = training_world(root, epochs=2, batch_size=64, bootstrap_samples=20, seeds=[0, 1],
+                         early_stopping_patience=1)
     for variant in ("base", "full"):
         run_train(cfg, variant=variant, seed=0)
     return cfg

@@ -10,10 +10,10 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from test_ranker_fixtures import write_training_set
+from test_ranker_fixtures import training_world
 from test_ranker_model import DIMS, batch, model
 
-from saviorrec.config import REPO_ROOT, Config, load_config
+from saviorrec.config import Config
 from saviorrec.lake import Lake
 from saviorrec.metrics import read_metrics
 from tf_ranker.data import load_items, load_samples
@@ -128,12 +128,8 @@ def test_level_importance_by_hand() -> None:
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory: pytest.TempPathFactory) -> Config:
     root = tmp_path_factory.mktemp("ranker_grid")
-    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
-        run={"root": str(root)},
-        ranker={"epochs": 1, "batch_size": 64, "bootstrap_samples": 10, "seeds": [0, 1],
-                "heads": 2, "attention_dim": 8, "id_dim": 4, "stat_dim": 4, "dnn_units": [16, 8]},
-    )
-    write_training_set(cfg)
+    cfg = training_world(root, epochs=1, batch_size=64, bootstrap_samples=10, seeds=[0, 1],
+                         heads=2, attention_dim=8, id_dim=4, stat_dim=4, dnn_units=[16, 8])
     for variant in ("full", *NEW):
         run_train(cfg, variant=variant, seed=0)
     run_train(cfg, variant="full", seed=1)
