@@ -116,7 +116,7 @@ def floors(cfg: Any, repeats: int) -> dict[str, Any]:
             features = service.reader.read(user, items)
             t2 = time.perf_counter()
             inputs = build_inputs(user, items, features.sequence.item_ids, features.items,
-                                  service.layout)
+                                  service.layout, features.sequence.stats)
             t3 = time.perf_counter()
             service.ranker.predict(inputs)
             t4 = time.perf_counter()

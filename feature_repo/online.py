@@ -1,7 +1,8 @@
 """Online reads for serving: one user's sequence and one batched read of all its items.
 
 Unknown entities get documented defaults and are counted in :data:`UNKNOWN_ENTITIES`:
-an unknown user has an empty sequence (``item_ids`` [], ``seq_len`` 0, ``known`` False); an item without statistics gets
+an unknown user has an empty sequence (``item_ids`` [], ``seq_len`` 0, ``known`` False,
+``stats`` None: the serving tensors give it a new user's statistics); an item without statistics gets
 ``saviorrec.schema.ITEM_STAT_DEFAULTS``; an item without a multimodal row gets a zero embedding
 of d, semantic ids all 0 (L + 1 of them) and empty version strings. d and L + 1 are read from
 the tags of the ``item_multimodal`` view, recorded at apply time from the config.
@@ -28,6 +29,7 @@ from saviorrec.schema import (
     ITEM_STATS,
     PADDING_ITEM_ID,
     SEQUENCES,
+    USER_STAT_NUMERIC,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,7 @@ class UserSequence(NamedTuple):
     item_ids: list[int]  # left-padded with PADDING_ITEM_ID, as stored
     seq_len: int
     known: bool
+    stats: tuple[float, ...] | None = None  # USER_STAT_NUMERIC values; None when unknown
 
 
 class OnlineFeatures(NamedTuple):
@@ -110,7 +113,15 @@ def read_sequence(store: FeatureStore, user_id: int) -> UserSequence:
     if ids is None:
         _count("users", 1)
         return UserSequence(item_ids=[], seq_len=0, known=False)
-    return UserSequence(item_ids=[int(i) for i in ids], seq_len=int(row["seq_len"][0]), known=True)
+    return UserSequence(item_ids=[int(i) for i in ids], seq_len=int(row["seq_len"][0]), known=True,
+                        stats=user_stats({n: row[n][0] for n in USER_STAT_NUMERIC}))
+
+
+def user_stats(values: dict[str, Any]) -> tuple[float, ...] | None:
+    """USER_STAT_NUMERIC as floats; None when the row predates them (re-run the sequences job)."""
+    if any(values[n] is None for n in USER_STAT_NUMERIC):
+        return None
+    return tuple(float(values[n]) for n in USER_STAT_NUMERIC)
 
 
 def read_items(store: FeatureStore, item_ids: list[int]) -> tuple[dict[int, dict[str, Any]], list[int]]:

@@ -2,8 +2,8 @@
 
 Per chunk of ``feast.training_chunk_rows`` samples:
 1. the candidate's item_stats as of the sample time (``get_historical_features``);
-2. the behaviour sequence joined on (user_id, event_timestamp) exactly from the source of the
-   user_sequence view (a missing or duplicated row is an error: never a silently older sequence);
+2. the behaviour sequence and the user's statistics joined on (user_id, event_timestamp) exactly
+   from the source of the user_sequence view (a missing or duplicated row is an error: never a silently older sequence);
 3. item_stats of every sequence item as of the same sample time (see sequence_stats.py),
    aligned with seq_item_ids; padding and unknown items get ITEM_STAT_DEFAULTS;
 4. eval_pv_bucket of the candidate from item_pv.
@@ -41,6 +41,7 @@ from saviorrec.schema import (
     SEQ_STAT_PREFIX,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
+    USER_STAT_NUMERIC,
 )
 
 SPLITS = ("train", "valid", "test")
@@ -115,7 +116,8 @@ class TrainingSetBuilder:
                          "user_id": chunk["user_id"], "event_timestamp": chunk["event_timestamp"]})
         con.register("keys", keys)
         joined = con.sql(
-            "SELECT k.row_id, s.seq_item_ids, s.seq_len, s.user_id IS NULL AS missing "
+            "SELECT k.row_id, s.seq_item_ids, s.seq_len, "
+            + "".join(f"s.{n}, " for n in USER_STAT_NUMERIC) + "s.user_id IS NULL AS missing "
             f"FROM keys k LEFT JOIN {self.seq_scan} s "
             "ON s.user_id = k.user_id AND s.event_timestamp = k.event_timestamp ORDER BY k.row_id"
         ).to_arrow_table()
@@ -133,7 +135,9 @@ class TrainingSetBuilder:
         self.seconds["sequence"] += time.perf_counter() - began
         return joined.cast(pa.schema([("row_id", pa.int64()),
                                       ("seq_item_ids", pa.list_(pa.int64())),
-                                      ("seq_len", pa.int64()), ("missing", pa.bool_())]))
+                                      ("seq_len", pa.int64()),
+                                      *((n, pa.float32()) for n in USER_STAT_NUMERIC),
+                                      ("missing", pa.bool_())]))
 
     # -- 3. sequence item stats ------------------------------------------------------------------
     def sequence_stats(self, chunk: pa.Table, seq: pa.Table) -> dict[str, pa.Array]:
@@ -192,6 +196,7 @@ class TrainingSetBuilder:
             "user_id": chunk["user_id"], "item_id": chunk["item_id"], "label": chunk["label"],
             "event_timestamp": chunk["event_timestamp"], "eval_pv_bucket": bucket,
             **{n: _arrow_col(cand[n], n) for n in STATS},
+            **{n: seq[n] for n in USER_STAT_NUMERIC},
             "seq_item_ids": seq["seq_item_ids"], "seq_len": seq["seq_len"], **seq_stats,
         }
         table = pa.table(columns).select(TRAINING_SAMPLES.names)

@@ -173,6 +173,9 @@ SEQUENCES = _t(
     C("event_timestamp", "timestamp"),
     C("seq_item_ids", "list<int64>"),
     C("seq_len", "int64"),
+    C("user_pv", "int64", doc="the user's events (ratings) strictly before event_timestamp"),
+    C("user_clicks", "int64", doc="the user's clicks strictly before event_timestamp"),
+    C("user_ctr", "float32", doc="smoothed click rate of those events (stats.ctr_prior*)"),
 )
 
 # --- encoder outputs ----------------------------------------------------------------------------
@@ -202,6 +205,9 @@ ITEM_STAT_DEFAULTS: dict[str, float] = {
     "pv_bucket": 0,
 }
 
+# --- statistics of the user (P_u of paper 3.1), stored beside the sequence ----------------------
+USER_STAT_NUMERIC: tuple[str, ...] = ("user_pv", "user_clicks", "user_ctr")
+
 # --- the ranker's training set (written by `saviorrec features training-set`) -------------------
 # One row per sample; the candidate's statistics as of the sample time, and the same statistics
 # for every sequence position (as of the sample time), as fixed-length lists aligned with
@@ -218,6 +224,7 @@ TRAINING_SAMPLES = _t(
     C("eval_pv_bucket", "int64", doc="ITEM_PV bucket of the candidate, for per-bucket AUC"),
     *(C(n, "float32") for n in ITEM_STAT_NUMERIC),
     C("pv_bucket", "int64"),
+    *(C(n, "float32") for n in USER_STAT_NUMERIC),
     C("seq_item_ids", "list<int64>"),
     C("seq_len", "int64"),
     *(C(SEQ_STAT_PREFIX + n, "list<float32>") for n in ITEM_STAT_NUMERIC),

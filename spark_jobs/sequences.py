@@ -7,6 +7,12 @@ left-padded with PADDING_ITEM_ID (0) to ``sequences.max_len``; seq_len counts th
 One row per distinct (user, event_timestamp) of samples, plus one per user stamped 1 second
 after the user's last event that holds the whole current sequence (for online serving).
 
+The same rows carry the user's statistics (P_u of paper 3.1) under the same point-in-time rule:
+user_pv and user_clicks count the user's events and clicks strictly before t (every split), and
+user_ctr is their smoothed rate (stats.ctr_prior, stats.ctr_prior_strength), as for items.
+Unlike item_stats (daily snapshots) they are exact to the event: MovieLens users rate in bursts,
+so a daily snapshot would hide a whole session's history from its own later samples.
+
 Cost, O(n log n) rather than O(n^2): one window sum over each user's time-ordered events and
 clicks gives each sample time its number c of earlier clicks; each user's clicks are collected
 once into one ordered array, and each sample slices positions c-N+1 .. c out of it.
@@ -28,6 +34,7 @@ from pyspark.sql import functions as F
 from saviorrec.config import Config
 from saviorrec.lake import Lake
 from saviorrec.schema import PADDING_ITEM_ID, SAMPLES, SEQUENCES
+from spark_jobs.columns import smoothed_ctr
 from spark_jobs.tables import read_table, write_table
 
 
@@ -40,26 +47,25 @@ def sequence_times(samples: DataFrame) -> DataFrame:
     return times.unionByName(serving)
 
 
-def clicks_before(times: DataFrame, samples: DataFrame) -> DataFrame:
-    """Add ``n_before``: the user's clicks with timestamp strictly before each time.
+def history_before(times: DataFrame, samples: DataFrame) -> DataFrame:
+    """Add ``pv_before`` and ``n_before``: the user's events and clicks strictly before each time.
 
-    At equal timestamps the time sorts before the clicks, so they are not counted.
+    At equal timestamps the time sorts before the events, so they are not counted.
     """
-    clicks = samples.filter(F.col("label") == 1).select(
-        "user_id", "event_timestamp", F.lit(1).alias("is_click")
-    )
-    timeline = times.select("user_id", "event_timestamp", F.lit(0).alias("is_click")).unionByName(
-        clicks
-    )
+    events = samples.select("user_id", "event_timestamp", F.lit(1).alias("is_event"),
+                            F.col("label").cast("bigint").alias("is_click"))
+    timeline = times.select("user_id", "event_timestamp", F.lit(0).alias("is_event"),
+                            F.lit(0).cast("bigint").alias("is_click")).unionByName(events)
     upto = (
         Window.partitionBy("user_id")
-        .orderBy("event_timestamp", "is_click")
+        .orderBy("event_timestamp", "is_event")
         .rowsBetween(Window.unboundedPreceding, Window.currentRow)
     )
     return (
-        timeline.withColumn("n_before", F.sum("is_click").over(upto).cast("bigint"))
-        .filter(F.col("is_click") == 0)
-        .drop("is_click")
+        timeline.withColumn("pv_before", F.sum("is_event").over(upto).cast("bigint"))
+        .withColumn("n_before", F.sum("is_click").over(upto).cast("bigint"))
+        .filter(F.col("is_event") == 0)
+        .drop("is_event", "is_click")
     )
 
 
@@ -71,8 +77,9 @@ def click_arrays(samples: DataFrame) -> DataFrame:
     )
 
 
-def last_clicks(counted: DataFrame, arrays: DataFrame, max_len: int) -> DataFrame:
-    """(user_id, event_timestamp, seq_item_ids, seq_len): clicks n_before-N+1 .. n_before."""
+def last_clicks(counted: DataFrame, arrays: DataFrame, max_len: int, prior: float,
+                strength: float) -> DataFrame:
+    """SEQUENCES rows: clicks n_before-N+1 .. n_before, and the user's statistics."""
     seq_len = F.least(F.col("n_before"), F.lit(max_len))
     start = F.col("n_before") - seq_len + 1  # 1-based
     recent = F.when(seq_len > 0, F.slice("clicked", start, seq_len)).otherwise(
@@ -84,12 +91,16 @@ def last_clicks(counted: DataFrame, arrays: DataFrame, max_len: int) -> DataFram
         "event_timestamp",
         F.concat(padding, recent).alias("seq_item_ids"),
         seq_len.alias("seq_len"),
+        F.col("pv_before").alias("user_pv"),
+        F.col("n_before").alias("user_clicks"),
+        smoothed_ctr(F.col("n_before"), F.col("pv_before"), prior, strength).alias("user_ctr"),
     )
 
 
-def sequences(samples: DataFrame, max_len: int) -> DataFrame:
-    counted = sequence_times(samples).transform(clicks_before, samples)
-    return last_clicks(counted, click_arrays(samples), max_len)
+def sequences(samples: DataFrame, max_len: int, ctr_prior: float,
+              ctr_prior_strength: float) -> DataFrame:
+    counted = sequence_times(samples).transform(history_before, samples)
+    return last_clicks(counted, click_arrays(samples), max_len, ctr_prior, ctr_prior_strength)
 
 
 def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
@@ -97,7 +108,8 @@ def run(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     samples = read_table(spark, lake.spark("samples"), SAMPLES).select(
         "user_id", "item_id", "label", "event_timestamp"
     )
-    n = write_table(sequences(samples, cfg.sequences.max_len), lake.spark("sequences"), SEQUENCES)
+    n = write_table(
+        sequences(samples, cfg.sequences.max_len, cfg.stats.ctr_prior, cfg.stats.ctr_prior_strength), lake.spark("sequences"), SEQUENCES)
     return {"rows": {"sequences": n}}
 
 

@@ -78,6 +78,12 @@ def _rows(rows: list[dict[str, Any]], table: Table) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=table.arrow_schema())
 
 
+def user_stats(seq_len: int) -> dict[str, Any]:
+    """The user statistics of a SEQUENCE_ROWS row: a function of its seq_len (pv = 2 * clicks)."""
+    return {"user_pv": 2 * seq_len, "user_clicks": seq_len,
+            "user_ctr": (seq_len + 1) / (2 * seq_len + 2)}
+
+
 def write_folder(table: pa.Table, folder: Path) -> None:
     """Like a Spark job: part files plus _SUCCESS in a folder."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,7 +98,8 @@ def write_lake(cfg: Config, *, stats: list[dict[str, Any]] | None = None,
     lake = Lake.from_config(cfg)
     write_folder(_rows(stats or ITEM_STATS_ROWS, ITEM_STATS), lake.spark("item_stats"))
     write_folder(_rows([
-        {"user_id": u, "event_timestamp": day(d), "seq_item_ids": ids, "seq_len": n}
+        {"user_id": u, "event_timestamp": day(d), "seq_item_ids": ids, "seq_len": n,
+         **user_stats(n)}
         for u, d, ids, n in (sequences or SEQUENCE_ROWS)], SEQUENCES), lake.spark("sequences"))
     write_folder(_rows([
         {"user_id": u, "item_id": i, "label": y, "rating": 4.0 if y else 2.0,

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from test_feast_lake import (
+    user_stats,
     ITEM_STATS_ROWS,
     MULTIMODAL_ROWS,
     SEQ_LEN,
@@ -26,7 +27,7 @@ from test_feast_lake import (
 from feature_repo import store as fs
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
-from saviorrec.schema import ITEM_STAT_DEFAULTS, TRAINING_ITEMS, TRAINING_SAMPLES
+from saviorrec.schema import ITEM_STAT_DEFAULTS, TRAINING_ITEMS, TRAINING_SAMPLES, USER_STAT_NUMERIC
 from tf_ranker.data import load_items
 
 STATS = ("pv", "clicks", "ctr", "pv_recent", "clicks_recent", "ctr_recent", "pv_bucket")
@@ -79,6 +80,9 @@ def _check_training_rows(cfg: Config, expected: dict) -> None:
                 assert r["seq_" + n] == pytest.approx([s[n] for s in seq]), (key, n)
             assert r["eval_pv_bucket"] == bucket
             assert len(r["seq_item_ids"]) == SEQ_LEN
+            # the user's statistics come from the same sequences row (exact time match)
+            assert {n: r[n] for n in USER_STAT_NUMERIC} == pytest.approx(
+                user_stats(r["seq_len"])), key
 
 
 def test_apply_registers_views_and_services(cfg: Config) -> None:
@@ -154,7 +158,8 @@ def assert_online_equals_offline(store, user: int = 11) -> None:
         if row["item_id"] not in latest or row["event_timestamp"] > latest[row["item_id"]]["event_timestamp"]:
             latest[row["item_id"]] = row
     got = fs.online_features(store, user, [1, 3, 4])
-    assert got.sequence == fs.UserSequence(item_ids=[2, 4, 3], seq_len=3, known=True)
+    assert got.sequence == fs.UserSequence(item_ids=[2, 4, 3], seq_len=3, known=True,
+                                           stats=(6.0, 3.0, 0.5))
     assert set(got.items) == {1, 2, 3, 4}
     for item, row in latest.items():
         assert {n: got.items[item][n] for n in STATS} == pytest.approx({n: row[n] for n in STATS})

@@ -76,6 +76,8 @@ def write_training_set(cfg: Config, *, n_users: int = 12, n_items: int = 30, dim
             if lengths[r]:
                 seq[r, seq_len - lengths[r]:] = rng.choice(pool, lengths[r])
         stats, seq_stats = _stats(rng, (n,)), _stats(rng, (n, seq_len))
+        user_pv = rng.integers(0, 100, n).astype("float32")
+        user_clicks = np.floor(user_pv * rng.random(n)).astype("float32")
         for values in seq_stats.values():
             values[seq == 0] = 0.0  # padding positions hold the defaults
         columns = {
@@ -86,6 +88,9 @@ def write_training_set(cfg: Config, *, n_users: int = 12, n_items: int = 30, dim
                                         pa.timestamp("us", tz="UTC")),
             "eval_pv_bucket": pa.array(rng.integers(0, len(buckets), n), pa.int64()),
             **{k: pa.array(stats[k], pa.float32()) for k in ITEM_STAT_NUMERIC},
+            "user_pv": pa.array(user_pv, pa.float32()),
+            "user_clicks": pa.array(user_clicks, pa.float32()),
+            "user_ctr": pa.array((user_clicks + 1) / (user_pv + 2), pa.float32()),
             "pv_bucket": pa.array(np.searchsorted(buckets, stats["pv"], side="right") - 1,
                                   pa.int64()),
             "seq_item_ids": pa.array(list(seq), pa.list_(pa.int64())),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tf_ranker.export import per_sample_inputs
-from tf_ranker.features import SEQUENCE_INPUTS
+from tf_ranker.features import SEQUENCE_INPUTS, USER_INPUTS
 from tf_ranker.models import SaviorRanker
 from tf_ranker.synthetic import synthetic_inputs
 from tf_ranker.variants import VARIANTS, get_variant
@@ -41,13 +41,14 @@ def test_variant_weights() -> None:
     h = 4 + 6 + 4  # id + statistics + pv bucket
     assert full["attention/modal2behavior/value/kernel"] == (h, 8)
     assert full["attention/modal2behavior/query/kernel"] == (8, 8)
-    # DNN input: user + h_cand + z_cand + 4 attention blocks; 3 LeakyReLU layers + sigmoid.
-    assert full["dnn_0/kernel"] == (4 + h + 8 + 4 * 8, 16)
+    # DNN input: user (id + 3 statistics) + h_cand + z_cand + 4 attention blocks; 3 LeakyReLU
+    # layers + sigmoid.
+    assert full["dnn_0/kernel"] == (4 + 3 + h + 8 + 4 * 8, 16)
     assert full["pctr/kernel"] == (4, 1)
     assert sum("attention/" in n and "kernel" in n for n in names["no_bidir"]) == 6
-    assert model("simtier").get_layer("dnn_0").kernel.shape[0] == 4 + h + 8 + 5
+    assert model("simtier").get_layer("dnn_0").kernel.shape[0] == 4 + 3 + h + 8 + 5
     crossed = model("base", feature_cross=True)
-    assert crossed.get_layer("feature_cross").dense.kernel.shape == (4 + h + 8, 4 + h + 8)
+    assert crossed.get_layer("feature_cross").dense.kernel.shape == (7 + h + 8, 7 + h + 8)
     with pytest.raises(ValueError, match="unknown ranker variant"):
         model("fancy")
 
@@ -66,7 +67,7 @@ def test_mba_starts_as_identity_and_output_is_float32_probability() -> None:
 def test_one_sequence_many_candidates_equals_per_sample(variant: str) -> None:
     x, _ = batch()
     m = model(variant)
-    request = {k: (v[:1] if k == "user_id" or k in SEQUENCE_INPUTS else v) for k, v in x.items()}
+    request = {k: (v[:1] if k in USER_INPUTS or k in SEQUENCE_INPUTS else v) for k, v in x.items()}
     served = np.asarray(m(request)).reshape(-1)
     tiled = np.asarray(m(per_sample_inputs(request))).reshape(-1)
     np.testing.assert_allclose(served, tiled, atol=1e-6)

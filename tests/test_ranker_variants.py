@@ -51,10 +51,10 @@ def test_fig4_variants_drop_one_feature_group() -> None:
     assert full["item_embedding/embeddings"] == (50, 4)
     assert "item_embedding/embeddings" not in no_id and "user_embedding/embeddings" in no_id
     assert no_id["attention/behavior/key/kernel"] == (h - 4, 8)
-    assert no_id["dnn_0/kernel"] == (4 + (h - 4) + 8 + 4 * 8, 16)
+    assert no_id["dnn_0/kernel"] == (4 + 3 + (h - 4) + 8 + 4 * 8, 16)
     assert not any(k.startswith(("pv_bucket_embedding", "stat_transform")) for k in no_stats)
     assert no_stats["attention/behavior/key/kernel"] == (4, 8)
-    assert no_stats["dnn_0/kernel"] == (4 + 4 + 8 + 4 * 8, 16)
+    assert no_stats["dnn_0/kernel"] == (4 + 3 + 4 + 8 + 4 * 8, 16)
     assert no_id["mba/codebook"] == no_stats["mba/codebook"] == full["mba/codebook"]
     assert shapes("no_mm") == shapes("base")
     with pytest.raises(ValueError, match="item ids or statistics"):

@@ -38,6 +38,7 @@ from saviorrec.schema import (
     SEQUENCES,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
+    USER_STAT_NUMERIC,
 )
 
 RQVAE_VERSION = "rq-serving-test"
@@ -64,6 +65,11 @@ class World:
     stats: dict[int, dict[str, float]] = field(default_factory=dict)  # latest row per item
     multimodal: dict[int, dict[str, Any]] = field(default_factory=dict)
     sequences: dict[int, list[int]] = field(default_factory=dict)  # latest, left-padded
+    user_stats: dict[int, list[float]] = field(default_factory=dict)  # latest, USER_STAT_NUMERIC
+
+    def user_features(self, user_id: int) -> list[float]:
+        """An unknown user is a user with no earlier event: 0 events, 0 clicks, the prior rate."""
+        return self.user_stats.get(user_id, [0.0, 0.0, self.cfg.stats.ctr_prior])
 
     def item_features(self, item_id: int) -> dict[str, Any]:
         """Features of one item as training sees them: defaults where a view has no row."""
@@ -87,6 +93,7 @@ class World:
 
         return {
             "user_id": np.full(n, user_id, "int64"),
+            "user_stats": tile(self.user_features(user_id), "float32"),
             "item_id": np.asarray(item_ids, "int64"),
             "item_stats": np.asarray([c["stats"] for c in cand], "float32"),
             "item_pv_bucket": np.asarray([c["pv_bucket"] for c in cand], "int64"),
@@ -138,9 +145,13 @@ def write_world(cfg: Config, *, n_items: int = 40, n_users: int = 10, seed: int 
         for days in (5, 30):
             k = int(rng.integers(0, seq_len + 1)) if user > 1 else seq_len  # user 1: full
             ids = [0] * (seq_len - k) + rng.integers(1, n_items + 1, k).tolist()
+            pv = int(rng.integers(k, 4 * seq_len + 1))
+            clicks = int(rng.integers(k, pv + 1))
+            stats = [float(pv), float(clicks), float(np.float32((clicks + 1) / (pv + 2)))]
             seq_rows.append({"user_id": user, "event_timestamp": T0 + timedelta(days=days),
-                             "seq_item_ids": ids, "seq_len": k})
-        world.sequences[user] = ids
+                             "seq_item_ids": ids, "seq_len": k,
+                             **dict(zip(USER_STAT_NUMERIC, stats, strict=True))})
+        world.sequences[user], world.user_stats[user] = ids, stats
     _folder(pa.Table.from_pylist(stats_rows, schema=ITEM_STATS.arrow_schema()),
             lake.spark("item_stats"))
     _folder(pa.Table.from_pylist(seq_rows, schema=SEQUENCES.arrow_schema()), lake.spark("sequences"))
@@ -169,6 +180,7 @@ def _write_training_tables(world: World) -> None:
                      "event_timestamp": T0 + timedelta(days=40, minutes=k), "eval_pv_bucket": 0,
                      **dict(zip(ITEM_STAT_NUMERIC, f["stats"], strict=True)),
                      "pv_bucket": f["pv_bucket"], "seq_item_ids": seq, "seq_len": len(seq),
+                     **dict(zip(USER_STAT_NUMERIC, world.user_features(1), strict=True)),
                      **{SEQ_STAT_PREFIX + n: [s["stats"][j] for s in seq_f]
                         for j, n in enumerate(ITEM_STAT_NUMERIC)},
                      SEQ_STAT_PREFIX + "pv_bucket": [s["pv_bucket"] for s in seq_f]})

@@ -1,7 +1,7 @@
 """Point-in-time proof on random events, against a plain-Python reference.
 
 For every sample at time t, the item statistics Feast would join (the latest item_stats row
-stamped <= t) and the sample's sequence must equal what the Python reference computes from the
+stamped <= t) and the sample's sequence and user statistics must equal what the Python reference computes from the
 events strictly before t (item_stats: strictly before t's UTC midnight). Timestamps are drawn
 from a few values per day, exactly midnight included, so same-second events, midnight events
 and recent-window expiry all occur.
@@ -66,9 +66,11 @@ def test_item_stats_joined_at_sample_time_match_reference(spark: SparkSession) -
 def test_sequences_match_reference(spark: SparkSession) -> None:
     rows = random_samples()
     got = {
-        (r["user_id"], r["us"]): (list(r["seq_item_ids"]), r["seq_len"])
-        for r in sequences(frame(spark, rows), MAX_LEN)
-        .select("user_id", F.unix_micros("event_timestamp").alias("us"), "seq_item_ids", "seq_len")
+        (r["user_id"], r["us"]): (list(r["seq_item_ids"]), r["seq_len"], r["user_pv"],
+                                   r["user_clicks"], round(r["user_ctr"], 5))
+        for r in sequences(frame(spark, rows), MAX_LEN, 0.4, 3.0)
+        .select("user_id", F.unix_micros("event_timestamp").alias("us"), "seq_item_ids", "seq_len",
+                "user_pv", "user_clicks", "user_ctr")
         .collect()
     }
     expected = {}
@@ -78,5 +80,8 @@ def test_sequences_match_reference(spark: SparkSession) -> None:
         for t in times:
             clicks = sorted((r[3], r[1]) for r in own if r[2] == 1 and r[3] < t)
             last = [item for _, item in clicks][-MAX_LEN:]
-            expected[(user, t)] = ([0] * (MAX_LEN - len(last)) + last, len(last))
+            pv = sum(1 for r in own if r[3] < t)
+            rate = round((len(clicks) + 3.0 * 0.4) / (pv + 3.0), 5)
+            expected[(user, t)] = ([0] * (MAX_LEN - len(last)) + last, len(last), pv, len(clicks),
+                                   rate)
     assert got == expected

@@ -20,7 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saviorrec.lake import read_table
-from saviorrec.schema import ITEM_STAT_NUMERIC, SEQ_STAT_PREFIX, TRAINING_ITEMS, TRAINING_SAMPLES
+from saviorrec.schema import (
+    ITEM_STAT_NUMERIC,
+    SEQ_STAT_PREFIX,
+    TRAINING_ITEMS,
+    TRAINING_SAMPLES,
+    USER_STAT_NUMERIC,
+)
 from tf_ranker.features import BASE_SCORE
 
 
@@ -51,6 +57,7 @@ class ItemLookup:
 @dataclass(frozen=True)
 class Samples:
     user_id: np.ndarray  # int64 [n]
+    user_stats: np.ndarray  # float32 [n, U] in USER_STAT_NUMERIC order
     item_id: np.ndarray  # int64 [n]
     label: np.ndarray  # int64 [n]
     eval_pv_bucket: np.ndarray  # int64 [n]
@@ -90,6 +97,7 @@ def load_samples(path: Path) -> Samples:
     has_base = BASE_SCORE in table.column_names
     return Samples(
         user_id=col("user_id", "int64"),
+        user_stats=np.stack([col(n, "float32") for n in USER_STAT_NUMERIC], axis=-1),
         item_id=col("item_id", "int64"),
         label=col("label", "int64"),
         eval_pv_bucket=col("eval_pv_bucket", "int64"),
@@ -114,6 +122,7 @@ def make_inputs(samples: Samples, items: ItemLookup, rows: np.ndarray | slice,
     seq_ids = samples.seq_item_ids[rows]
     out = {
         "user_id": samples.user_id[rows],
+        "user_stats": samples.user_stats[rows],
         "item_id": item_id,
         "item_stats": samples.stats[rows],
         "item_pv_bucket": samples.pv_bucket[rows],

@@ -34,7 +34,14 @@ import numpy as np
 from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path
 from tf_ranker.data import load_items, load_samples, make_inputs
-from tf_ranker.features import BASE_SCORE, DTYPES, SEQUENCE_INPUTS, input_names, trailing_shapes
+from tf_ranker.features import (
+    BASE_SCORE,
+    DTYPES,
+    SEQUENCE_INPUTS,
+    USER_INPUTS,
+    input_names,
+    trailing_shapes,
+)
 from tf_ranker.models import SaviorRanker
 
 SIGNATURE = "serving_default"
@@ -47,8 +54,8 @@ def serving_shapes(model: SaviorRanker) -> dict[str, list[int | None]]:
     trailing = trailing_shapes(model.embedding_dim, model.semantic_id_width)
     shapes: dict[str, list[int | None]] = {}
     for name in input_names(model.use_base_score):
-        if name == "user_id":
-            shapes[name] = [1]
+        if name in USER_INPUTS:
+            shapes[name] = [1, *trailing[name]]
         elif name in SEQUENCE_INPUTS:
             shapes[name] = [1, None, *trailing[name]]
         else:
@@ -67,7 +74,7 @@ def sample_request(model: SaviorRanker, cfg: Config, max_candidates: int = 5) ->
     batch = make_inputs(test, items, rows, model.use_base_score)
     inputs = {}
     for name in input_names(model.use_base_score):
-        value = batch[name][:1] if name == "user_id" or name in SEQUENCE_INPUTS else batch[name]
+        value = batch[name][:1] if name in USER_INPUTS or name in SEQUENCE_INPUTS else batch[name]
         inputs[name] = value.tolist()
     return {"signature_name": SIGNATURE, "inputs": inputs}
 
@@ -76,7 +83,7 @@ def per_sample_inputs(request_inputs: dict[str, Any]) -> dict[str, np.ndarray]:
     """The request tiled to one row per candidate (what the training-time model sees)."""
     arrays = {k: np.asarray(v, dtype=DTYPES[k]) for k, v in request_inputs.items()}
     n = arrays["item_id"].shape[0]
-    for name in ("user_id", *SEQUENCE_INPUTS):
+    for name in (*USER_INPUTS, *SEQUENCE_INPUTS):
         arrays[name] = np.repeat(arrays[name], n, axis=0)
     return arrays
 

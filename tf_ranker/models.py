@@ -1,6 +1,7 @@
 """SaviorRanker: pCTR = DNN(user, candidate, attention over the behaviour sequence) (eq. 1, 16).
 
-Every item (candidate or sequence position) has a behaviour vector
+The user is [user id embedding, log1p counts + click rate of the user's earlier events] (P_u
+of eq. 1). Every item (candidate or sequence position) has a behaviour vector
 h = [id embedding, log1p counts + click rates, pv_bucket embedding] (variant no_id drops the
 first part, no_stats the other two) and, in the multimodal variants, a multimodal vector z
 (the frozen encoder embedding, aligned by MBA). The sequence side (h_seq, z_seq, the
@@ -21,7 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_ranker.features import BASE_SCORE, NUM_STATS
+from tf_ranker.features import BASE_SCORE, NUM_STATS, NUM_USER_STATS, USER_STAT_COUNTS
 from tf_ranker.layers import (
     BidirectionalTargetAttention,
     LogCountTransform,
@@ -128,6 +129,9 @@ class SaviorRanker(keras.Model):
             return layer
 
         self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding")
+        # P_u of eq. 1: the user's point-in-time counts (log1p) and click rate, in every variant.
+        self.user_stat_transform = LogCountTransform(USER_STAT_COUNTS, name="user_stat_transform")
+        self.user_stat_transform.build((None, NUM_USER_STATS))
         if spec.use_id:
             self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
         if spec.use_stats:
@@ -147,7 +151,7 @@ class SaviorRanker(keras.Model):
         else:
             self.attention = TargetAttention(self.heads, self.attention_dim, name="attention")
             self.attention.build((None, h_dim), (None, None, h_dim), (None, None, h_dim))
-        width = self.id_dim + h_dim + len(spec.blocks) * self.attention_dim
+        width = self.user_dim + h_dim + len(spec.blocks) * self.attention_dim
         width += (d if spec.multimodal else 0) + int(self.use_base_score)
         if spec.simtier:
             self.simtier = SimTier(self.simtier_bins, name="simtier")
@@ -175,6 +179,11 @@ class SaviorRanker(keras.Model):
         if self.spec.mba != "rq":
             raise ValueError(f"variant {self.variant!r} keeps a zero-initialised MBA codebook")
         self.mba.set_codebook(codebook)
+
+    @property
+    def user_dim(self) -> int:
+        """Width of the user part: id embedding and statistics."""
+        return self.id_dim + NUM_USER_STATS
 
     @property
     def behaviour_dim(self) -> int:
@@ -215,7 +224,12 @@ class SaviorRanker(keras.Model):
         h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"])
         n = ops.shape(h_cand)[0]
         user_ids = ops.reshape(_in_vocab(inputs["user_id"], self.num_users), (-1,))
-        user = ops.broadcast_to(self.user_embedding(user_ids), (n, self.id_dim))
+        user_stats = ops.reshape(inputs["user_stats"], (-1, NUM_USER_STATS))
+        user = ops.concatenate([
+            self.user_embedding(user_ids),
+            ops.cast(self.user_stat_transform(user_stats), self.compute_dtype),
+        ], axis=-1)
+        user = ops.broadcast_to(user, (n, self.user_dim))
         parts = [user, h_cand]
         mask = state["mask"]
         if self.spec.multimodal:

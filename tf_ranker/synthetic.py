@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf_ranker.features import NUM_STATS
+from tf_ranker.features import NUM_STATS, NUM_USER_STATS
 
 
 def synthetic_inputs(
@@ -41,6 +41,7 @@ def synthetic_inputs(
     seq_ids[rng.random((b, s)) < 0.2] = 0
     inputs = {
         "user_id": rng.integers(1, num_users, b).astype("int64"),
+        "user_stats": stats(b)[:, :NUM_USER_STATS],
         "item_id": rng.integers(1, num_items, b).astype("int64"),
         "item_stats": stats(b),
         "item_pv_bucket": rng.integers(0, num_pv_buckets, b).astype("int64"),

@@ -32,6 +32,7 @@ from feature_repo.online import (
     OnlineFeatures,
     UserSequence,
     item_defaults,
+    user_stats,
 )
 from saviorrec.schema import PADDING_ITEM_ID
 
@@ -91,7 +92,7 @@ class RedisDirectReader:
         if values["seq_item_ids"] is None:
             return UserSequence(item_ids=[], seq_len=0, known=False)
         return UserSequence(item_ids=[int(i) for i in values["seq_item_ids"]],
-                            seq_len=int(values["seq_len"]), known=True)
+                            seq_len=int(values["seq_len"]), known=True, stats=user_stats(values))
 
     def read_items(self, item_ids: list[int]) -> tuple[dict[int, dict[str, Any]], list[int]]:
         unique = list(dict.fromkeys(int(i) for i in item_ids))

@@ -45,7 +45,8 @@ def model_dir(cfg: Config) -> Path:
 def layout_of(ranker: Ranker, cfg: Config) -> Layout:
     return Layout(embedding_dim=ranker.trailing("item_embedding")[0],
                   semantic_id_width=ranker.trailing("item_semantic_ids")[0],
-                  sequence_length=ranker.sequence_length() or cfg.sequences.max_len)
+                  sequence_length=ranker.sequence_length() or cfg.sequences.max_len,
+                  user_ctr_prior=cfg.stats.ctr_prior)
 
 
 def _check_defaults(layout: Layout, defaults: dict[str, Any]) -> None:
@@ -117,7 +118,7 @@ class RankingService:
         read = time.perf_counter()
         check_items(self.ranker.rqvae_version, features.items)
         inputs = build_inputs(user_id, item_ids, features.sequence.item_ids, features.items,
-                              self.layout)
+                              self.layout, features.sequence.stats)
         scores = self.ranker.predict(inputs)
         scored = time.perf_counter()
         self._observe(features, item_ids, began, read, scored)

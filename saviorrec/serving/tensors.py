@@ -3,7 +3,9 @@
 The distinct items of a request (candidates and sequence items) become one small table, row k
 for the k-th item plus a last row for padding; the candidate and sequence inputs are then plain
 fancy-indexing of that table. Padding positions and items without features carry the values the
-training set gives them: ``ITEM_STAT_DEFAULTS``, a zero embedding and semantic ids 0.
+training set gives them: ``ITEM_STAT_DEFAULTS``, a zero embedding and semantic ids 0. An
+unknown user (no row online) has the statistics the training set gives a user's first event:
+no earlier events, and the smoothing prior as click rate.
 """
 
 from __future__ import annotations
@@ -14,7 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from saviorrec.schema import ITEM_STAT_DEFAULTS, ITEM_STAT_NUMERIC, PADDING_ITEM_ID
+from saviorrec.schema import (
+    ITEM_STAT_DEFAULTS,
+    ITEM_STAT_NUMERIC,
+    PADDING_ITEM_ID,
+    USER_STAT_NUMERIC,
+)
 
 
 class FeatureShapeError(ValueError):
@@ -28,6 +35,12 @@ class Layout:
     embedding_dim: int
     semantic_id_width: int
     sequence_length: int
+    user_ctr_prior: float  # stats.ctr_prior: the click rate of a user with no earlier event
+
+    def new_user_stats(self) -> np.ndarray:
+        """USER_STAT_NUMERIC of a user without history: 0 events, 0 clicks, the prior rate."""
+        return np.array([self.user_ctr_prior if n.endswith("ctr") else 0.0
+                         for n in USER_STAT_NUMERIC], dtype=np.float32)
 
 
 def fit_sequence(item_ids: Sequence[int], length: int) -> np.ndarray:
@@ -64,11 +77,13 @@ def _item_table(items: Mapping[int, Mapping[str, Any]], layout: Layout
 
 
 def build_inputs(user_id: int, item_ids: Sequence[int], sequence: Sequence[int],
-                 items: Mapping[int, Mapping[str, Any]], layout: Layout) -> dict[str, np.ndarray]:
-    """The signature's inputs: ``user_id`` [1], ``item_*`` [N, ...], ``seq_*`` [1, S, ...].
+                 items: Mapping[int, Mapping[str, Any]], layout: Layout,
+                 user_stats: Sequence[float] | None = None) -> dict[str, np.ndarray]:
+    """The signature's inputs: ``user_*`` [1, ...], ``item_*`` [N, ...], ``seq_*`` [1, S, ...].
 
     ``items`` holds every candidate and sequence item (defaults already filled in by the
-    feature reader); ``sequence`` is the user's stored, left-padded sequence ([] if unknown).
+    feature reader); ``sequence`` is the user's stored, left-padded sequence ([] if unknown);
+    ``user_stats`` the stored USER_STAT_NUMERIC values (None if unknown).
     """
     index, table = _item_table(items, layout)
     pad_row = len(index)
@@ -76,7 +91,10 @@ def build_inputs(user_id: int, item_ids: Sequence[int], sequence: Sequence[int],
     cand_rows = np.fromiter((index[int(i)] for i in item_ids), np.int64, len(item_ids))
     seq_rows = np.fromiter((index.get(int(i), pad_row) if i != PADDING_ITEM_ID else pad_row
                             for i in seq_ids), np.int64, seq_ids.size)
+    stats = layout.new_user_stats() if user_stats is None else \
+        np.asarray(user_stats, dtype=np.float32)
     out = {"user_id": np.array([user_id], dtype=np.int64),
+           "user_stats": stats.reshape(1, len(USER_STAT_NUMERIC)),
            "item_id": np.asarray(item_ids, dtype=np.int64),
            "seq_item_ids": seq_ids[None, :]}
     for name, column in table.items():
