@@ -4,16 +4,20 @@
 #
 #   # on the GPU host, from the repository root, with the run's lake/training and models/rqvae:
 #   OUT=/path/out SEEDS="0 1 2" PER_GPU=4 bash benchmarks/gpu_train_grid.sh CONFIG VARIANT...
-#   # back on the CPU machine, with OUT/ranker.tar unpacked into <run>/models/:
+#   # back on the CPU machine, with OUT/ranker.tar unpacked into the repository root:
 #   saviorrec run --config CONFIG --full-grid --only evaluate --only export --only report
 #
-# Each (variant, seed) is one `saviorrec train` process (compilation is CPU-bound, so processes
-# in parallel keep the GPUs busy); jobs go round-robin over the visible GPUs, PER_GPU at a time
-# on each, with JAX's memory preallocation off so they share a GPU. Writes OUT/ranker.tar (the
-# models/ranker folder), OUT/train_grid.json (per-job seconds and exit codes) and logs.
+# CONFIG may be several configs joined by commas (e.g. a learning-rate sweep, each with its own
+# run.root): every config trains every variant and seed. Each (config, variant, seed) is one
+# `saviorrec train` process (compilation is CPU-bound, so processes in parallel keep the GPUs
+# busy); jobs go round-robin over the visible GPUs, PER_GPU at a time on each, with JAX's memory
+# preallocation off so they share a GPU. Writes OUT/ranker.tar (each run's models/ranker with
+# what evaluation reads: meta.json, history.csv, predictions; model.keras only for KEEP_MODEL,
+# default full/seed<first seed>, the one the export stage reads; no checkpoints), OUT/train_grid.json
+# (per-job seconds and exit codes) and logs.
 set -uo pipefail
 
-CONFIG="$1"; shift
+IFS=, read -r -a CONFIGS <<<"$1"; shift
 VARIANTS=("$@")
 OUT="${OUT:-/tmp/train_grid}"
 SEEDS="${SEEDS:-0 1 2}"
@@ -27,33 +31,42 @@ START=$(date +%s)
 
 jobs_file="$OUT/jobs.txt"; : >"$jobs_file"
 i=0
-for v in "${VARIANTS[@]}"; do
-  for s in $SEEDS; do
-    echo "$((i % NGPU)) $v $s" >>"$jobs_file"; i=$((i + 1))
+for c in "${CONFIGS[@]}"; do
+  for v in "${VARIANTS[@]}"; do
+    for s in $SEEDS; do
+      echo "$((i % NGPU)) $c $v $s" >>"$jobs_file"; i=$((i + 1))
+    done
   done
 done
 echo "[train_grid] $i jobs on $NGPU GPU(s), $PER_GPU per GPU"
 
-run_job() {  # run_job GPU VARIANT SEED
-  local gpu="$1" v="$2" s="$3" t0 rc ms
+run_job() {  # run_job GPU CONFIG VARIANT SEED
+  local gpu="$1" config="$2" v="$3" s="$4" t0 rc ms log
   t0=$(date +%s%N)
   CUDA_VISIBLE_DEVICES="$gpu" KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false \
-    "$PY" -m saviorrec.cli train --config "$CONFIG" --variant "$v" --seed "$s" \
-    >"$OUT/logs/$v-seed$s.log" 2>&1
+    "$PY" -m saviorrec.cli train --config "$config" --variant "$v" --seed "$s" \
+    >"$OUT/logs/$(basename "$config" .yaml)-$v-seed$s.log" 2>&1
   rc=$?
   ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  printf '{"variant": "%s", "seed": %s, "gpu": %s, "ms": %s, "exit": %s}\n' \
-    "$v" "$s" "$gpu" "$ms" "$rc" >>"$OUT/jobs.jsonl"
-  echo "[train_grid] $v seed $s on GPU $gpu: exit $rc"
+  printf '{"config": "%s", "variant": "%s", "seed": %s, "gpu": %s, "ms": %s, "exit": %s}\n' \
+    "$config" "$v" "$s" "$gpu" "$ms" "$rc" >>"$OUT/jobs.jsonl"
+  echo "[train_grid] $config $v seed $s on GPU $gpu: exit $rc"
 }
 export -f run_job
-export CONFIG OUT PY
+export OUT PY
 : >"$OUT/jobs.jsonl"
-xargs -P "$((NGPU * PER_GPU))" -L 1 bash -c 'run_job "$0" "$1" "$2"' <"$jobs_file"
+xargs -P "$((NGPU * PER_GPU))" -L 1 bash -c 'run_job "$0" "$1" "$2" "$3"' <"$jobs_file"
 
-RUN_ROOT="$("$PY" -c "import sys; from saviorrec.config import load_config; \
-print(load_config(sys.argv[1]).run_dir())" "$CONFIG")"
-tar -cf "$OUT/ranker.tar" -C "$RUN_ROOT/models" ranker
+KEEP_MODEL="${KEEP_MODEL:-full/seed${SEEDS%% *}}"
+files=()
+for c in "${CONFIGS[@]}"; do
+  root="$("$PY" -c "import sys; from saviorrec.config import load_config; \
+print(load_config(sys.argv[1]).run_dir().relative_to(__import__('pathlib').Path.cwd()))" "$c")"
+  while IFS= read -r f; do files+=("$f"); done < <(
+    find "$root/models/ranker" -type f \( -name meta.json -o -name history.csv \
+      -o -name 'predictions_*.parquet' -o -path "*/ranker/$KEEP_MODEL/model.keras" \))
+done
+tar -cf "$OUT/ranker.tar" "${files[@]}"
 "$PY" - "$OUT" "$START" "$NGPU" "$PER_GPU" <<'EOF'
 import json, sys, time
 out, start, ngpu, per_gpu = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

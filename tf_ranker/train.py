@@ -205,7 +205,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
     items = load_items(lake.training_items)
     codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
-    config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version)
+    config = {**model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version),
+              "seed": seed}
     model = SaviorRanker(**config)
     if spec.mba == "rq":
         model.set_rq_codebook(codebook)  # type: ignore[arg-type]
