@@ -237,10 +237,6 @@ class RankerConfig(_Frozen):
     input_workers: int = Field(2, ge=1)
     # Floor under |v|^2 in the MBA's L2 normalisation: bounds the gradient at the zero init.
     mba_norm_epsilon: float = Field(1e-2, gt=0)
-    # Cold-start training (not in the paper; DropoutNet, Volkovs et al. 2017): in training, each
-    # item id embedding (candidate and sequence) is zeroed with this probability, and item id
-    # embeddings start at zero, so a never-trained (cold) id reads the learned "unknown" input.
-    id_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class ServingConfig(_Frozen):

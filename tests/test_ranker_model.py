@@ -123,25 +123,3 @@ def test_one_training_step_reduces_the_loss() -> None:
     m.train_on_batch(x, y)
     assert float(m.evaluate(x, y, verbose=0)) < before
     assert np.abs(np.asarray(m.mba.codebook) - codebook_before).max() > 0  # MBA learns
-
-
-def test_id_dropout_zeroes_ids_in_training_only_and_cold_ids_read_zero() -> None:
-    x, _ = batch(n=64)
-    m = model("base", id_dropout=0.5, seed=3)
-    table = m.item_embedding.embeddings
-    assert not np.asarray(table).any()  # zero-initialised: an untrained id is "unknown"
-    rng = np.random.default_rng(0)
-    table.assign(rng.normal(size=table.shape).astype("float32"))
-    ids = x["item_id"]
-    plain = np.asarray(m._item_id_embedding(ids, training=False))
-    np.testing.assert_allclose(plain, np.asarray(table)[ids], atol=1e-6)
-    dropped = np.asarray(m._item_id_embedding(ids, training=True))
-    zero_rows = ~dropped.any(axis=-1)
-    kept = ~zero_rows
-    assert 0.3 < zero_rows.mean() < 0.7  # about half of 64 rows
-    np.testing.assert_allclose(dropped[kept], plain[kept], atol=1e-6)  # kept rows: not rescaled
-    # inference is deterministic and dropout-free; the config round-trips
-    np.testing.assert_allclose(np.asarray(m(x, training=False)), np.asarray(m(x)), atol=1e-6)
-    assert SaviorRanker.from_config(m.get_config()).id_dropout == 0.5
-    with pytest.raises(ValueError, match="id_dropout"):
-        model("base", id_dropout=1.0)

@@ -141,8 +141,6 @@ def test_model_kwargs_take_the_variants_mba_width(grid: Config) -> None:
     items, test = load_items(lake.training_items), load_samples(lake.training("test"))
     assert model_kwargs(grid, "full", [test], items, None, "v")["mba_dim"] == 64  # ranker.mba_dim
     assert model_kwargs(grid, "full_mba8", [test], items, None, "v")["mba_dim"] == 8
-    dropped = grid.with_overrides(ranker={"id_dropout": 0.25})
-    assert model_kwargs(dropped, "base", [test], items, None, "v")["id_dropout"] == 0.25
 
 
 def test_grid_variants_train_evaluate_and_export(grid: Config) -> None:

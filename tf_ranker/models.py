@@ -64,8 +64,6 @@ class SaviorRanker(keras.Model):
         simtier_bins: int = 10,
         use_base_score: bool = False,
         rqvae_version: str | None = None,
-        id_dropout: float = 0.0,
-        seed: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -77,8 +75,6 @@ class SaviorRanker(keras.Model):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if mba_dim is not None and self.spec.mba_dim is not None and mba_dim != self.spec.mba_dim:
             raise ValueError(f"variant {variant!r} has mba_dim={self.spec.mba_dim}, got {mba_dim}")
-        if not 0.0 <= id_dropout < 1.0:
-            raise ValueError(f"id_dropout must be in [0, 1), got {id_dropout}")
         if len(dnn_units) < 1 or min(dnn_units) < 1:
             raise ValueError(f"dnn_units={list(dnn_units)} must be non-empty positive widths")
         self.variant = variant
@@ -93,7 +89,6 @@ class SaviorRanker(keras.Model):
         self.dnn_units = tuple(int(u) for u in dnn_units)
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
-        self.id_dropout, self.seed = float(id_dropout), seed
         self.build()
 
     def get_config(self) -> dict[str, Any]:
@@ -118,8 +113,6 @@ class SaviorRanker(keras.Model):
             "simtier_bins": self.simtier_bins,
             "use_base_score": self.use_base_score,
             "rqvae_version": self.rqvae_version,
-            "id_dropout": self.id_dropout,
-            "seed": self.seed,
         }
 
     # ---- weights -------------------------------------------------------------------------
@@ -130,10 +123,8 @@ class SaviorRanker(keras.Model):
         spec, d = self.spec, self.embedding_dim
         h_dim = self.behaviour_dim
 
-        def embedding(size: int, width: int, name: str,
-                      initializer: str = "uniform") -> keras.layers.Embedding:
-            layer = keras.layers.Embedding(size, width, embeddings_initializer=initializer,
-                                           name=name)
+        def embedding(size: int, width: int, name: str) -> keras.layers.Embedding:
+            layer = keras.layers.Embedding(size, width, name=name)
             layer.build((None,))
             return layer
 
@@ -142,12 +133,7 @@ class SaviorRanker(keras.Model):
         self.user_stat_transform = LogCountTransform(USER_STAT_COUNTS, name="user_stat_transform")
         self.user_stat_transform.build((None, NUM_USER_STATS))
         if spec.use_id:
-            # With id dropout, item rows start at zero: an id never trained (a cold item) then
-            # reads the same zero vector that dropout taught the model to mean "id unknown".
-            self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding",
-                                            "zeros" if self.id_dropout else "uniform")
-            if self.id_dropout:
-                self.id_dropout_seed = keras.random.SeedGenerator(self.seed, name="id_dropout")
+            self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
         if spec.use_stats:
             self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim,
                                                  "pv_bucket_embedding")
@@ -206,23 +192,10 @@ class SaviorRanker(keras.Model):
             (NUM_STATS + self.stat_dim if self.spec.use_stats else 0)
 
     # ---- forward -------------------------------------------------------------------------
-    def _item_id_embedding(self, ids: Any, training: bool) -> Any:
-        """The item id embedding; in training, each id is dropped to zero with ``id_dropout``.
-
-        Cold-start training in the manner of DropoutNet (Volkovs et al., NeurIPS 2017): seeing
-        known items without their id teaches the model to score an item from its statistics and
-        content, which is all a cold item has. Not in the paper; ``ranker.id_dropout: 0`` is off.
-        """
-        e = self.item_embedding(_in_vocab(ids, self.num_items))
-        if not (training and self.id_dropout):
-            return e
-        keep = keras.random.uniform(ops.shape(ids), seed=self.id_dropout_seed) >= self.id_dropout
-        return e * ops.expand_dims(ops.cast(keep, e.dtype), -1)
-
-    def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any, training: bool = False) -> Any:
+    def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any) -> Any:
         parts = []
         if self.spec.use_id:
-            parts.append(self._item_id_embedding(ids, training))
+            parts.append(self.item_embedding(_in_vocab(ids, self.num_items)))
         if self.spec.use_stats:
             parts += [ops.cast(self.stat_transform(stats), self.compute_dtype),
                       self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets))]
@@ -232,11 +205,11 @@ class SaviorRanker(keras.Model):
         z = self.mba(embedding, semantic_ids) if self.spec.mba else embedding
         return ops.cast(z, self.compute_dtype)
 
-    def encode_sequence(self, inputs: dict[str, Any], training: bool = False) -> dict[str, Any]:
+    def encode_sequence(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The sequence side: mask, h_seq/z_seq projected to attention keys and values."""
         ids = inputs["seq_item_ids"]
         state: dict[str, Any] = {"mask": ops.not_equal(ids, 0)}
-        h_seq = self._behaviour(ids, inputs["seq_stats"], inputs["seq_pv_bucket"], training)
+        h_seq = self._behaviour(ids, inputs["seq_stats"], inputs["seq_pv_bucket"])
         if self.spec.multimodal:
             z_seq = self._modal(inputs["seq_embedding"], inputs["seq_semantic_ids"])
             state["projected"] = self.attention.project_sequence(h_seq, z_seq)
@@ -246,10 +219,9 @@ class SaviorRanker(keras.Model):
             state["seq_embedding"] = inputs["seq_embedding"]
         return state
 
-    def score(self, inputs: dict[str, Any], state: dict[str, Any], training: bool = False) -> Any:
+    def score(self, inputs: dict[str, Any], state: dict[str, Any]) -> Any:
         """pCTR [N, 1] of N candidates against an encoded sequence of batch N or 1."""
-        h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"],
-                                 training)
+        h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"])
         n = ops.shape(h_cand)[0]
         user_ids = ops.reshape(_in_vocab(inputs["user_id"], self.num_users), (-1,))
         user_stats = ops.reshape(inputs["user_stats"], (-1, NUM_USER_STATS))
@@ -278,5 +250,4 @@ class SaviorRanker(keras.Model):
         return self.out(x)
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
-        training = bool(training)
-        return self.score(inputs, self.encode_sequence(inputs, training), training)
+        return self.score(inputs, self.encode_sequence(inputs))

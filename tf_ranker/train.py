@@ -98,7 +98,6 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "simtier_bins": r.simtier_bins,
         "use_base_score": all(s.base_score is not None for s in splits),
         "rqvae_version": rqvae_version,
-        "id_dropout": r.id_dropout,
     }
 
 
@@ -206,8 +205,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
     train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
     items = load_items(lake.training_items)
     codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
-    config = {**model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version),
-              "seed": seed}
+    config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version)
     model = SaviorRanker(**config)
     if spec.mba == "rq":
         model.set_rq_codebook(codebook)  # type: ignore[arg-type]
