@@ -132,10 +132,25 @@ def table3(metrics: dict[str, Any]) -> str:
         mean = _get(metrics, f"ranker.{v}.auc.mean")
         if mean is None:
             continue
-        delta = "" if full is None or v == "full" else f"{100 * (mean - full):+.2f}"
+        gap = _get(metrics, f"ranker.full_minus.{v}")
+        delta = ""
+        if gap and v != "full":  # variant - full = -(full - variant), interval flipped
+            delta = f"{-100 * gap['diff']:+.2f} [{-100 * gap['ci95'][1]:+.2f}, " \
+                    f"{-100 * gap['ci95'][0]:+.2f}]"
+        elif full is not None and v != "full":
+            delta = f"{100 * (mean - full):+.2f}"
         paper_delta = "" if v == "full" else f"{PAPER_TABLE3[v] - PAPER_TABLE3['full']:+.2f}"
         rows.append([VARIANT_NAMES[v], _pct(mean), delta, paper_delta])
-    return _table(["model", "AUC %", "delta vs full (pts)", "paper delta"], rows) if rows else "_Not run._"
+    header = ["model", "AUC %", "variant - full (pts) [95% paired CI]", "paper delta"]
+    return _table(header, rows) if rows else "_Not run._"
+
+
+def gap_by_bucket(metrics: dict[str, Any], buckets: list[str]) -> str:
+    """full - base per PV bucket with paired intervals (the paper's gain is largest when cold)."""
+    by = _get(metrics, "ranker.full_minus_base.by_bucket") or {}
+    cells = [f"PV {b}: {100 * g['diff']:+.2f} [{100 * g['ci95'][0]:+.2f}, "
+             f"{100 * g['ci95'][1]:+.2f}]" for b in buckets if (g := by.get(b))]
+    return "full - base per PV bucket: " + "; ".join(cells) + "." if cells else ""
 
 
 def table4(metrics: dict[str, Any]) -> str:
@@ -340,6 +355,8 @@ def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, A
         diff_line = (f"\n\nfull - base: {100 * diff['diff']:+.2f} AUC points, 95% paired bootstrap "
                      f"interval [{100 * diff['ci95'][0]:+.2f}, {100 * diff['ci95'][1]:+.2f}] "
                      "(paper +0.83).")
+        by_bucket = gap_by_bucket(metrics, buckets)
+        diff_line += f"\n\n{by_bucket}" if by_bucket else ""
 
     def fig(name: str, caption: str) -> str:
         return f"![{caption}]({name})" if figures[name] else f"_{caption}: not produced by this run._"

@@ -59,7 +59,8 @@ def test_train_writes_model_meta_and_test_predictions(trained: Config) -> None:
 
 
 def test_learning_rate_decays_from_lr_to_lr_final(trained: Config) -> None:
-    schedule = learning_rate_schedule(trained, 100)
+    paper = trained.with_overrides(ranker={"lr": 0.01, "lr_final": 0.001})  # paper 3.4
+    schedule = learning_rate_schedule(paper, 100)
     assert float(schedule(0)) == pytest.approx(0.01)
     assert float(schedule(50)) == pytest.approx(0.01 * 0.1 ** 0.5, rel=1e-5)
     assert float(schedule(100)) == pytest.approx(0.001, rel=1e-5)
@@ -109,6 +110,16 @@ def test_evaluate_writes_metrics(trained: Config) -> None:
     gap = metrics["ranker"]["full_minus_base"]
     assert gap["diff"] == pytest.approx(auc(labels, scores) - auc(labels, base_preds["score"].to_numpy()))
     assert gap["ci95"][0] <= gap["diff"] <= gap["ci95"][1]
+    assert metrics["ranker"]["full_minus"]["base"]["diff"] == gap["diff"]
+    base_scores = base_preds["score"].to_numpy()
+    for i, name in enumerate(labels_by_bucket):  # the gain per PV bucket, on that bucket's rows
+        rows = buckets == i
+        got = gap["by_bucket"][name]
+        if len(np.unique(labels[rows])) < 2:
+            assert got is None
+            continue
+        assert got["diff"] == pytest.approx(
+            auc(labels[rows], scores[rows]) - auc(labels[rows], base_scores[rows]))
     assert 0.0 <= metrics["reference"]["smoothed_mean"]["auc"] <= 1.0
     assert result["ranker"]["full"]["auc"]["mean"] == full["auc"]["mean"]
     with pytest.raises(FileNotFoundError, match="no_bidir"):
@@ -123,6 +134,7 @@ def test_export_savedmodel_serves_one_user_against_many_candidates(trained: Conf
     assert json.loads((export / "meta.json").read_text())["rqvae_version"] == RQVAE_VERSION
     assert meta["inputs"]["seq_embedding"] == {"dtype": "float32", "shape": [1, None, 8]}
     assert meta["inputs"]["user_id"] == {"dtype": "int64", "shape": [1]}
+    assert meta["inputs"]["user_stats"] == {"dtype": "float32", "shape": [1, 3]}
     assert meta["inputs"]["item_semantic_ids"] == {"dtype": "int64", "shape": [None, 3]}
     signature = tf.saved_model.load(str(export)).signatures["serving_default"]
     specs = signature.structured_input_signature[1]

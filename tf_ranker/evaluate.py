@@ -5,7 +5,8 @@ For each variant and each seed with a predictions_test.parquet: AUC overall and 
 (cfg.ranker.bootstrap_samples resamples). Reported: the mean over seeds of the AUC and of each
 interval bound, and the per-seed AUCs. Also the non-neural reference (smoothed user-mean +
 item-mean click rate, logit sum, fitted on TRAIN rows, scored on TEST) and the paired bootstrap
-of full - base on the same test rows (per seed, averaged over the seeds both variants have).
+of full minus each other variant on the same test rows (per seed, averaged over the seeds both
+variants have); for base also per PV bucket.
 
 Fig. 3: for variants with MBA, the per-level importance that training wrote into each seed's
 meta.json (mean L2 norm of the used MBA codebook rows and of the fusion weights per level),
@@ -14,7 +15,8 @@ averaged over the seeds.
 Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bucket>.{mean,ci95},
 ranker.<variant>.mba_level_importance.{codebook,fusion,codebook_rows_used,levels,seeds} (the
 first three: lists over the levels), reference.smoothed_mean.auc(.ci95, _by_bucket),
-ranker.full_minus_base.{diff,ci95,seeds}.
+ranker.full_minus_base.{diff,ci95,seeds,by_bucket.<bucket>} and ranker.full_minus.<variant>
+(full minus every other variant: Table 3 with intervals).
 """
 
 from __future__ import annotations
@@ -149,16 +151,41 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
     results["reference"] = {"smoothed_mean": reference}
     update_metrics(lake.metrics, "reference.smoothed_mean", reference)
 
-    common = sorted(set(preds.get("full", {})) & set(preds.get("base", {})))
-    if common:
-        diffs = np.array([
-            paired_bootstrap_diff(preds["full"][s]["label"], preds["full"][s]["score"],
-                                  preds["base"][s]["score"], n_resamples=n, seed=s)
-            for s in common
-        ])
-        gap = {"diff": float(diffs[:, 0].mean()), "ci95": [float(diffs[:, 1].mean()),
-                                                           float(diffs[:, 2].mean())],
-               "seeds": {str(s): float(d) for s, d in zip(common, diffs[:, 0], strict=True)}}
-        results["ranker"]["full_minus_base"] = gap
-        update_metrics(lake.metrics, "ranker.full_minus_base", gap)
+    if preds.get("full"):
+        buckets = cfg.stats.bucket_labels()
+        against = {}
+        for v in names:
+            if v == "full" or not preds[v]:
+                continue
+            gap = paired_gap(preds["full"], preds[v], n)
+            if gap is None:
+                continue
+            if v == "base":  # the cold-start pattern: the gain per PV bucket
+                gap["by_bucket"] = {b: paired_gap(preds["full"], preds[v], n, bucket=i)
+                                    for i, b in enumerate(buckets)}
+                results["ranker"]["full_minus_base"] = gap
+                update_metrics(lake.metrics, "ranker.full_minus_base", gap)
+            against[v] = gap
+        if against:
+            results["ranker"]["full_minus"] = against
+            update_metrics(lake.metrics, "ranker.full_minus", against)
     return results
+
+
+def paired_gap(a: dict[int, dict[str, np.ndarray]], b: dict[int, dict[str, np.ndarray]], n: int,
+               bucket: int | None = None) -> dict[str, Any] | None:
+    """AUC(a) - AUC(b) on the same test rows (of one PV bucket, or all), per seed both have:
+    the mean difference and the mean of the per-seed 95% paired bootstrap intervals."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        return None
+    diffs = []
+    for s in common:
+        rows = slice(None) if bucket is None else a[s]["eval_pv_bucket"] == bucket
+        if len(np.unique(a[s]["label"][rows])) < 2:
+            return None  # no AUC without both classes (e.g. an empty bucket)
+        diffs.append(paired_bootstrap_diff(a[s]["label"][rows], a[s]["score"][rows],
+                                           b[s]["score"][rows], n_resamples=n, seed=s))
+    d = np.array(diffs)
+    return {"diff": float(d[:, 0].mean()), "ci95": [float(d[:, 1].mean()), float(d[:, 2].mean())],
+            "seeds": {str(s): float(x) for s, x in zip(common, d[:, 0], strict=True)}}
