@@ -120,7 +120,8 @@ def make_data(sizes: Sizes, num_pv_buckets: int, seed: int = 0) -> tuple[Any, An
         num_items=sizes.num_items, num_pv_buckets=num_pv_buckets, seed=seed,
     )
     samples = Samples(
-        user_id=x["user_id"], item_id=x["item_id"], label=labels[:, 0].astype("int64"),
+        user_id=x["user_id"], user_stats=x["user_stats"], item_id=x["item_id"],
+        label=labels[:, 0].astype("int64"),
         eval_pv_bucket=x["item_pv_bucket"], stats=x["item_stats"], pv_bucket=x["item_pv_bucket"],
         seq_item_ids=x["seq_item_ids"], seq_stats=x["seq_stats"],
         seq_pv_bucket=x["seq_pv_bucket"],
@@ -440,6 +441,20 @@ def run_ranker_suite(rec: Recorder, args: argparse.Namespace, data: Data, *, var
             lambda: time_fit(tabled, lambda n: make_batches(
                 data.samples, data.items, batch_size, n, workers=args.workers,
                 gather_items=False), **kw))
+        if args.diagnose_fit:
+            # Where fit's time goes, on the same compiled model: the same fit over 8 prebuilt
+            # id batches cycled (no gather on the host), then over those batches already on
+            # the device (no gather, no host-to-device copy): what is left is Keras's own loop.
+            ids = make_batches(data.samples, data.items, batch_size, 1 << 30, gather_items=False)
+            prebuilt = [ids[i] for i in range(min(8, len(data.samples) // batch_size))]
+            on_device = [KerasRunner(tabled, args.backend).to_device(b) for b in prebuilt]
+            for tag, cached in (("prebuilt_host_batches", prebuilt),
+                                ("prebuilt_device_batches", on_device)):
+                out[f"train_fit_device_tables_{tag}"] = measure(
+                    rec, {**base, "tag": f"device_item_tables_{tag}"
+                          + (f"_spe{args.fit_spe}" if args.fit_spe else "")}, "train_fit",
+                    lambda cached=cached: time_fit(
+                        tabled, lambda n: make_cached_batches(cached, n), **kw))
     if "fit_workers" in measures:
         out["train_fit_workers"] = measure(
             rec, {**base, "tag": f"workers{args.workers}"}, "train_fit",
@@ -763,6 +778,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="threads building batches for the device-item-table fit and --profile")
     p.add_argument("--fit-spe", type=int, default=None,
                    help="steps_per_execution of the device-item-table fit (default: as trained)")
+    p.add_argument("--diagnose-fit", action="store_true",
+                   help="also time the device-item-table fit over prebuilt host batches and over "
+                        "batches already on the device (what the host input costs)")
     p.add_argument("--tiny", action="store_true", help="small sizes for a CPU smoke test")
     p.add_argument("--num-items", type=int, default=None, help="item table rows")
     p.add_argument("--data-parallel", action="store_true",

@@ -227,14 +227,18 @@ class RankerConfig(_Frozen):
     bootstrap_samples: int = Field(1000, ge=10)
     mixed_precision: bool = False
     distribution: Literal["none", "data_parallel"] = "none"
-    # Training steps run per compiled call (JAX/TF); > 1 cuts host overhead on a GPU.
-    steps_per_execution: int = Field(1, ge=1)
+    # Training steps run per compiled call (JAX/TF; the torch backend runs 1): Keras's loop costs
+    # ~0.7 ms per call, half a 1024 step on an H200; 8 took fit from 374k to 545k samples/s
+    # (benchmarks/results/ranker_fit_input_jax.json).
+    steps_per_execution: int = Field(8, ge=1)
     # "device": item embeddings and semantic ids are gathered from tables held in the model on
     # the accelerator (tf_ranker.item_tables; the host sends ids); "host": gathered into each
     # numpy batch. Same results; "device" removes GPU training's input bottleneck.
     item_tables: Literal["device", "host"] = "device"
-    # Threads building training batches ahead of the device (keras PyDataset workers).
-    input_workers: int = Field(2, ge=1)
+    # Threads building training batches ahead of the device (keras PyDataset workers). 1 (in the
+    # training thread) is fastest on a GPU: more threads contend for the GIL with the loop that
+    # feeds the device (8 workers: 326k samples/s at batch 1024, 1 worker: 545k; same JSON).
+    input_workers: int = Field(1, ge=1)
     # Floor under |v|^2 in the MBA's L2 normalisation: bounds the gradient at the zero init.
     mba_norm_epsilon: float = Field(1e-2, gt=0)
 

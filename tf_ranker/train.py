@@ -222,9 +222,10 @@ def _train(cfg: Config, *, variant: str, seed: int,
     schedule = learning_rate_schedule(cfg, len(train_batches) * r.epochs)
     # Mean over the sample weights: the zero-weight padding rows of pad_last do not count.
     loss = keras.losses.BinaryCrossentropy(reduction="mean_with_sample_weight")
+    # Keras's torch backend runs one step per call.
+    spe = 1 if keras.backend.backend() == "torch" else r.steps_per_execution
     fitted.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule), loss=loss,
-                   metrics=[keras.metrics.AUC(name="auc")],
-                   steps_per_execution=r.steps_per_execution)
+                   metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=spe)
     out = lake.ranker_dir(variant, seed)
     out.mkdir(parents=True, exist_ok=True)
     history = fitted.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
