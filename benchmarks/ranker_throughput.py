@@ -448,10 +448,10 @@ def run_ranker_suite(rec: Recorder, args: argparse.Namespace, data: Data, *, var
             ids = make_batches(data.samples, data.items, batch_size, 1 << 30, gather_items=False)
             prebuilt = [ids[i] for i in range(min(8, len(data.samples) // batch_size))]
             on_device = [KerasRunner(tabled, args.backend).to_device(b) for b in prebuilt]
-            for tag, cached in (("prebuilt_host_batches", prebuilt),
-                                ("prebuilt_device_batches", on_device)):
-                out[f"train_fit_device_tables_{tag}"] = measure(
-                    rec, {**base, "tag": f"device_item_tables_{tag}"
+            for kind, cached in (("prebuilt_host_batches", prebuilt),
+                                 ("prebuilt_device_batches", on_device)):
+                out[f"train_fit_device_tables_{kind}"] = measure(
+                    rec, {**base, "tag": f"device_item_tables_{kind}"
                           + (f"_spe{args.fit_spe}" if args.fit_spe else "")}, "train_fit",
                     lambda cached=cached: time_fit(
                         tabled, lambda n: make_cached_batches(cached, n), **kw))

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from test_feast_lake import (
-    user_stats,
     ITEM_STATS_ROWS,
     MULTIMODAL_ROWS,
     SEQ_LEN,
@@ -21,6 +20,7 @@ from test_feast_lake import (
     day,
     small_config,
     stats_row,
+    user_stats,
     write_lake,
 )
 
