@@ -259,6 +259,18 @@ class ServingConfig(_Frozen):
     # values, ~10x faster than FeatureStore.get_online_features) and Feast's API on sqlite;
     # "feast" always goes through FeatureStore.get_online_features.
     online_reader: Literal["auto", "feast"] = "auto"
+    # In-process cache of item features (shared by all users; item_stats are daily snapshots,
+    # embeddings change with a model version): an item's features are served from memory for
+    # at most item_cache_ttl_s seconds after they were read, then read again. At most
+    # item_cache_items items (least recently used evicted first; ~3 KB each at d=64, so the
+    # default holds at most ~150 MB). 0 in either disables it. The user's sequence is never
+    # cached, so a store outage still fails every request (503).
+    item_cache_ttl_s: float = Field(300.0, ge=0)
+    item_cache_items: int = Field(50_000, ge=0)
+    # Compile the SavedModel's serving signature with XLA when loading it (about 3x faster on
+    # CPU). XLA compiles once per input shape, so the candidates are padded to the next power
+    # of two (>= 8) and every size up to max_candidates is compiled at start-up.
+    xla: bool = True
 
 
 class RunConfig(_Frozen):

@@ -81,7 +81,9 @@ def test_model_of_another_rqvae_version_is_refused_at_start(served: Served, tmp_
 
 def test_store_refilled_with_another_version_is_refused_per_request(
         served: Served, redis_copy) -> None:
-    client = TestClient(create_app(served.cfg))
+    # Without the item cache every request reads its items; with it, after the TTL
+    # (tests/test_serving_item_cache.py).
+    client = TestClient(create_app(served.cfg.with_overrides(serving={"item_cache_ttl_s": 0})))
     assert client.post("/rank", json=BODY).status_code == 200
     rows = [{**served.world.multimodal[i], "rqvae_version": "rq-next",
              "event_timestamp": T0 + timedelta(days=50)} for i in (2, 3)]

@@ -14,7 +14,14 @@ import threading
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+
+from saviorrec.serving.item_cache import ItemCache
 
 PREFIX = "saviorrec_serving"
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0, 5.0)
@@ -102,6 +109,7 @@ class Counters:
         self._counters = [self.requests, self.candidates, self.candidates_without_features,
                           self.sequence_items_without_features, self.unknown_users,
                           self.store_unavailable]
+        self.item_cache: ItemCache | None = None  # its hits, misses and size, when set
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
 
@@ -118,6 +126,16 @@ class Counters:
                 hist.add_metric(list(values), child.cumulative(),  # type: ignore[union-attr]
                                 sum_value=child.total)  # type: ignore[union-attr]
             yield hist
+        cache = self.item_cache
+        if cache is not None:
+            for name, doc, value in (
+                ("hits", "item feature lookups served from the in-process cache", cache.hits),
+                ("misses", "item feature lookups read from the store (absent or expired)",
+                 cache.misses),
+            ):
+                yield CounterMetricFamily(f"{PREFIX}_item_cache_{name}", doc, value=value)
+            yield GaugeMetricFamily(f"{PREFIX}_item_cache_items", "items in the cache",
+                                    value=len(cache))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

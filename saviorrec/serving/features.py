@@ -7,6 +7,12 @@ restart to serve new definitions). In production the item and sequence reads go 
 :mod:`saviorrec.serving.redis_reader` (``serving.online_reader: auto``), Feast's own read path
 with ``feast``. Connections are redis-py's pool: a request after the store
 comes back simply reconnects, so the service recovers without a restart.
+
+Item features go through an in-process :class:`~saviorrec.serving.item_cache.ItemCache`
+(``serving.item_cache_ttl_s`` > 0 and ``serving.item_cache_items`` > 0): only the items not
+cached or older than the TTL are read from the store. The user's sequence is read from the store
+on every request and never cached, so a store outage still fails every request with
+StoreUnavailable (503), cached items or not; the cache never serves a request on its own.
 """
 
 from __future__ import annotations
@@ -24,8 +30,11 @@ from feast.repo_config import RepoConfig
 from feature_repo.online import (
     OnlineFeatures,
     OnlineStoreUnavailable,
+    UserSequence,
     item_defaults,
     online_features,
+    read_items,
+    read_sequence,
 )
 from feature_repo.profiles import (
     redis_address,
@@ -36,6 +45,8 @@ from feature_repo.profiles import (
 )
 from saviorrec.config import Config
 from saviorrec.lake import Lake
+from saviorrec.schema import PADDING_ITEM_ID
+from saviorrec.serving.item_cache import CachedItem, ItemCache
 from saviorrec.serving.redact import redact
 from saviorrec.serving.redis_reader import RedisDirectReader, redis_client
 
@@ -88,8 +99,17 @@ def store_name(cfg: Config) -> str:
     return f"sqlite online store at {Path(store_settings(cfg)['online_store']['path'])}"
 
 
+def item_cache(cfg: Config) -> ItemCache | None:
+    """The configured item cache; None when either setting is 0 (every read goes to the store)."""
+    serving = cfg.serving
+    if serving.item_cache_ttl_s <= 0 or serving.item_cache_items <= 0:
+        return None
+    return ItemCache(ttl_s=serving.item_cache_ttl_s, max_items=serving.item_cache_items)
+
+
 class FeatureReader:
-    """``read(user_id, item_ids)``: the user's sequence, then one batched read of all items."""
+    """``read(user_id, item_ids)``: the user's sequence, then one batched read of the items
+    (candidates and sequence items) that the item cache does not hold."""
 
     def __init__(self, cfg: Config, store: FeatureStore | None = None) -> None:
         self.name = store_name(cfg)
@@ -99,6 +119,7 @@ class FeatureReader:
         if cfg.feast.profile == "production" and cfg.serving.online_reader == "auto":
             client = redis_client(_redis_url(cfg), cfg.feast.redis_timeout_s)
             self.direct = RedisDirectReader(self.store, client)
+        self.item_cache = item_cache(cfg)
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         detail = redact(f"{type(error).__name__}: {error}")
@@ -108,11 +129,38 @@ class FeatureReader:
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
         try:
-            if self.direct is not None:
-                return self.direct.read(user_id, item_ids)
-            return online_features(self.store, user_id, item_ids)
+            if self.item_cache is None:
+                if self.direct is not None:
+                    return self.direct.read(user_id, item_ids)
+                return online_features(self.store, user_id, item_ids)
+            return self._read_cached(user_id, item_ids, self.item_cache)
         except _STORE_ERRORS as e:
             raise self._unavailable(e) from None
+
+    def _read_cached(self, user_id: int, item_ids: list[int], cache: ItemCache
+                     ) -> OnlineFeatures:
+        sequence = self._read_sequence(user_id)  # never cached: a store outage surfaces here
+        seq_items = [i for i in sequence.item_ids if i != PADDING_ITEM_ID]
+        unique = list(dict.fromkeys(int(i) for i in [*item_ids, *seq_items]))
+        cached, absent = cache.get_many(unique)
+        if absent:
+            values, missing = self._read_items(absent)
+            no_row = set(missing)
+            fresh = {i: CachedItem(values[i], i in no_row) for i in absent}
+            cache.put_many(fresh)
+            cached.update(fresh)
+        return OnlineFeatures(sequence=sequence, items={i: cached[i].values for i in unique},
+                              missing=sorted(i for i in unique if cached[i].missing))
+
+    def _read_sequence(self, user_id: int) -> UserSequence:
+        if self.direct is not None:
+            return self.direct.read_sequence(user_id)
+        return read_sequence(self.store, user_id)
+
+    def _read_items(self, item_ids: list[int]) -> tuple[dict[int, dict[str, object]], list[int]]:
+        if self.direct is not None:
+            return self.direct.read_items(item_ids)
+        return read_items(self.store, item_ids)
 
     def defaults(self) -> dict[str, object]:
         return item_defaults(self.store)

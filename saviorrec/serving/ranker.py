@@ -4,6 +4,14 @@ The ``serving_default`` signature (tf_ranker/export.py) takes ONE user's sequenc
 [1], ``seq_*`` [1, S, ...]) and N candidates (``item_*`` [N, ...]) and returns ``score`` [N].
 Its concrete function is called directly with tensors of the dtypes it declares; ``meta.json``
 beside it gives the model version, variant and the RQ-VAE version of its semantic ids.
+
+With ``xla=True`` the signature is wrapped in a ``tf.function(jit_compile=True)`` at load time:
+the export stays a plain graph (TF-Serving runs it without XLA flags) and this service gets the
+fused kernels (measured on 2 CPU cores, 200 candidates: 9.5 -> 3.2 ms). XLA compiles one
+executable per input shape (~0.8 s each), so the candidate inputs are padded to the next
+bucket (powers of two from 8) with copies of the last candidate, whose scores are dropped;
+:meth:`Ranker.warm_up` compiles every bucket before the service takes requests. Candidates
+are scored independently, so padding does not change the real candidates' scores.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +29,16 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SIGNATURE = "serving_default"
+CANDIDATE_INPUTS_PREFIX = "item_"  # inputs with one row per candidate (padded under XLA)
+SMALLEST_BUCKET = 8
+
+
+def candidate_buckets(max_candidates: int) -> list[int]:
+    """Powers of two from SMALLEST_BUCKET up to the first that holds ``max_candidates``."""
+    buckets = [SMALLEST_BUCKET]
+    while buckets[-1] < max_candidates:
+        buckets.append(buckets[-1] * 2)
+    return buckets
 
 
 class ModelError(RuntimeError):
@@ -36,7 +55,8 @@ class InputSpec:
 class Ranker:
     """``Ranker(export_dir).predict(inputs) -> float32 [N]``; thread-safe, no retracing."""
 
-    def __init__(self, export_dir: Path) -> None:
+    def __init__(self, export_dir: Path, *, xla: bool = False, max_candidates: int = 1000
+                 ) -> None:
         import tensorflow as tf
 
         self.export_dir = Path(export_dir)
@@ -58,6 +78,15 @@ class Ranker:
         }
         outputs = list(self._fn.structured_outputs)
         self.output = "score" if "score" in outputs else outputs[0]
+        self.xla = xla
+        self.buckets = candidate_buckets(max_candidates) if xla else []
+        self._call = self._fn
+        if xla:
+            specs = self._fn.structured_input_signature[1]
+            signature = self._fn
+            jitted = tf.function(lambda feed: signature(**feed), input_signature=[specs],
+                                 jit_compile=True, autograph=False).get_concrete_function()
+            self._call = lambda **feed: jitted(feed)
 
     @property
     def model_version(self) -> str:
@@ -84,15 +113,29 @@ class Ranker:
         """S when the signature fixes it, else None (any length)."""
         return self.inputs["seq_item_ids"].shape[1]
 
+    def bucket(self, n: int) -> int:
+        """Rows the model is called with for ``n`` candidates (n itself without XLA)."""
+        return next((b for b in self.buckets if b >= n), n)
+
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         tf = self._tf
-        feed = {name: tf.convert_to_tensor(inputs[name], spec.dtype)
-                for name, spec in self.inputs.items()}
-        return self._fn(**feed)[self.output].numpy().reshape(-1)
+        n = len(inputs["item_id"])
+        pad = self.bucket(n) - n
+        feed = {}
+        for name, spec in self.inputs.items():
+            value = inputs[name]
+            if pad and name.startswith(CANDIDATE_INPUTS_PREFIX):
+                value = np.concatenate([value, np.repeat(value[-1:], pad, axis=0)])
+            feed[name] = tf.convert_to_tensor(value, spec.dtype)
+        return self._call(**feed)[self.output].numpy().reshape(-1)[:n]
 
-    def warm_up(self, inputs: dict[str, np.ndarray], repeats: int = 3) -> float:
-        """Run the signature a few times (first-call costs off the request path); seconds."""
+    def warm_up(self, make_inputs: Callable[[int], dict[str, np.ndarray]],
+                repeats: int = 3) -> float:
+        """Run the signature for every bucket (XLA compiles each; without XLA, for 8
+        candidates) a few times, so first-call costs stay off the request path; seconds."""
         start = time.perf_counter()
-        for _ in range(repeats):
-            self.predict(inputs)
+        for n in self.buckets or [SMALLEST_BUCKET]:
+            inputs = make_inputs(n)
+            for _ in range(repeats):
+                self.predict(inputs)
         return time.perf_counter() - start

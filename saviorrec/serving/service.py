@@ -68,9 +68,13 @@ class RankingService:
     version_verified: bool = False
     probe_ids: list[int] = field(default_factory=list)
 
+    def __post_init__(self) -> None:
+        self.counters.item_cache = getattr(self.reader, "item_cache", None)
+
     @classmethod
     def start(cls, cfg: Config) -> RankingService:
-        ranker = Ranker(model_dir(cfg))
+        ranker = Ranker(model_dir(cfg), xla=cfg.serving.xla,
+                        max_candidates=cfg.serving.max_candidates)
         bad = [n for n in UNSERVABLE_INPUTS if n in ranker.inputs]
         if bad:
             raise ModelError(f"model {ranker.model_version} reads {bad}, which the online "
@@ -86,10 +90,11 @@ class RankingService:
         except StoreUnavailable as e:
             log.warning("cannot check the RQ-VAE version at start-up (%s); every request "
                         "checks its items, /readyz retries", e)
-        seconds = ranker.warm_up(service.dummy_inputs(8))
-        log.info("serving model %s (variant %s, rqvae %s) from %s with the %s; warm-up %.2fs",
-                 ranker.model_version, ranker.variant, ranker.rqvae_version, ranker.export_dir,
-                 reader.name, seconds)
+        seconds = ranker.warm_up(service.dummy_inputs)
+        log.info("serving model %s (variant %s, rqvae %s) from %s with the %s; XLA %s; "
+                 "warm-up %.2fs", ranker.model_version, ranker.variant, ranker.rqvae_version,
+                 ranker.export_dir, reader.name,
+                 f"on, candidate buckets {ranker.buckets}" if ranker.xla else "off", seconds)
         return service
 
     def verify_version(self) -> None:
