@@ -262,8 +262,8 @@ class ServingConfig(_Frozen):
     # In-process cache of item features (shared by all users; item_stats are daily snapshots,
     # embeddings change with a model version): an item's features are served from memory for
     # at most item_cache_ttl_s seconds after they were read, then read again. At most
-    # item_cache_items items (least recently used evicted first; ~3 KB each at d=64, so the
-    # default holds at most ~150 MB). 0 in either disables it. The user's sequence is never
+    # item_cache_items items (least recently used evicted first; ~1.2 KB each at d=64, so the
+    # default holds at most ~60 MB). 0 in either disables it. The user's sequence is never
     # cached, so a store outage still fails every request (503).
     item_cache_ttl_s: float = Field(300.0, ge=0)
     item_cache_items: int = Field(50_000, ge=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
@@ -55,6 +56,8 @@ def test_cached_item_is_served_within_the_ttl_and_read_again_after(served: Serve
     truth = served.world.stats[ITEM]["pv"]
     first = reader.read(1, [ITEM])
     assert first.items[ITEM]["pv"] == truth and ITEM not in first.missing
+    np.testing.assert_array_equal(first.items[ITEM]["embedding"],
+                                  np.float32(served.world.multimodal[ITEM]["embedding"]))
     drop_item(reader, ITEM)
 
     clock.now += 59.0  # within the TTL: the cached row, although the store has none now
@@ -65,8 +68,8 @@ def test_cached_item_is_served_within_the_ttl_and_read_again_after(served: Serve
     clock.now += 2.0  # 61 s after the read: expired, read again, the row is gone
     fresh = reader.read(1, [ITEM])
     assert ITEM in fresh.missing
-    assert fresh.items[ITEM]["pv"] == 0 and fresh.items[ITEM]["embedding"] == \
-        [0.0] * served.cfg.encoder.dim
+    assert fresh.items[ITEM]["pv"] == 0
+    assert fresh.items[ITEM]["embedding"].tolist() == [0.0] * served.cfg.encoder.dim
 
 
 def test_zero_ttl_disables_the_cache(served: Served, redis_copy) -> None:

@@ -21,8 +21,10 @@ import logging
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
+import numpy as np
 import redis.exceptions
 from feast import FeatureStore
 from feast.repo_config import RepoConfig
@@ -107,6 +109,13 @@ def item_cache(cfg: Config) -> ItemCache | None:
     return ItemCache(ttl_s=serving.item_cache_ttl_s, max_items=serving.item_cache_items)
 
 
+def _as_arrays(values: dict[str, Any]) -> dict[str, Any]:
+    """The list features as numpy arrays of the model's dtypes: build_inputs then stacks
+    buffers instead of converting 64 Python floats per item (and the entry is 3x smaller)."""
+    return {**values, "embedding": np.asarray(values["embedding"], np.float32),
+            "semantic_ids": np.asarray(values["semantic_ids"], np.int64)}
+
+
 class FeatureReader:
     """``read(user_id, item_ids)``: the user's sequence, then one batched read of the items
     (candidates and sequence items) that the item cache does not hold."""
@@ -146,7 +155,7 @@ class FeatureReader:
         if absent:
             values, missing = self._read_items(absent)
             no_row = set(missing)
-            fresh = {i: CachedItem(values[i], i in no_row) for i in absent}
+            fresh = {i: CachedItem(_as_arrays(values[i]), i in no_row) for i in absent}
             cache.put_many(fresh)
             cached.update(fresh)
         return OnlineFeatures(sequence=sequence, items={i: cached[i].values for i in unique},

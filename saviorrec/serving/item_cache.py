@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 
 class CachedItem(NamedTuple):
-    values: dict[str, Any]  # every item feature, defaults filled in (as the readers give them)
+    values: dict[str, Any]  # every item feature, defaults filled in; lists as numpy arrays
     missing: bool  # no row in item_stats or item_multimodal when it was read
 
 
