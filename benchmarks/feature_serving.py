@@ -78,8 +78,16 @@ def write_synthetic_lake(cfg: Config, n_items: int, n_users: int, rng: np.random
     seqs = {"user_id": np.arange(1, n_users + 1),
             "event_timestamp": [T0 + pd.Timedelta(days=DAYS)] * n_users,
             "seq_item_ids": list(rng.integers(1, n_items + 1, (n_users, SEQ))),
-            "seq_len": np.full(n_users, SEQ)}
+            "seq_len": np.full(n_users, SEQ), **user_stats(n_users, rng)}
     _folder(pa.table(seqs, schema=SEQUENCES.arrow_schema()), lake.spark("sequences"))
+
+
+def user_stats(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Random SEQUENCES user statistics: pv events, clicks <= pv, their smoothed rate."""
+    pv = rng.integers(SEQ, 10 * SEQ, n)
+    clicks = rng.integers(0, pv + 1)
+    return {"user_pv": pv, "user_clicks": clicks,
+            "user_ctr": ((clicks + 1) / (pv + 2)).astype(np.float32)}
 
 
 def entity_frame(n: int, n_items: int, rng: np.random.Generator) -> pd.DataFrame:
@@ -202,7 +210,7 @@ def bench_training_set(cfg: Config, n_samples: int, n_items: int, n_users: int,
             .cast(SAMPLES.arrow_schema()), lake.spark("samples"))
     seqs = {"user_id": samples["user_id"], "event_timestamp": samples["event_timestamp"],
             "seq_item_ids": list(rng.integers(0, n_items + 1, (n, SEQ))),
-            "seq_len": np.full(n, SEQ)}
+            "seq_len": np.full(n, SEQ), **user_stats(n, rng)}
     _folder(pa.table(seqs, schema=SEQUENCES.arrow_schema()), lake.spark("sequences"))
     pv = {"item_id": np.arange(1, n_items + 1), "train_pv": rng.integers(0, 300, n_items)}
     pv["pv_bucket"] = np.minimum(pv["train_pv"] // 60, 4)

@@ -1,4 +1,5 @@
-"""CPU smoke test of benchmarks/ranker_throughput.py: a --tiny run in a subprocess."""
+"""CPU smoke tests of the benchmarks: tiny runs in a subprocess (ranker_throughput.py,
+feature_serving.py), so that a change of the data contract cannot leave a benchmark broken."""
 
 from __future__ import annotations
 
@@ -106,3 +107,17 @@ def test_ranker_throughput_data_parallel_tiny(tmp_path: Path) -> None:
         assert row[f"{measure}_scaling_efficiency"]["2"] == pytest.approx(
             sps["2"] / (2 * sps["1"]), abs=1e-4)
     assert not any(r["model"] == "FuxiCTR-DIN" for r in result["results"])
+
+
+@pytest.mark.timeout(420)
+def test_feature_serving_tiny(tmp_path: Path) -> None:
+    out = tmp_path / "feature_serving.json"
+    cmd = [sys.executable, str(REPO_ROOT / "benchmarks" / "feature_serving.py"), "--samples",
+           "2000", "--seq-samples", "500", "--items", "100", "--users", "20", "--reads", "5",
+           "--skip-spark", "--out", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, check=False,
+                          timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["training_set_local"]["samples"] > 0
+    assert result["online"]["materialize_seconds_spark_to_redis"] > 0
