@@ -120,6 +120,19 @@ def test_evaluate_writes_metrics(trained: Config) -> None:
             continue
         assert got["diff"] == pytest.approx(
             auc(labels[rows], scores[rows]) - auc(labels[rows], base_scores[rows]))
+    # the same per bucket of the candidate's pv at its sample time (the training set's stats)
+    test = load_samples(lake.training("test"))
+    seen = np.searchsorted(trained.stats.pv_buckets, test.stats[:, 0], side="right") - 1
+    assert set(gap["by_seen_bucket"]) == set(labels_by_bucket)
+    for i, name in enumerate(labels_by_bucket):
+        rows = seen == i
+        got = gap["by_seen_bucket"][name]
+        if len(np.unique(labels[rows])) < 2:
+            assert got is None and name not in full["auc_by_seen_bucket"]
+            continue
+        assert got["diff"] == pytest.approx(
+            auc(labels[rows], scores[rows]) - auc(labels[rows], base_scores[rows]))
+        assert full["auc_by_seen_bucket"][name] == pytest.approx(auc(labels[rows], scores[rows]))
     assert 0.0 <= metrics["reference"]["smoothed_mean"]["auc"] <= 1.0
     assert result["ranker"]["full"]["auc"]["mean"] == full["auc"]["mean"]
     with pytest.raises(FileNotFoundError, match="no_bidir"):

@@ -15,8 +15,9 @@ averaged over the seeds.
 Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bucket>.{mean,ci95},
 ranker.<variant>.mba_level_importance.{codebook,fusion,codebook_rows_used,levels,seeds} (the
 first three: lists over the levels), reference.smoothed_mean.auc(.ci95, _by_bucket),
-ranker.full_minus_base.{diff,ci95,seeds,by_bucket.<bucket>} and ranker.full_minus.<variant>
-(full minus every other variant: Table 3 with intervals).
+ranker.full_minus_base.{diff,ci95,seeds,by_bucket.<bucket>,by_seen_bucket.<bucket>} and
+ranker.full_minus.<variant> (full minus every other variant: Table 3 with intervals),
+ranker.<variant>.auc_by_seen_bucket (AUC per bucket of the candidate's PV at its sample time).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from saviorrec.metrics import (
     paired_bootstrap_diff,
     update_metrics,
 )
-from tf_ranker.data import load_samples
+from saviorrec.schema import ITEM_STAT_NUMERIC
+from tf_ranker.data import Samples, load_samples
 
 
 def smoothed_mean_scores(train_users: np.ndarray, train_items: np.ndarray,
@@ -151,6 +153,23 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
     results["reference"] = {"smoothed_mean": reference}
     update_metrics(lake.metrics, "reference.smoothed_mean", reference)
 
+    # The PV bucket of each test candidate AT ITS SAMPLE TIME (its views before t: the statistic
+    # the ranker saw), beside the protocol's bucket of train PV: an item without train views may
+    # have been viewed in valid or test before t, and only an item unseen at t is truly cold.
+    seen = seen_buckets(cfg, test)
+    for v in names:
+        for seed, p in preds[v].items():
+            if not np.array_equal(p["item_id"], test.item_id):
+                raise ValueError(f"{v} seed {seed}: predictions_test.parquet is not in the order "
+                                 "of the test split (re-run `saviorrec train`)")
+        if preds[v]:
+            by_seen = {b: float(np.mean([auc(test.label[seen == i], p["score"][seen == i])
+                                         for p in preds[v].values()]))
+                       for i, b in enumerate(cfg.stats.bucket_labels())
+                       if len(np.unique(test.label[seen == i])) == 2}
+            results["ranker"][v]["auc_by_seen_bucket"] = by_seen
+            update_metrics(lake.metrics, f"ranker.{v}.auc_by_seen_bucket", by_seen)
+
     if preds.get("full"):
         buckets = cfg.stats.bucket_labels()
         against = {}
@@ -161,8 +180,12 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
             if gap is None:
                 continue
             if v == "base":  # the cold-start pattern: the gain per PV bucket
-                gap["by_bucket"] = {b: paired_gap(preds["full"], preds[v], n, bucket=i)
+                gap["by_bucket"] = {b: paired_gap(preds["full"], preds[v], n,
+                                                  rows=test.eval_pv_bucket == i)
                                     for i, b in enumerate(buckets)}
+                gap["by_seen_bucket"] = {b: paired_gap(preds["full"], preds[v], n,
+                                                       rows=seen == i)
+                                         for i, b in enumerate(buckets)}
                 results["ranker"]["full_minus_base"] = gap
                 update_metrics(lake.metrics, "ranker.full_minus_base", gap)
             against[v] = gap
@@ -172,16 +195,23 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
     return results
 
 
+def seen_buckets(cfg: Config, samples: Samples) -> np.ndarray:
+    """Index of each candidate's point-in-time PV (item_stats pv at the sample time) in the
+    configured PV buckets (lower edges), as spark_jobs.columns.pv_bucket computes it."""
+    pv = samples.stats[:, ITEM_STAT_NUMERIC.index("pv")]
+    return np.searchsorted(np.asarray(cfg.stats.pv_buckets), pv, side="right") - 1
+
+
 def paired_gap(a: dict[int, dict[str, np.ndarray]], b: dict[int, dict[str, np.ndarray]], n: int,
-               bucket: int | None = None) -> dict[str, Any] | None:
-    """AUC(a) - AUC(b) on the same test rows (of one PV bucket, or all), per seed both have:
-    the mean difference and the mean of the per-seed 95% paired bootstrap intervals."""
+               rows: np.ndarray | None = None) -> dict[str, Any] | None:
+    """AUC(a) - AUC(b) on the same test rows (those of the ``rows`` mask, or all), per seed both
+    have: the mean difference and the mean of the per-seed 95% paired bootstrap intervals."""
     common = sorted(set(a) & set(b))
     if not common:
         return None
+    rows = slice(None) if rows is None else rows
     diffs = []
     for s in common:
-        rows = slice(None) if bucket is None else a[s]["eval_pv_bucket"] == bucket
         if len(np.unique(a[s]["label"][rows])) < 2:
             return None  # no AUC without both classes (e.g. an empty bucket)
         diffs.append(paired_bootstrap_diff(a[s]["label"][rows], a[s]["score"][rows],
