@@ -135,7 +135,7 @@ def make_data(sizes: Sizes, num_pv_buckets: int, seed: int = 0) -> tuple[Any, An
 
 
 def make_batches(samples: Any, items: Any, batch_size: int, length: int, *,
-                 workers: int = 1, gather_items: bool = True) -> Any:
+                 workers: int = 1, gather_items: bool = True, packed: Any = None) -> Any:
     """The training loop's PyDataset (tf_ranker.batches.RankerBatches: shuffled rows, item
     features gathered from the lookup by tf_ranker.data.make_inputs), looped to ``length``
     batches so a timed ``fit`` never runs out of data."""
@@ -151,7 +151,8 @@ def make_batches(samples: Any, items: Any, batch_size: int, length: int, *,
     if len(samples) % batch_size:
         raise ValueError(f"pool of {len(samples)} samples is not a multiple of {batch_size}")
     return LoopedBatches(samples, items, batch_size=batch_size, shuffle=True, seed=0,
-                         gather_items=gather_items, workers=workers, use_multiprocessing=False,
+                         gather_items=gather_items, packed=packed, workers=workers,
+                         use_multiprocessing=False,
                          max_queue_size=max(2 * workers, 4))
 
 
@@ -316,7 +317,7 @@ def build_ranker(data: Data, variant: str, *, jit_compile: bool, steps_per_execu
     model = SaviorRanker(**model_kwargs(data.cfg, variant, [data.samples], data.items,
                                         None, "benchmark"))
     if item_tables:
-        model = ItemTableRanker(model, data.items)
+        model = ItemTableRanker(model, data.items, packing(data))
     steps_per_epoch = max(len(data.samples) // r.batch_size, 1)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         r.lr, decay_steps=steps_per_epoch * r.epochs, decay_rate=r.lr_final / r.lr)
@@ -325,6 +326,15 @@ def build_ranker(data: Data, variant: str, *, jit_compile: bool, steps_per_execu
                   loss=keras.losses.BinaryCrossentropy(), metrics=metrics,
                   steps_per_execution=steps_per_execution, jit_compile=jit_compile)
     return model
+
+
+def packing(data: Data) -> Any:
+    """The packed-input layout tf_ranker.train uses with device tables (None when off)."""
+    from tf_ranker.packed import PackLayout
+
+    if not data.cfg.ranker.packed_inputs:
+        return None
+    return PackLayout(seq_len=int(data.samples.seq_item_ids.shape[1]))
 
 
 # ---- measurements --------------------------------------------------------------------------
@@ -437,15 +447,17 @@ def run_ranker_suite(rec: Recorder, args: argparse.Namespace, data: Data, *, var
             keras.config.set_dtype_policy("float32")
         out["train_fit_device_tables"] = measure(
             rec, {**base, "tag": f"device_item_tables_workers{args.workers}"
-                  + (f"_spe{args.fit_spe}" if args.fit_spe else "")}, "train_fit",
+                  + (f"_spe{args.fit_spe}" if args.fit_spe else "")
+                  + ("_packed" if packing(data) else "")}, "train_fit",
             lambda: time_fit(tabled, lambda n: make_batches(
                 data.samples, data.items, batch_size, n, workers=args.workers,
-                gather_items=False), **kw))
+                gather_items=False, packed=packing(data)), **kw))
         if args.diagnose_fit:
             # Where fit's time goes, on the same compiled model: the same fit over 8 prebuilt
             # id batches cycled (no gather on the host), then over those batches already on
             # the device (no gather, no host-to-device copy): what is left is Keras's own loop.
-            ids = make_batches(data.samples, data.items, batch_size, 1 << 30, gather_items=False)
+            ids = make_batches(data.samples, data.items, batch_size, 1 << 30, gather_items=False,
+                               packed=packing(data))
             prebuilt = [ids[i] for i in range(min(8, len(data.samples) // batch_size))]
             on_device = [KerasRunner(tabled, args.backend).to_device(b) for b in prebuilt]
             for kind, cached in (("prebuilt_host_batches", prebuilt),
@@ -537,7 +549,7 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
             rec, {**base, "tag": f"devices{k}_device_item_tables_workers{args.workers}"},
             "train_fit", lambda: time_fit(tabled, lambda n: make_batches(
                 data.samples, data.items, global_batch, n, workers=args.workers,
-                gather_items=False), **kw))
+                gather_items=False, packed=packing(data)), **kw))
 
         def time_step() -> common.Timing:
             host = dataset(1 << 30)

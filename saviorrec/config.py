@@ -235,6 +235,10 @@ class RankerConfig(_Frozen):
     # the accelerator (tf_ranker.item_tables; the host sends ids); "host": gathered into each
     # numpy batch. Same results; "device" removes GPU training's input bottleneck.
     item_tables: Literal["device", "host"] = "device"
+    # With item_tables: device, each split's ids and statistics are packed once into one float32
+    # and one int32 matrix (tf_ranker.packed): two row gathers per batch instead of eight arrays
+    # (0.67 -> 0.27 ms per batch of 1024 on a CPU core). Same batches, same results.
+    packed_inputs: bool = True
     # Threads building training batches ahead of the device (keras PyDataset workers). 1 (in the
     # training thread) is fastest on a GPU: more threads contend for the GIL with the loop that
     # feeds the device (8 workers: 326k samples/s at batch 1024, 1 worker: 545k; same JSON).

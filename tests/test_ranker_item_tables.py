@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from saviorrec.lake import Lake
 from tf_ranker.batches import RankerBatches
 from tf_ranker.data import ITEM_TABLE_INPUTS, ItemLookup, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
+from tf_ranker.packed import PackLayout
 from tf_ranker.train import run_train
 
 
@@ -42,21 +44,49 @@ def test_device_gather_equals_host_gather(tmp_path: Path) -> None:
         np.testing.assert_array_equal(probe[key], host[key].astype(probe[key].dtype), err_msg=key)
 
 
+def test_packed_batches_unpack_to_the_same_inputs(tmp_path: Path) -> None:
+    cfg = training_world(tmp_path, batch_size=64)
+    lake = Lake.from_config(cfg)
+    items, test = load_items(lake.training_items), load_samples(lake.training("test"))
+    layout = PackLayout(seq_len=test.seq_item_ids.shape[1])
+    plain = RankerBatches(test, items, batch_size=64, shuffle=True, seed=2, gather_items=False,
+                          pad_last=True)
+    packed = RankerBatches(test, items, batch_size=64, shuffle=True, seed=2, gather_items=False,
+                           pad_last=True, packed=layout)
+    for i in range(len(plain)):
+        (want, labels, weights), (got, got_labels, got_weights) = plain[i], packed[i]
+        assert set(got) == {"packed_floats", "packed_ints"}
+        assert got["packed_ints"].dtype == np.int32 and got["packed_floats"].dtype == np.float32
+        unpacked = layout.unpack(got["packed_floats"], got["packed_ints"])
+        assert unpacked.keys() == want.keys()
+        for key, value in want.items():
+            np.testing.assert_array_equal(np.asarray(unpacked[key]), value, err_msg=key)
+        np.testing.assert_array_equal(got_labels, labels)
+        np.testing.assert_array_equal(got_weights, weights)
+    with pytest.raises(ValueError, match="ids only"):
+        RankerBatches(test, items, batch_size=64, packed=layout)
+    too_big = dataclasses.replace(test, item_id=test.item_id + (1 << 31))
+    with pytest.raises(ValueError, match="int32"):
+        layout.pack(too_big)
+
+
 @pytest.mark.parametrize("variant", ["full"])
 def test_training_with_device_tables_matches_host_tables(tmp_path: Path, variant: str) -> None:
     scores, weights = {}, {}
-    for mode in ("host", "device"):
-        cfg = training_world(tmp_path / mode, epochs=2, batch_size=64, item_tables=mode,
-                             input_workers=2, early_stopping_patience=5)
+    for mode, packed in (("host", False), ("device", False), ("device_packed", True)):
+        tables = mode.split("_")[0]
+        cfg = training_world(tmp_path / mode, epochs=2, batch_size=64, item_tables=tables,
+                             packed_inputs=packed, input_workers=2, early_stopping_patience=5)
         meta = run_train(cfg, variant=variant, seed=0)
-        assert meta["item_tables"] == mode
+        assert meta["item_tables"] == tables
         out = Lake.from_config(cfg).ranker_dir(variant, 0)
         scores[mode] = pq.read_table(out / "predictions_test.parquet")["score"].to_numpy()
         model = keras.saving.load_model(out / "model.keras", compile=False)
         weights[mode] = [np.asarray(w) for w in model.get_weights()]
         assert json.loads((out / "meta.json").read_text())["test_auc"] == meta["test_auc"]
-    # the saved model is the bare ranker in both cases (same weights, no item table inside)
-    assert len(weights["host"]) == len(weights["device"])
-    for a, b in zip(weights["host"], weights["device"], strict=True):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    np.testing.assert_allclose(scores["host"], scores["device"], atol=1e-5)
+    # the saved model is the bare ranker in every case (same weights, no item table inside)
+    for mode in ("device", "device_packed"):
+        assert len(weights["host"]) == len(weights[mode])
+        for a, b in zip(weights["host"], weights[mode], strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5)
+        np.testing.assert_allclose(scores["host"], scores[mode], atol=1e-5)

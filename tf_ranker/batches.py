@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from tf_ranker.data import ItemLookup, Samples, make_inputs
+from tf_ranker.packed import FLOATS, INTS, PackLayout
 
 
 class RankerBatches(keras.utils.PyDataset):
@@ -22,7 +23,9 @@ class RankerBatches(keras.utils.PyDataset):
     the inputs alone: the caller keeps the first ``len(samples)`` predictions.
 
     With ``gather_items=False`` the batches carry item ids only, for a model that gathers item
-    embeddings and semantic ids itself (tf_ranker.item_tables.ItemTableRanker). Extra keyword
+    embeddings and semantic ids itself (tf_ranker.item_tables.ItemTableRanker); with ``packed``
+    as well, those ids and statistics come as two matrices (tf_ranker.packed), packed once here
+    and unpacked by that model on the device. Extra keyword
     arguments go to ``keras.utils.PyDataset`` (``workers``: threads building batches ahead).
 
     The permutation comes from ``seed`` and the epoch number, so a run is reproducible.
@@ -31,7 +34,7 @@ class RankerBatches(keras.utils.PyDataset):
     def __init__(self, samples: Samples, items: ItemLookup, *, batch_size: int,
                  shuffle: bool = False, seed: int = 0, use_base_score: bool = False,
                  with_labels: bool = True, pad_last: bool = False, gather_items: bool = True,
-                 **kwargs: Any) -> None:
+                 packed: PackLayout | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -39,6 +42,12 @@ class RankerBatches(keras.utils.PyDataset):
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.use_base_score, self.with_labels = use_base_score, with_labels
         self.pad_last, self.gather_items = pad_last, gather_items
+        if packed is not None and gather_items:
+            raise ValueError("packed batches carry ids only: pass gather_items=False")
+        if packed is not None and packed.base_score != use_base_score:
+            raise ValueError(f"packed layout base_score={packed.base_score}, batches "
+                             f"use_base_score={use_base_score}")
+        self.packed = packed.pack(samples) if packed is not None else None
         self.epoch = 0
         self.order = self._order()
 
@@ -57,8 +66,12 @@ class RankerBatches(keras.utils.PyDataset):
         if self.pad_last and real < self.batch_size:
             filling = np.resize(self.order, self.batch_size - real)  # wraps when n < batch_size
             rows = np.concatenate([rows, filling])
-        inputs = make_inputs(self.samples, self.items, rows, self.use_base_score,
-                             self.gather_items)
+        if self.packed is not None:
+            floats, ints = self.packed
+            inputs = {FLOATS: np.take(floats, rows, axis=0), INTS: np.take(ints, rows, axis=0)}
+        else:
+            inputs = make_inputs(self.samples, self.items, rows, self.use_base_score,
+                                 self.gather_items)
         if not self.with_labels:
             return (inputs,)
         labels = self.samples.label[rows].astype("float32").reshape(-1, 1)

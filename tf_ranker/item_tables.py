@@ -21,6 +21,7 @@ import keras
 from keras import ops
 
 from tf_ranker.data import ITEM_TABLE_INPUTS, ItemLookup
+from tf_ranker.packed import FLOATS, INTS, PackLayout
 
 __all__ = ["ITEM_TABLE_INPUTS", "ItemTableRanker"]
 
@@ -29,12 +30,14 @@ class ItemTableRanker(keras.Model):
     """``ranker`` with item embeddings and semantic ids gathered from on-device tables.
 
     Ids beyond the table read row 0 (zeros, like padding), as ``make_inputs`` does on the host.
+    With ``packing``, batches may come packed (tf_ranker.packed) and are unpacked here first.
     Not meant to be saved: save ``self.ranker``.
     """
 
-    def __init__(self, ranker: keras.Model, items: ItemLookup, **kwargs: Any) -> None:
+    def __init__(self, ranker: keras.Model, items: ItemLookup, packing: PackLayout | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.ranker = ranker
+        self.ranker, self.packing = ranker, packing
         self.num_rows = int(items.num_rows)
         self.embedding_table = self.add_weight(
             shape=items.embedding.shape, initializer="zeros", dtype="float32", trainable=False,
@@ -50,6 +53,10 @@ class ItemTableRanker(keras.Model):
         return ops.where(ids < self.num_rows, ids, ops.zeros_like(ids))
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
+        if FLOATS in inputs:
+            if self.packing is None:
+                raise ValueError("packed inputs, but this ItemTableRanker has no packing layout")
+            inputs = self.packing.unpack(inputs[FLOATS], inputs[INTS])
         item, seq = self._rows(inputs["item_id"]), self._rows(inputs["seq_item_ids"])
         full = {
             **inputs,

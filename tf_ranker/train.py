@@ -43,6 +43,7 @@ from tf_ranker.batches import RankerBatches
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.models import SaviorRanker
+from tf_ranker.packed import PackLayout
 from tf_ranker.variants import get_variant
 
 SPLITS = ("train", "valid", "test")
@@ -213,9 +214,11 @@ def _train(cfg: Config, *, variant: str, seed: int,
     base = config["use_base_score"]
     on_device = r.item_tables == "device"
     # The model that trains: the ranker itself, or the ranker behind on-device item tables.
-    fitted = ItemTableRanker(model, items) if on_device else model
+    packing = PackLayout(seq_len=int(train.seq_item_ids.shape[1]), base_score=base) \
+        if on_device and r.packed_inputs else None
+    fitted = ItemTableRanker(model, items, packing) if on_device else model
     batch_kw = {"batch_size": r.batch_size, "use_base_score": base, "pad_last": pad,
-                "gather_items": not on_device, "workers": r.input_workers,
+                "gather_items": not on_device, "packed": packing, "workers": r.input_workers,
                 "use_multiprocessing": False}
     train_batches = RankerBatches(train, items, shuffle=True, seed=seed, **batch_kw)
     valid_batches = RankerBatches(valid, items, **batch_kw)
