@@ -163,10 +163,11 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
                 raise ValueError(f"{v} seed {seed}: predictions_test.parquet is not in the order "
                                  "of the test split (re-run `saviorrec train`)")
         if preds[v]:
-            by_seen = {b: float(np.mean([auc(test.label[seen == i], p["score"][seen == i])
-                                         for p in preds[v].values()]))
-                       for i, b in enumerate(cfg.stats.bucket_labels())
-                       if len(np.unique(test.label[seen == i])) == 2}
+            per_seed = [auc_by_bucket(test.label, p["score"], seen, cfg.stats.bucket_labels())
+                        for p in preds[v].values()]
+            # a bucket without both classes has no AUC (NaN): left out
+            by_seen = {b: float(np.mean([a[b] for a in per_seed])) for b in per_seed[0]
+                       if not np.isnan(per_seed[0][b])}
             results["ranker"][v]["auc_by_seen_bucket"] = by_seen
             update_metrics(lake.metrics, f"ranker.{v}.auc_by_seen_bucket", by_seen)
 
