@@ -135,7 +135,8 @@ def make_data(sizes: Sizes, num_pv_buckets: int, seed: int = 0) -> tuple[Any, An
 
 
 def make_batches(samples: Any, items: Any, batch_size: int, length: int, *,
-                 workers: int = 1, gather_items: bool = True, packed: Any = None) -> Any:
+                 workers: int = 1, gather_items: bool = True, packed: Any = None,
+                 pad_last: bool = False, place: Any = None) -> Any:
     """The training loop's PyDataset (tf_ranker.batches.RankerBatches: shuffled rows, item
     features gathered from the lookup by tf_ranker.data.make_inputs), looped to ``length``
     batches so a timed ``fit`` never runs out of data."""
@@ -152,6 +153,7 @@ def make_batches(samples: Any, items: Any, batch_size: int, length: int, *,
         raise ValueError(f"pool of {len(samples)} samples is not a multiple of {batch_size}")
     return LoopedBatches(samples, items, batch_size=batch_size, shuffle=True, seed=0,
                          gather_items=gather_items, packed=packed, workers=workers,
+                         pad_last=pad_last, place=place,
                          use_multiprocessing=False,
                          max_queue_size=max(2 * workers, 4))
 
@@ -525,6 +527,8 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
     """train_fit and train_step on the first ``k`` devices, global batch ``k x per_device``."""
     import keras
 
+    from tf_ranker.batches import data_placement
+
     distribution = None
     if k > 1:
         distribution = keras.distribution.DataParallel(
@@ -542,14 +546,21 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
         model = build_ranker(data, args.variant, jit_compile=True)
         runner = KerasRunner(model, args.backend, distribution)
         base["params"] = int(model.count_params())
-        fit = measure(rec, base, "train_fit", lambda: time_fit(model, dataset, **kw))
-        # The training default: item tables on the devices (replicated), ids from the host.
-        tabled = build_ranker(data, args.variant, jit_compile=True, item_tables=True)
+        fit = None if args.skip_host_gather else measure(
+            rec, base, "train_fit", lambda: time_fit(model, dataset, **kw))
+        # The training default: item tables on the devices (replicated), ids from the host,
+        # the config's steps_per_execution, and under a distribution the sample weights that
+        # train.py's pad_last batches carry.
+        spe = args.fit_spe or data.cfg.ranker.steps_per_execution
+        tabled = build_ranker(data, args.variant, jit_compile=True, item_tables=True,
+                              steps_per_execution=spe)
         fit_tables = measure(
-            rec, {**base, "tag": f"devices{k}_device_item_tables_workers{args.workers}"},
+            rec, {**base, "tag": f"devices{k}_device_item_tables_workers{args.workers}_spe{spe}"
+                  + ("_packed" if packing(data) else "")},
             "train_fit", lambda: time_fit(tabled, lambda n: make_batches(
                 data.samples, data.items, global_batch, n, workers=args.workers,
-                gather_items=False, packed=packing(data)), **kw))
+                gather_items=False, packed=packing(data), pad_last=k > 1,
+                place=data_placement(distribution)), **kw))
 
         def time_step() -> common.Timing:
             host = dataset(1 << 30)
@@ -798,13 +809,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-parallel", action="store_true",
                    help="jax: training samples/s per device count (--devices) with a global batch "
                         "of k x the per-device --batch-sizes; skips the other measurements")
+    p.add_argument("--skip-host-gather", action="store_true",
+                   help="--data-parallel: skip the fit whose host gathers the item features "
+                        "(ranker.item_tables: host; slow, and not the training default)")
     p.add_argument("--devices", default=None,
                    help="--data-parallel: comma separated device counts (default 1,N: all visible)")
     args = p.parse_args(argv)
     if args.data_parallel and args.backend != "jax":
         p.error("--data-parallel needs --backend jax (keras.distribution)")
-    if args.devices and not args.data_parallel:
-        p.error("--devices needs --data-parallel")
+    if (args.devices or args.skip_host_gather) and not args.data_parallel:
+        p.error("--devices and --skip-host-gather need --data-parallel")
     if args.data_parallel:
         args.skip_din = True
         default_batches = "16" if args.tiny else "1024"  # per device

@@ -65,6 +65,11 @@ for name, config_json in json.loads(sys.argv[1]).items():
         "replicated": all(s.is_fully_replicated for s in shardings),
         "distribution_after": repr(keras.distribution.distribution()),
     }
+from tf_ranker.batches import data_placement
+placed = data_placement(keras.distribution.DataParallel())(np.zeros((4, 3), "float32"))
+out["placed"] = {"devices": len(placed.sharding.device_set), "shape": list(placed.shape),
+                 "shard_rows": sorted(s.data.shape[0] for s in placed.addressable_shards)}
+out["placed_without_distribution"] = data_placement(None) is None
 print("RESULT" + json.dumps(out))
 '''
 
@@ -79,6 +84,12 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path: Path) -> None
     configs = {
         "none": _cfg(tmp_path / "none", "none"),
         "data_parallel": _cfg(tmp_path / "dp", "data_parallel"),
+        # Batches built, and copied to the devices (data_placement), by two threads. Keras's
+        # enqueuer hands batches to the epochs in another order than its one-thread path
+        # (batches read ahead for the model's build go to the first epoch), so threads are
+        # compared with threads.
+        "none_threads": _cfg(tmp_path / "nonet", "none", input_workers=2),
+        "data_parallel_threads": _cfg(tmp_path / "dpt", "data_parallel", input_workers=2),
         "bad_batch": _cfg(tmp_path / "bad", "data_parallel", batch_size=45),
     }
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu",
@@ -90,6 +101,9 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path: Path) -> None
     result = json.loads(proc.stdout.split("RESULT", 1)[1])
 
     assert result["device_count"] == 2
+    # data_placement splits a batch over the two devices on its first axis
+    assert result["placed"] == {"devices": 2, "shape": [4, 3], "shard_rows": [2, 2]}
+    assert result["placed_without_distribution"]
     none, dp = result["runs"]["none"], result["runs"]["data_parallel"]
     assert none["meta"]["devices"] == 1 and dp["meta"]["devices"] == 2
     assert dp["meta"]["distribution"] == "data_parallel" and dp["meta"]["backend"] == "jax"
@@ -104,13 +118,17 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path: Path) -> None
 
     # Same training: validation curve, final weights and test predictions. (The logged train
     # "loss" differs: Keras averages it over batches weighted by their row count, padding included.)
-    for key in ("val_loss", "val_auc"):
-        np.testing.assert_allclose(dp["meta"]["history"][key], none["meta"]["history"][key],
-                                   rtol=1e-4, atol=1e-6, err_msg=key)
-    assert set(dp["weights"]) == set(none["weights"])
+    for name, single in (("data_parallel", "none"), ("data_parallel_threads", "none_threads")):
+        run, one = result["runs"][name], result["runs"][single]
+        assert run["meta"]["devices"] == 2 and one["meta"]["devices"] == 1
+        for key in ("val_loss", "val_auc"):
+            np.testing.assert_allclose(run["meta"]["history"][key], one["meta"]["history"][key],
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{name} {key}")
+        assert set(run["weights"]) == set(one["weights"])
+        for path, value in one["weights"].items():
+            np.testing.assert_allclose(run["weights"][path], value, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{name} {path}")
     moved = 0.0
-    for path, value in none["weights"].items():
-        np.testing.assert_allclose(dp["weights"][path], value, rtol=1e-5, atol=1e-6, err_msg=path)
     for path in none["weights"]:
         if "codebook" in path:  # zero-initialised: training moved it, so the match is not vacuous
             moved = max(moved, float(np.abs(np.asarray(none["weights"][path])).max()))
@@ -122,6 +140,7 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path: Path) -> None
             scores[name] = pq.read_table(path)["score"].to_numpy()
     assert scores["none"].shape == (48,)  # every test row, none of the padding
     np.testing.assert_allclose(scores["data_parallel"], scores["none"], atol=1e-6)
+    np.testing.assert_allclose(scores["data_parallel_threads"], scores["none_threads"], atol=1e-6)
 
 
 def test_pad_last_fills_the_short_batch_with_zero_weight_rows(config: Config) -> None:

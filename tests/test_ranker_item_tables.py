@@ -53,16 +53,26 @@ def test_packed_batches_unpack_to_the_same_inputs(tmp_path: Path) -> None:
                           pad_last=True)
     packed = RankerBatches(test, items, batch_size=64, shuffle=True, seed=2, gather_items=False,
                            pad_last=True, packed=layout)
-    for i in range(len(plain)):
-        (want, labels, weights), (got, got_labels, got_weights) = plain[i], packed[i]
-        assert set(got) == {"packed_floats", "packed_ints"}
-        assert got["packed_ints"].dtype == np.int32 and got["packed_floats"].dtype == np.float32
-        unpacked = layout.unpack(got["packed_floats"], got["packed_ints"])
-        assert unpacked.keys() == want.keys()
-        for key, value in want.items():
-            np.testing.assert_array_equal(np.asarray(unpacked[key]), value, err_msg=key)
-        np.testing.assert_array_equal(got_labels, labels)
-        np.testing.assert_array_equal(got_weights, weights)
+    # Three epochs: the packed batches of epochs 1 and 2 come from rows gathered in the
+    # background; each epoch's order must still be the plain batches' order.
+    orders = []
+    for _epoch in range(3):
+        for i in range(len(plain)):
+            (want, labels, weights), (got, got_labels, got_weights) = plain[i], packed[i]
+            assert set(got) == {"packed_floats", "packed_ints"}
+            assert got["packed_ints"].dtype == np.int32
+            assert got["packed_floats"].dtype == np.float32
+            unpacked = layout.unpack(got["packed_floats"], got["packed_ints"])
+            assert unpacked.keys() == want.keys()
+            for key, value in want.items():
+                np.testing.assert_array_equal(np.asarray(unpacked[key]), value, err_msg=key)
+            np.testing.assert_array_equal(got_labels, labels)
+            np.testing.assert_array_equal(got_weights, weights)
+        assert len(test) % 64 and weights.sum() == len(test) % 64  # the last batch was padded
+        orders.append(packed.order.copy())
+        plain.on_epoch_end()
+        packed.on_epoch_end()
+    assert not np.array_equal(orders[0], orders[1]) and not np.array_equal(orders[1], orders[2])
     with pytest.raises(ValueError, match="ids only"):
         RankerBatches(test, items, batch_size=64, packed=layout)
     too_big = dataclasses.replace(test, item_id=test.item_id + (1 << 31))

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path
 from saviorrec.metrics import auc
-from tf_ranker.batches import RankerBatches
+from tf_ranker.batches import RankerBatches, data_placement
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.models import SaviorRanker
@@ -219,7 +219,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
     fitted = ItemTableRanker(model, items, packing) if on_device else model
     batch_kw = {"batch_size": r.batch_size, "use_base_score": base, "pad_last": pad,
                 "gather_items": not on_device, "packed": packing, "workers": r.input_workers,
-                "use_multiprocessing": False}
+                "use_multiprocessing": False, "place": data_placement(distribution)}
     train_batches = RankerBatches(train, items, shuffle=True, seed=seed, **batch_kw)
     valid_batches = RankerBatches(valid, items, **batch_kw)
     schedule = learning_rate_schedule(cfg, len(train_batches) * r.epochs)

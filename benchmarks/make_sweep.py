@@ -1,0 +1,110 @@
+"""Configs for a one-key hyperparameter sweep over one run's training set, and its summary.
+
+    # write runs/sweep/<name>.yaml, one per value, each with its own run.root sharing the base
+    # run's training set and RQ-VAE (symbolic links), and print their paths joined by commas:
+    python benchmarks/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10
+    # train them (e.g. on a GPU host: benchmarks/gpu_train_grid.sh takes the comma list), then:
+    python benchmarks/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10 \\
+        --summarize --out sweep.json
+
+The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
+value chosen: the highest mean VALIDATION AUC over every variant and seed trained (test AUC is
+shown for the record, never used to choose).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from saviorrec.config import load_config
+
+SHARED = ("lake/training", "models/rqvae")  # read by `saviorrec train`, never written
+
+
+def parse_value(text: str) -> Any:
+    """YAML scalar: 3 -> int, 0.5 -> float, true -> bool, else the string."""
+    return yaml.safe_load(text)
+
+
+def sweep_name(key: str, value: Any) -> str:
+    return f"{key.rsplit('.', 1)[-1]}-{value}".replace("/", "_")
+
+
+def write_configs(base: Path, key: str, values: list[Any], root: Path) -> list[Path]:
+    """One YAML per value: ``base`` with ``key`` set and run.root under ``root``."""
+    raw = yaml.safe_load(base.read_text())
+    base_root = load_config(base).run_dir()
+    section, _, field = key.partition(".")
+    if not field:
+        raise SystemExit(f"key {key!r}: expected section.field, e.g. ranker.lr")
+    missing = [p for p in SHARED if not (base_root / p).exists()]
+    if missing:
+        raise SystemExit(f"{base_root}: {', '.join(missing)} missing (run the pipeline first)")
+    paths = []
+    for value in values:
+        name = sweep_name(key, value)
+        cfg = {**raw, "run": {**raw.get("run", {}), "root": str(root / name)},
+               section: {**raw.get(section, {}), field: value}}
+        path = root / f"{name}.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(cfg, sort_keys=True))
+        run_dir = load_config(path).run_dir()  # validates the value
+        for shared in SHARED:
+            link = run_dir / shared
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to((base_root / shared).resolve(), target_is_directory=True)
+        paths.append(path)
+    return paths
+
+
+def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
+    runs: dict[str, Any] = {}
+    for path, value in zip(paths, values, strict=True):
+        ranker_dir = load_config(path).run_dir() / "models" / "ranker"  # Lake.ranker_dir's parent
+        metas = sorted(ranker_dir.glob("*/seed*/meta.json"))
+        rows = [json.loads(m.read_text()) for m in metas]
+        runs[str(value)] = {
+            "config": str(path),
+            "mean_val_auc": round(sum(r["val_auc"] for r in rows) / len(rows), 5) if rows else None,
+            "mean_test_auc": round(sum(r["test_auc"] for r in rows) / len(rows), 5) if rows else None,
+            "trained": [{k: r[k] for k in ("variant", "seed", "val_auc", "test_auc", "epochs",
+                                          "best_epoch")} for r in rows],
+        }
+    scored = {v: r["mean_val_auc"] for v, r in runs.items() if r["mean_val_auc"] is not None}
+    chosen = max(scored, key=scored.__getitem__) if scored else None
+    return {"key": key, "selection": "highest mean validation AUC over the variants and seeds "
+            "trained", "chosen": chosen, "runs": runs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", type=Path)
+    p.add_argument("key", help="section.field, e.g. ranker.mba_codebook_scale")
+    p.add_argument("values", help="comma separated")
+    p.add_argument("--root", type=Path, default=Path("runs/sweep"))
+    p.add_argument("--summarize", action="store_true", help="summarise the trained sweep")
+    p.add_argument("--out", type=Path, help="--summarize: JSON path (default: stdout)")
+    args = p.parse_args(argv)
+    values = [parse_value(v) for v in args.values.split(",")]
+    if not args.summarize:
+        print(",".join(str(x) for x in write_configs(args.config, args.key, values, args.root)))
+        return 0
+    paths = [args.root / f"{sweep_name(args.key, v)}.yaml" for v in values]
+    summary = summarize(paths, args.key, values)
+    text = json.dumps(summary, indent=2)
+    if args.out:
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
