@@ -563,6 +563,8 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
                 place=data_placement(distribution)), **kw))
 
         def time_step() -> common.Timing:
+            if fit is None:  # the fit builds the optimizer; without it, one step does
+                model.fit(dataset(1), epochs=1, steps_per_epoch=1, verbose=0)
             host = dataset(1 << 30)
             batches = [runner.to_device(host[i]) for i in range(args.device_batches)]
             step, finish = runner.train_stepper(batches)

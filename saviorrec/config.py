@@ -240,8 +240,11 @@ class RankerConfig(_Frozen):
     # (0.67 -> 0.27 ms per batch of 1024 on a CPU core). Same batches, same results.
     packed_inputs: bool = True
     # Threads building training batches ahead of the device (keras PyDataset workers). 1 (in the
-    # training thread) is fastest on a GPU: more threads contend for the GIL with the loop that
-    # feeds the device (8 workers: 326k samples/s at batch 1024, 1 worker: 545k; same JSON).
+    # training thread) is fastest on one GPU: more threads contend for the GIL with the loop that
+    # feeds the device (batch 1024, one H200: 1 worker 775-805k samples/s, 4 workers 542-587k;
+    # benchmarks/results/ranker_data_parallel_scaling.json). Under distribution: data_parallel
+    # the threads also copy each batch to the devices (tf_ranker.batches.data_placement); at
+    # per-GPU batch 8192, 4 workers scale 2 GPUs 1.80x, 1 worker 1.79x (same JSON).
     input_workers: int = Field(1, ge=1)
     # Floor under |v|^2 in the MBA's L2 normalisation: bounds the gradient at the zero init.
     mba_norm_epsilon: float = Field(1e-2, gt=0)
