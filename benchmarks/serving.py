@@ -256,6 +256,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--other-requests", type=int, default=1_000, help="at 1, 50, 500")
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--floor-repeats", type=int, default=100)
+    parser.add_argument("--tf-threads", type=int, default=None,
+                        help="serving.tf_threads of the measured server (default: the config's)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON results path")
     args = parser.parse_args(argv)
 
     from conftest import RedisServer
@@ -269,6 +272,8 @@ def main(argv: list[str]) -> int:
     redis_server.start()
     os.environ[REDIS_ENV] = redis_server.url
     cfg = bench_config(work)
+    if args.tf_threads is not None:
+        cfg = cfg.with_overrides(serving={"tf_threads": args.tf_threads})
     server = None
     try:
         if fresh:
@@ -311,7 +316,7 @@ def main(argv: list[str]) -> int:
     print(format_table(rows, list(rows[0])))
     print(f"model 500/50: {floor['model_500_over_50']} (plain graph "
           f"{floor['model_graph_500_over_50']}); targets: {targets}")
-    write_json_atomic(RESULTS, {
+    write_json_atomic(args.out, {
         **run_header([Path(__file__).name, *argv]),
         "device": device_info(),
         "versions": library_versions(("numpy", "tensorflow", "keras", "feast", "redis", "fastapi",
@@ -322,7 +327,8 @@ def main(argv: list[str]) -> int:
                   "semantic_ids": cfg.rqvae.levels + 1, "sequence_length": cfg.sequences.max_len,
                   "variant": "full", "profile": "production (redis, password)"},
         "serving": {k: getattr(cfg.serving, k)
-                    for k in ("xla", "item_cache_ttl_s", "item_cache_items", "max_candidates")},
+                    for k in ("xla", "item_cache_ttl_s", "item_cache_items", "max_candidates",
+                              "tf_threads")},
         "load": load, "server_item_cache_after_load": cache, "redis_restart": restart,
         "floors": floor, "targets": targets,
         "median_model_ms_by_candidates": {n: floor[n]["model_call"]["p50_ms"] for n in load},
@@ -332,7 +338,7 @@ def main(argv: list[str]) -> int:
                 "as served (XLA, candidates padded to model_rows); model_call_graph: the "
                 "SavedModel's plain graph on the unpadded candidates.",
     })
-    print(f"wrote {RESULTS}")
+    print(f"wrote {args.out}")
     return 0 if all(targets.values()) else 1
 
 

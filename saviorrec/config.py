@@ -278,6 +278,10 @@ class ServingConfig(_Frozen):
     # CPU). XLA compiles once per input shape, so the candidates are padded to the next power
     # of two (>= 8) and every size up to max_candidates is compiled at start-up.
     xla: bool = True
+    # Threads per TensorFlow op and between ops in the service process; 0 = TensorFlow's
+    # default (one per core). Requests run side by side in FastAPI's thread pool, so on a small
+    # machine fewer threads per request may trade a little latency alone for less contention.
+    tf_threads: int = Field(0, ge=0)
 
 
 class RunConfig(_Frozen):

@@ -35,3 +35,29 @@ def test_xla_scores_equal_the_graph_scores_for_every_padding(served: Served) -> 
         assert got.shape == (n,)
         np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
         assert np.ptp(expected) > 1e-3 or n == 1  # the candidates differ: the check has teeth
+
+
+def test_tf_threads_are_set_before_the_model_loads(served: Served) -> None:
+    """serving.tf_threads reaches TensorFlow in a fresh process (as `saviorrec serve` starts),
+    and a process where TensorFlow already runs keeps its threads with a warning."""
+    import subprocess
+    import sys
+
+    child = (
+        "import sys, logging, tensorflow as tf\n"
+        "from saviorrec.serving.ranker import Ranker\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "if sys.argv[2] == 'late': tf.constant(1.0) + 1.0\n"
+        "r = Ranker(sys.argv[1], threads=1)\n"
+        "print('THREADS', tf.config.threading.get_intra_op_parallelism_threads(),\n"
+        "      tf.config.threading.get_inter_op_parallelism_threads())\n"
+    )
+    out = {}
+    for when in ("fresh", "late"):
+        proc = subprocess.run([sys.executable, "-c", child, str(model_dir(served.cfg)), when],
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        out[when] = (proc.stdout.split("THREADS", 1)[1].split(), proc.stderr)
+    assert out["fresh"][0] == ["1", "1"]
+    assert out["late"][0] == ["0", "0"]  # TensorFlow's default kept
+    assert "tf_threads=1 ignored" in out["late"][1]

@@ -41,6 +41,19 @@ def candidate_buckets(max_candidates: int) -> list[int]:
     return buckets
 
 
+def set_tf_threads(tf: Any, threads: int) -> None:
+    """Threads of each TensorFlow op (intra-op) and of ops run side by side (inter-op).
+
+    Settable only before TensorFlow's runtime starts: later, a warning says the setting was
+    ignored (e.g. a process that ran TensorFlow before loading the model)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError as e:
+        log.warning("serving.tf_threads=%d ignored: TensorFlow is already running (%s)",
+                    threads, e)
+
+
 class ModelError(RuntimeError):
     """The SavedModel cannot be served (missing, unreadable, or inputs the service cannot feed)."""
 
@@ -55,10 +68,12 @@ class InputSpec:
 class Ranker:
     """``Ranker(export_dir).predict(inputs) -> float32 [N]``; thread-safe, no retracing."""
 
-    def __init__(self, export_dir: Path, *, xla: bool = False, max_candidates: int = 1000
-                 ) -> None:
+    def __init__(self, export_dir: Path, *, xla: bool = False, max_candidates: int = 1000,
+                 threads: int = 0) -> None:
         import tensorflow as tf
 
+        if threads:
+            set_tf_threads(tf, threads)
         self.export_dir = Path(export_dir)
         meta_path = self.export_dir / "meta.json"
         if not (self.export_dir / "saved_model.pb").is_file() or not meta_path.is_file():

@@ -74,7 +74,8 @@ class RankingService:
     @classmethod
     def start(cls, cfg: Config) -> RankingService:
         ranker = Ranker(model_dir(cfg), xla=cfg.serving.xla,
-                        max_candidates=cfg.serving.max_candidates)
+                        max_candidates=cfg.serving.max_candidates,
+                        threads=cfg.serving.tf_threads)
         bad = [n for n in UNSERVABLE_INPUTS if n in ranker.inputs]
         if bad:
             raise ModelError(f"model {ranker.model_version} reads {bad}, which the online "
