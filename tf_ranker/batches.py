@@ -37,7 +37,10 @@ class RankerBatches(keras.utils.PyDataset):
     building batches ahead (``workers`` > 1) also start the host-to-device copies. Extra keyword
     arguments go to ``keras.utils.PyDataset`` (``workers``: threads building batches ahead).
 
-    The permutation comes from ``seed`` and the epoch number, so a run is reproducible.
+    The permutation comes from ``seed`` and the epoch number, so a run is reproducible for a
+    given number of ``workers``. Keras feeds the epochs differently with one worker and with
+    more (keras 3.15: its enqueuer hands the batches read ahead for the model's build to the
+    first epoch), so runs with 1 and with 2 workers see the orders in another sequence.
     """
 
     def __init__(self, samples: Samples, items: ItemLookup, *, batch_size: int,
