@@ -331,12 +331,10 @@ def build_ranker(data: Data, variant: str, *, jit_compile: bool, steps_per_execu
 
 
 def packing(data: Data) -> Any:
-    """The packed-input layout tf_ranker.train uses with device tables (None when off)."""
-    from tf_ranker.packed import PackLayout
+    """The packed-input layout tf_ranker.train uses (None when off)."""
+    from tf_ranker.packed import training_layout
 
-    if not data.cfg.ranker.packed_inputs:
-        return None
-    return PackLayout(seq_len=int(data.samples.seq_item_ids.shape[1]))
+    return training_layout(data.cfg.ranker, data.samples)
 
 
 # ---- measurements --------------------------------------------------------------------------

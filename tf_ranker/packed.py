@@ -17,12 +17,15 @@ Ids must fit int32 (checked); the model maps every id to int32 anyway (models._i
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from tf_ranker.data import Samples
 from tf_ranker.features import BASE_SCORE, NUM_STATS, NUM_USER_STATS
+
+if TYPE_CHECKING:
+    from saviorrec.config import RankerConfig
 
 FLOATS, INTS = "packed_floats", "packed_ints"
 _INT32_MAX = np.iinfo(np.int32).max
@@ -77,3 +80,12 @@ class PackLayout:
         if self.base_score:
             out[BASE_SCORE] = floats[:, u + c + s * c]
         return out
+
+
+def training_layout(ranker: RankerConfig, samples: Samples,
+                    base_score: bool = False) -> PackLayout | None:
+    """The layout training packs its batches with: with item tables on the device and
+    ``ranker.packed_inputs`` (the defaults), else None (unpacked batches)."""
+    if ranker.item_tables != "device" or not ranker.packed_inputs:
+        return None
+    return PackLayout(seq_len=int(samples.seq_item_ids.shape[1]), base_score=base_score)

@@ -43,7 +43,7 @@ from tf_ranker.batches import RankerBatches, data_placement
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.models import SaviorRanker
-from tf_ranker.packed import PackLayout
+from tf_ranker.packed import training_layout
 from tf_ranker.variants import get_variant
 
 SPLITS = ("train", "valid", "test")
@@ -214,8 +214,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
     base = config["use_base_score"]
     on_device = r.item_tables == "device"
     # The model that trains: the ranker itself, or the ranker behind on-device item tables.
-    packing = PackLayout(seq_len=int(train.seq_item_ids.shape[1]), base_score=base) \
-        if on_device and r.packed_inputs else None
+    packing = training_layout(r, train, base_score=base)
     fitted = ItemTableRanker(model, items, packing) if on_device else model
     batch_kw = {"batch_size": r.batch_size, "use_base_score": base, "pad_last": pad,
                 "gather_items": not on_device, "packed": packing, "workers": r.input_workers,
@@ -234,12 +233,15 @@ def _train(cfg: Config, *, variant: str, seed: int,
     history = fitted.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
                          callbacks=_callbacks(out, r.early_stopping_patience), verbose="auto")
 
-    def predict(samples: Samples) -> np.ndarray:
-        batches = RankerBatches(samples, items, with_labels=False, **batch_kw)
+    def predict(samples: Samples, batches: RankerBatches | None = None) -> np.ndarray:
+        # predict reads the inputs of (inputs, labels[, weights]) batches: the validation
+        # batches of fit serve again (their split is not packed a second time)
+        if batches is None:
+            batches = RankerBatches(samples, items, with_labels=False, **batch_kw)
         scores = np.asarray(fitted.predict(batches, verbose=0), dtype="float64").reshape(-1)
         return scores[:len(samples)]  # without pad_last's filling
 
-    valid_scores, test_scores = predict(valid), predict(test)
+    valid_scores, test_scores = predict(valid, valid_batches), predict(test)
     val_aucs = history.history.get("val_auc", [])
     importance = mba_level_importance(model, train, items) if spec.mba is not None else None
     meta = {
