@@ -68,18 +68,26 @@ def test_multi_head_matches_numpy_reference_and_masks_padding() -> None:
     np.testing.assert_allclose(np.asarray(layer(q, k2, v2, mask)), out, atol=1e-6)
 
 
-def test_sequence_projected_once_broadcasts_over_candidates() -> None:
-    layer, _ = built_layer(heads=2, key_dim=4, value_dim=4, dq=3, dk=3, dv=3)
+@pytest.mark.parametrize("mask", [[[0, 1, 1, 1]], [[0, 0, 0, 0]], None])
+def test_sequence_projected_once_serves_every_candidate(mask: list[list[int]] | None) -> None:
+    """Keys of batch 1 take the matrix-product path; it equals the per-sample path (tiled
+    sequence) and the hand-computed reference, padding and empty sequence included."""
+    layer, (wq, wk, wv) = built_layer(heads=2, key_dim=4, value_dim=4, dq=3, dk=3, dv=3)
     rng = np.random.default_rng(2)
     queries = rng.standard_normal((5, 3)).astype("float32")
     seq = rng.standard_normal((1, 4, 3)).astype("float32")
-    mask = np.array([[0, 1, 1, 1]], bool)
+    mask = None if mask is None else np.array(mask, bool)
     k, v = layer.project_sequence(seq, seq)
     assert tuple(k.shape) == (1, 4, 2, 2)
     served = np.asarray(layer.attend(queries, k, v, mask))
-    tiled = np.asarray(layer(queries, np.repeat(seq, 5, 0), np.repeat(seq, 5, 0),
-                             np.repeat(mask, 5, 0)))
+    tiled_mask = np.ones((5, 4), bool) if mask is None else np.repeat(mask, 5, 0)
+    tiled = np.asarray(layer(queries, np.repeat(seq, 5, 0), np.repeat(seq, 5, 0), tiled_mask))
     np.testing.assert_allclose(served, tiled, atol=1e-6)
+    reference = reference_attention(queries, np.repeat(seq, 5, 0), np.repeat(seq, 5, 0),
+                                    tiled_mask, wq, wk, wv, 2)
+    np.testing.assert_allclose(served, reference, atol=1e-5)
+    if mask is not None and not mask.any():
+        np.testing.assert_array_equal(served, 0.0)
 
 
 def test_weight_shapes_and_config_round_trip() -> None:
