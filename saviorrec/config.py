@@ -222,6 +222,10 @@ class RankerConfig(_Frozen):
     epochs: int = Field(10, ge=1)
     lr: float = Field(0.01, gt=0)
     lr_final: float = Field(0.001, gt=0)
+    # Adagrad's accumulator at the start (Keras's and TensorFlow's default 0.1). A coordinate's
+    # step is lr * g / sqrt(accumulator + sum g^2): an embedding row read by few samples, with
+    # gradients ~1e-3, moves ~lr / 300 per step under 0.1.
+    adagrad_initial_accumulator: float = Field(0.1, gt=0)
     early_stopping_patience: int = Field(2, ge=0)
     hash_buckets_user: int = Field(0, ge=0)  # 0 = vocabulary from the data (max id + 1)
     bootstrap_samples: int = Field(1000, ge=10)

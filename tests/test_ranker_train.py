@@ -21,7 +21,7 @@ from tf_ranker.batches import RankerBatches
 from tf_ranker.data import load_items, load_samples
 from tf_ranker.evaluate import run_evaluate, smoothed_mean_scores
 from tf_ranker.export import per_sample_inputs, run_export
-from tf_ranker.train import learning_rate_schedule, model_kwargs, run_train
+from tf_ranker.train import learning_rate_schedule, make_optimizer, model_kwargs, run_train
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,19 @@ def test_learning_rate_decays_from_lr_to_lr_final(trained: Config) -> None:
     assert float(schedule(0)) == pytest.approx(0.01)
     assert float(schedule(50)) == pytest.approx(0.01 * 0.1 ** 0.5, rel=1e-5)
     assert float(schedule(100)) == pytest.approx(0.001, rel=1e-5)
+
+
+def test_adagrad_first_step_by_hand(trained: Config) -> None:
+    """w -= lr * g / sqrt(accumulator0 + g^2 + 1e-7): the accumulator sets the step of small
+    gradients (configs/movielens.yaml lowers it from Keras's 0.1)."""
+    cfg = trained.with_overrides(ranker={"lr": 0.05, "lr_final": 0.005})
+    g = np.array([1e-3, 0.1], "float32")
+    for accumulator in (0.1, 0.001):
+        cfg_a = cfg.with_overrides(ranker={"adagrad_initial_accumulator": accumulator})
+        w = keras.Variable(np.ones(2, "float32"))
+        make_optimizer(cfg_a, 100).apply_gradients([(keras.ops.convert_to_tensor(g), w)])
+        expected = 1.0 - 0.05 * g / np.sqrt(accumulator + g.astype("float64") ** 2 + 1e-7)
+        np.testing.assert_allclose(np.asarray(w), expected, rtol=1e-6)
 
 
 def test_no_raw_mm_needs_the_rq_codebook(trained: Config) -> None:

@@ -109,6 +109,14 @@ def learning_rate_schedule(cfg: Config, total_steps: int) -> keras.optimizers.sc
         r.lr, decay_steps=max(total_steps, 1), decay_rate=r.lr_final / r.lr)
 
 
+def make_optimizer(cfg: Config, total_steps: int) -> keras.optimizers.Adagrad:
+    """Adagrad (paper 4.1.4) over :func:`learning_rate_schedule`, its accumulator starting at
+    ranker.adagrad_initial_accumulator."""
+    return keras.optimizers.Adagrad(
+        learning_rate=learning_rate_schedule(cfg, total_steps),
+        initial_accumulator_value=cfg.ranker.adagrad_initial_accumulator)
+
+
 def save_model_atomic(model: keras.Model, path: Path) -> None:
     """model.save to a temporary ``.keras`` sibling, then rename (Keras wants the suffix)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -221,13 +229,13 @@ def _train(cfg: Config, *, variant: str, seed: int,
                 "use_multiprocessing": False, "place": data_placement(distribution)}
     train_batches = RankerBatches(train, items, shuffle=True, seed=seed, **batch_kw)
     valid_batches = RankerBatches(valid, items, **batch_kw)
-    schedule = learning_rate_schedule(cfg, len(train_batches) * r.epochs)
     # Mean over the sample weights: the zero-weight padding rows of pad_last do not count.
     loss = keras.losses.BinaryCrossentropy(reduction="mean_with_sample_weight")
     # Keras's torch backend runs one step per call.
     spe = 1 if keras.backend.backend() == "torch" else r.steps_per_execution
-    fitted.compile(optimizer=keras.optimizers.Adagrad(learning_rate=schedule), loss=loss,
-                   metrics=[keras.metrics.AUC(name="auc")], steps_per_execution=spe)
+    optimizer = make_optimizer(cfg, len(train_batches) * r.epochs)
+    fitted.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc")],
+                   steps_per_execution=spe)
     out = lake.ranker_dir(variant, seed)
     out.mkdir(parents=True, exist_ok=True)
     history = fitted.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
