@@ -226,9 +226,6 @@ class RankerConfig(_Frozen):
     # step is lr * g / sqrt(accumulator + sum g^2): an embedding row read by few samples, with
     # gradients ~1e-3, moves ~lr / 300 per step under 0.1.
     adagrad_initial_accumulator: float = Field(0.1, gt=0)
-    # User and item id embeddings learn this many times as fast as the rest (SaviorRanker's
-    # id_lr_scale): a row read by a few dozen samples in all barely moves at 1.
-    id_lr_scale: float = Field(1.0, gt=0)
     early_stopping_patience: int = Field(2, ge=0)
     hash_buckets_user: int = Field(0, ge=0)  # 0 = vocabulary from the data (max id + 1)
     bootstrap_samples: int = Field(1000, ge=10)

@@ -64,7 +64,6 @@ class SaviorRanker(keras.Model):
         simtier_bins: int = 10,
         use_base_score: bool = False,
         rqvae_version: str | None = None,
-        id_lr_scale: float = 1.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -76,8 +75,6 @@ class SaviorRanker(keras.Model):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if mba_dim is not None and self.spec.mba_dim is not None and mba_dim != self.spec.mba_dim:
             raise ValueError(f"variant {variant!r} has mba_dim={self.spec.mba_dim}, got {mba_dim}")
-        if not id_lr_scale > 0:
-            raise ValueError(f"id_lr_scale must be > 0, got {id_lr_scale}")
         if len(dnn_units) < 1 or min(dnn_units) < 1:
             raise ValueError(f"dnn_units={list(dnn_units)} must be non-empty positive widths")
         self.variant = variant
@@ -92,7 +89,6 @@ class SaviorRanker(keras.Model):
         self.dnn_units = tuple(int(u) for u in dnn_units)
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
-        self.id_lr_scale = float(id_lr_scale)
         self.build()
 
     def get_config(self) -> dict[str, Any]:
@@ -117,7 +113,6 @@ class SaviorRanker(keras.Model):
             "simtier_bins": self.simtier_bins,
             "use_base_score": self.use_base_score,
             "rqvae_version": self.rqvae_version,
-            "id_lr_scale": self.id_lr_scale,
         }
 
     # ---- weights -------------------------------------------------------------------------
@@ -128,23 +123,17 @@ class SaviorRanker(keras.Model):
         spec, d = self.spec, self.embedding_dim
         h_dim = self.behaviour_dim
 
-        def embedding(size: int, width: int, name: str, scale: float = 1.0) -> keras.layers.Embedding:
-            # Stored as W = E / scale: E starts as Keras's uniform(-0.05, 0.05) and moves scale
-            # times as fast under Adagrad, whose steps do not depend on the gradient's size.
-            init = "uniform" if scale == 1.0 else \
-                keras.initializers.RandomUniform(-0.05 / scale, 0.05 / scale)
-            layer = keras.layers.Embedding(size, width, embeddings_initializer=init, name=name)
+        def embedding(size: int, width: int, name: str) -> keras.layers.Embedding:
+            layer = keras.layers.Embedding(size, width, name=name)
             layer.build((None,))
             return layer
 
-        self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding",
-                                        self.id_lr_scale)
+        self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding")
         # P_u of eq. 1: the user's point-in-time counts (log1p) and click rate, in every variant.
         self.user_stat_transform = LogCountTransform(USER_STAT_COUNTS, name="user_stat_transform")
         self.user_stat_transform.build((None, NUM_USER_STATS))
         if spec.use_id:
-            self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding",
-                                            self.id_lr_scale)
+            self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
         if spec.use_stats:
             self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim,
                                                  "pv_bucket_embedding")
@@ -203,14 +192,10 @@ class SaviorRanker(keras.Model):
             (NUM_STATS + self.stat_dim if self.spec.use_stats else 0)
 
     # ---- forward -------------------------------------------------------------------------
-    def _scaled_id(self, looked_up: Any) -> Any:
-        """An id embedding E = scale * W (see build); the identity at scale 1."""
-        return looked_up if self.id_lr_scale == 1.0 else looked_up * self.id_lr_scale
-
     def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any) -> Any:
         parts = []
         if self.spec.use_id:
-            parts.append(self._scaled_id(self.item_embedding(_in_vocab(ids, self.num_items))))
+            parts.append(self.item_embedding(_in_vocab(ids, self.num_items)))
         if self.spec.use_stats:
             parts += [ops.cast(self.stat_transform(stats), self.compute_dtype),
                       self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets))]
@@ -241,7 +226,7 @@ class SaviorRanker(keras.Model):
         user_ids = ops.reshape(_in_vocab(inputs["user_id"], self.num_users), (-1,))
         user_stats = ops.reshape(inputs["user_stats"], (-1, NUM_USER_STATS))
         user = ops.concatenate([
-            self._scaled_id(self.user_embedding(user_ids)),
+            self.user_embedding(user_ids),
             ops.cast(self.user_stat_transform(user_stats), self.compute_dtype),
         ], axis=-1)
         user = ops.broadcast_to(user, (n, self.user_dim))

@@ -99,7 +99,6 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "simtier_bins": r.simtier_bins,
         "use_base_score": all(s.base_score is not None for s in splits),
         "rqvae_version": rqvae_version,
-        "id_lr_scale": r.id_lr_scale,
     }
 
 
