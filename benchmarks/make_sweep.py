@@ -9,7 +9,8 @@
 
 The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
 value chosen: the highest mean VALIDATION AUC over every variant and seed trained (test AUC is
-shown for the record, never used to choose).
+shown for the record, never used to choose). Each value after the first also gets its
+validation AUC minus the first value's, run by run, and whether it is ahead in every run.
 """
 
 from __future__ import annotations
@@ -78,10 +79,29 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
             "trained": [{k: r[k] for k in ("variant", "seed", "val_auc", "test_auc", "epochs",
                                           "best_epoch")} for r in rows],
         }
+    _compare_with_first(runs)
     scored = {v: r["mean_val_auc"] for v, r in runs.items() if r["mean_val_auc"] is not None}
     chosen = max(scored, key=scored.__getitem__) if scored else None
     return {"key": key, "selection": "highest mean validation AUC over the variants and seeds "
             "trained", "chosen": chosen, "runs": runs}
+
+
+def _compare_with_first(runs: dict[str, Any]) -> None:
+    """Add to each value after the first its validation AUC minus the first value's, in points,
+    run by run (same variant and seed), and whether it is ahead in every such run: a mean gain
+    that some runs contradict is weaker evidence than one they all share."""
+    def by_run(run: dict[str, Any]) -> dict[str, float]:
+        return {f"{t['variant']}/seed{t['seed']}": t["val_auc"] for t in run["trained"]}
+
+    if not runs:
+        return
+    first, *others = runs.values()
+    reference = by_run(first)
+    for run in others:
+        diffs = {k: round(100 * (v - reference[k]), 3) for k, v in by_run(run).items()
+                 if k in reference}
+        run["val_auc_points_vs_first"] = diffs
+        run["ahead_of_first_in_every_run"] = bool(diffs) and min(diffs.values()) > 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,6 +50,11 @@ def test_sweep_configs_share_the_training_set_and_the_summary_picks_by_validatio
         run = summary["runs"][str(value)]
         assert run["mean_val_auc"] == pytest.approx(metas[value]["val_auc"], abs=1e-5)
         assert [t["variant"] for t in run["trained"]] == ["base"]
+    assert "val_auc_points_vs_first" not in summary["runs"]["0.01"]
+    later = summary["runs"]["0.2"]
+    gain = 100 * (metas[0.2]["val_auc"] - metas[0.01]["val_auc"])
+    assert later["val_auc_points_vs_first"] == {"base/seed0": pytest.approx(gain, abs=1e-3)}
+    assert later["ahead_of_first_in_every_run"] is (gain > 0)
     best = max(values, key=lambda v: metas[v]["val_auc"])
     assert summary["chosen"] == str(best)
     assert metas[0.01]["val_auc"] != metas[0.2]["val_auc"]  # the choice is not a tie
