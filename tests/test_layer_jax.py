@@ -35,6 +35,8 @@ mba.build(z_seq.shape, data["ids"].shape)
 out = {
     "backend": np.array(keras.backend.backend()),
     "ta": weights(ta, "ta")(h_cand, h_seq, h_seq, mask),
+    # one sequence (batch 1) for both candidates: the serving path of TargetAttention.attend
+    "ta_shared": ta.attend(h_cand, *ta.project_sequence(h_seq[:1], h_seq[:1]), mask[:1]),
     "bta": weights(bta, "bta")(h_cand, h_seq, z_cand, z_seq, mask),
     "mba": weights(mba, "mba")(z_seq, data["ids"]),
     "simtier": SimTier(4)(z_cand, z_seq, mask),
@@ -84,6 +86,8 @@ def test_layers_under_jax_match_tensorflow(tmp_path: Path) -> None:
     d = data
     expected = {
         "ta": ta(d["h_cand"], d["h_seq"], d["h_seq"], d["mask"]),
+        "ta_shared": ta(d["h_cand"], np.repeat(d["h_seq"][:1], 2, 0),
+                        np.repeat(d["h_seq"][:1], 2, 0), np.repeat(d["mask"][:1], 2, 0)),
         "bta": bta(d["h_cand"], d["h_seq"], d["z_cand"], d["z_seq"], d["mask"]),
         "mba": mba(d["z_seq"], d["ids"]),
         "simtier": SimTier(4)(d["z_cand"], d["z_seq"], d["mask"]),
