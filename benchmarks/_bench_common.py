@@ -89,6 +89,21 @@ def run_header(argv: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def source_stamp(paths: Sequence[str], root: Path = REPO_ROOT) -> str:
+    """SHA-256 over the ``.py`` and ``.yaml`` files under ``paths`` (files or folders relative to
+    ``root``), names and contents: a cached benchmark world built by other code has another."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for rel in paths:
+        target = root / rel
+        files = [target] if target.is_file() else sorted(
+            f for f in target.rglob("*") if f.suffix in (".py", ".yaml") and f.is_file())
+        for f in files:
+            digest.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     """Write then rename, so a reader (or a benchmark killed by a timeout) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/serving.py [--requests 10000] [--concurrency 4] [--rebuild]
 
-Builds (once, cached in --work-dir) a world of 5,000 items and 500 users with the paper-sized
+Builds (cached in --work-dir; rebuilt when the code that builds it changed, see WORLD_SOURCES,
+or with --rebuild) a world of 5,000 items and 500 users with the paper-sized
 inputs (d=64, L=3 + 1 semantic ids, sequences of 50) through the real stages: lake tables ->
 Feast apply + materialize into a real redis-server (production profile, with a password) ->
 a full-variant SaviorRanker (config defaults, random weights) -> run_export. Then starts
@@ -37,6 +38,7 @@ from _bench_common import (
     format_table,
     library_versions,
     run_header,
+    source_stamp,
     write_json_atomic,
 )
 
@@ -47,6 +49,21 @@ REDIS_ENV, PASSWORD = "SAVIORREC_BENCH_REDIS", "bench-Pa55"
 SIZES = (1, 50, 200, 500)
 N_ITEMS, N_USERS = 5_000, 500
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "serving.json"
+# The code that builds the cached world (lake tables, Feast, the exported SavedModel): a world
+# built by another version of it is rebuilt instead of measured.
+WORLD_SOURCES = ("tf_ranker", "feature_repo", "spark_jobs", "saviorrec", "configs/movielens.yaml",
+                 "tests/test_serving_fixture.py", "benchmarks/serving.py")
+STAMP_FILE = "world_source_stamp.txt"
+
+
+def stale_world(work: Path, stamp: str) -> str | None:
+    """Why the world cached in ``work`` cannot be measured (None: it can)."""
+    if not (work / "dump.rdb").is_file():
+        return None if not work.exists() else "no Redis dump in it"
+    built = (work / STAMP_FILE).read_text().strip() if (work / STAMP_FILE).is_file() else None
+    if built != stamp:
+        return f"built by other code (source stamp {built or 'missing'}, now {stamp})"
+    return None
 
 
 def free_port() -> int:
@@ -264,7 +281,11 @@ def main(argv: list[str]) -> int:
     from conftest import RedisServer
 
     work = Path(args.work_dir)
-    if args.rebuild and work.exists():
+    stamp = source_stamp(WORLD_SOURCES)
+    stale = stale_world(work, stamp)
+    if stale:
+        print(f"the world cached in {work} is {stale}: rebuilding it", flush=True)
+    if (args.rebuild or stale) and work.exists():
         shutil.rmtree(work)
     fresh = not (work / "dump.rdb").is_file()
     work.mkdir(parents=True, exist_ok=True)
@@ -279,6 +300,7 @@ def main(argv: list[str]) -> int:
         if fresh:
             print("building the world (Spark materialize, export) ...", flush=True)
             build(cfg, redis_server)
+            (work / STAMP_FILE).write_text(stamp + "\n")
         port = free_port()
         server = start_server(cfg, work, port)
         url = f"http://127.0.0.1:{port}/rank"
@@ -325,7 +347,8 @@ def main(argv: list[str]) -> int:
                                        text=True).stdout.strip(),
         "world": {"items": N_ITEMS, "users": N_USERS, "embedding_dim": cfg.encoder.dim,
                   "semantic_ids": cfg.rqvae.levels + 1, "sequence_length": cfg.sequences.max_len,
-                  "variant": "full", "profile": "production (redis, password)"},
+                  "variant": "full", "profile": "production (redis, password)",
+                  "source_stamp": stamp},
         "serving": {k: getattr(cfg.serving, k)
                     for k in ("xla", "item_cache_ttl_s", "item_cache_items", "max_candidates",
                               "tf_threads")},
