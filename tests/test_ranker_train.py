@@ -21,7 +21,14 @@ from tf_ranker.batches import RankerBatches
 from tf_ranker.data import load_items, load_samples
 from tf_ranker.evaluate import run_evaluate, smoothed_mean_scores
 from tf_ranker.export import per_sample_inputs, run_export
-from tf_ranker.train import learning_rate_schedule, make_optimizer, model_kwargs, run_train
+from tf_ranker.train import (
+    TrainingCollapsed,
+    check_not_collapsed,
+    learning_rate_schedule,
+    make_optimizer,
+    model_kwargs,
+    run_train,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +84,26 @@ def test_adagrad_first_step_by_hand(trained: Config) -> None:
         make_optimizer(cfg_a, 100).apply_gradients([(keras.ops.convert_to_tensor(g), w)])
         expected = 1.0 - 0.05 * g / np.sqrt(accumulator + g.astype("float64") ** 2 + 1e-7)
         np.testing.assert_allclose(np.asarray(w), expected, rtol=1e-6)
+
+
+def test_collapse_check_by_hand() -> None:
+    history = {"loss": [7.65, 7.91]}
+    check_not_collapsed(np.array([0.2, 0.7, 0.4]), history, variant="full", seed=0)  # ranks
+    with pytest.raises(TrainingCollapsed, match="every validation score is 0.5 .*7.65, 7.91"):
+        check_not_collapsed(np.full(4, 0.5), history, variant="full", seed=0)
+    with pytest.raises(TrainingCollapsed, match="1 of 3 validation scores are not finite"):
+        check_not_collapsed(np.array([0.2, np.nan, 0.4]), history, variant="base", seed=1)
+
+
+def test_collapsed_training_raises_and_writes_no_model(tmp_path: Path) -> None:
+    """Steps far too large saturate the sigmoid: a clear error, not metrics of a constant."""
+    cfg = training_world(tmp_path, epochs=2, batch_size=64, lr=1e5, lr_final=1e5,
+                         adagrad_initial_accumulator=1e-7)
+    with pytest.raises(TrainingCollapsed, match="base seed 0: training collapsed.*ranker.lr"):
+        run_train(cfg, variant="base", seed=0)
+    out = Lake.from_config(cfg).ranker_dir("base", 0)
+    assert not any((out / name).exists()
+                   for name in ("model.keras", "meta.json", "predictions_test.parquet"))
 
 
 def test_no_raw_mm_needs_the_rq_codebook(trained: Config) -> None:

@@ -140,8 +140,31 @@ def _write_predictions(path: Path, samples: Samples, scores: np.ndarray) -> None
         pq.write_table(table, tmp)
 
 
+class TrainingCollapsed(RuntimeError):
+    """Training ended in a model that cannot rank: non-finite or constant validation scores."""
+
+
+def check_not_collapsed(scores: np.ndarray, history: dict[str, list[float]], *, variant: str,
+                        seed: int) -> None:
+    """Raise TrainingCollapsed when the validation scores are not finite or all equal (e.g. a
+    sigmoid saturated by steps too large: MovieLens's full model under an Adagrad accumulator
+    of 0.0001 ends at one score with a loss of 7.3); its metrics would mean nothing."""
+    finite = np.isfinite(scores)
+    spread = float(np.ptp(scores[finite])) if finite.any() else 0.0
+    if finite.all() and spread > 1e-6:
+        return
+    what = (f"{int((~finite).sum())} of {scores.size} validation scores are not finite"
+            if not finite.all() else f"every validation score is {scores[0]:.6g}")
+    losses = ", ".join(f"{x:.4g}" for x in history.get("loss", []))
+    raise TrainingCollapsed(
+        f"{variant} seed {seed}: training collapsed, {what} (training loss by epoch: {losses}); "
+        "model.keras, predictions and meta.json were not written. Lower ranker.lr or raise "
+        "ranker.adagrad_initial_accumulator.")
+
+
 def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.TerminateOnNaN(),  # no more epochs on NaN: check_not_collapsed reports
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
         # Weights only: the model that trains may be the ItemTableRanker wrapper (not saved).
@@ -249,7 +272,9 @@ def _train(cfg: Config, *, variant: str, seed: int,
         scores = np.asarray(fitted.predict(batches, verbose=0), dtype="float64").reshape(-1)
         return scores[:len(samples)]  # without pad_last's filling
 
-    valid_scores, test_scores = predict(valid, valid_batches), predict(test)
+    valid_scores = predict(valid, valid_batches)
+    check_not_collapsed(valid_scores, history.history, variant=variant, seed=seed)
+    test_scores = predict(test)
     val_aucs = history.history.get("val_auc", [])
     importance = mba_level_importance(model, train, items) if spec.mba is not None else None
     meta = {
