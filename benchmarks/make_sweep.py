@@ -10,7 +10,9 @@
 The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
 value chosen: the highest mean VALIDATION AUC over every variant and seed trained (test AUC is
 shown for the record, never used to choose). Each value after the first also gets its
-validation AUC minus the first value's, run by run, and whether it is ahead in every run.
+validation AUC minus the first value's, run by run, and whether it is ahead in every run. A
+value with a run missing (its training failed, e.g. collapsed) is listed with those runs and
+not chosen.
 """
 
 from __future__ import annotations
@@ -80,10 +82,18 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
                                           "best_epoch")} for r in rows],
         }
     _compare_with_first(runs)
-    scored = {v: r["mean_val_auc"] for v, r in runs.items() if r["mean_val_auc"] is not None}
+    # A run without meta.json failed (e.g. tf_ranker.train.TrainingCollapsed): its value is
+    # not comparable on the others' runs, and it is not chosen.
+    every = {(t["variant"], t["seed"]) for r in runs.values() for t in r["trained"]}
+    for run in runs.values():
+        missing = every - {(t["variant"], t["seed"]) for t in run["trained"]}
+        if missing:
+            run["missing_runs"] = [f"{v}/seed{s}" for v, s in sorted(missing)]
+    scored = {v: r["mean_val_auc"] for v, r in runs.items()
+              if r["mean_val_auc"] is not None and "missing_runs" not in r}
     chosen = max(scored, key=scored.__getitem__) if scored else None
     return {"key": key, "selection": "highest mean validation AUC over the variants and seeds "
-            "trained", "chosen": chosen, "runs": runs}
+            "trained, among the values with no run missing", "chosen": chosen, "runs": runs}
 
 
 def _compare_with_first(runs: dict[str, Any]) -> None:

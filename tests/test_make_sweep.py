@@ -60,6 +60,13 @@ def test_sweep_configs_share_the_training_set_and_the_summary_picks_by_validatio
     assert metas[0.01]["val_auc"] != metas[0.2]["val_auc"]  # the choice is not a tie
     json.dumps(summary)  # JSON-serialisable as written by --summarize
 
+    # a failed run (no meta.json, e.g. a collapsed training) takes its value out of the choice
+    failed = load_config(paths[values.index(best)]).run_dir() / "models" / "ranker" / "base"
+    (failed / "seed0" / "meta.json").rename(tmp_path / "meta.json")
+    summary = sweep.summarize(paths, "ranker.lr", values)
+    assert summary["runs"][str(best)]["missing_runs"] == ["base/seed0"]
+    assert summary["chosen"] == str(min(values, key=lambda v: metas[v]["val_auc"]))
+
     with pytest.raises(SystemExit, match="section.field"):
         sweep.write_configs(base, "lr", [0.1], tmp_path / "bad")
     base_cfg.run_dir().joinpath("models", "rqvae").rename(tmp_path / "moved")
