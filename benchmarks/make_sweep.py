@@ -84,11 +84,11 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
     _compare_with_first(runs)
     # A run without meta.json failed (e.g. tf_ranker.train.TrainingCollapsed): its value is
     # not comparable on the others' runs, and it is not chosen.
-    every = {(t["variant"], t["seed"]) for r in runs.values() for t in r["trained"]}
+    every = set().union(*(_val_by_run(r) for r in runs.values()))
     for run in runs.values():
-        missing = every - {(t["variant"], t["seed"]) for t in run["trained"]}
+        missing = every - set(_val_by_run(run))
         if missing:
-            run["missing_runs"] = [f"{v}/seed{s}" for v, s in sorted(missing)]
+            run["missing_runs"] = sorted(missing)
     scored = {v: r["mean_val_auc"] for v, r in runs.items()
               if r["mean_val_auc"] is not None and "missing_runs" not in r}
     chosen = max(scored, key=scored.__getitem__) if scored else None
@@ -96,19 +96,21 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
             "trained, among the values with no run missing", "chosen": chosen, "runs": runs}
 
 
+def _val_by_run(run: dict[str, Any]) -> dict[str, float]:
+    """Validation AUC of one value's trained runs, by "variant/seedN"."""
+    return {f"{t['variant']}/seed{t['seed']}": t["val_auc"] for t in run["trained"]}
+
+
 def _compare_with_first(runs: dict[str, Any]) -> None:
     """Add to each value after the first its validation AUC minus the first value's, in points,
     run by run (same variant and seed), and whether it is ahead in every such run: a mean gain
     that some runs contradict is weaker evidence than one they all share."""
-    def by_run(run: dict[str, Any]) -> dict[str, float]:
-        return {f"{t['variant']}/seed{t['seed']}": t["val_auc"] for t in run["trained"]}
-
     if not runs:
         return
     first, *others = runs.values()
-    reference = by_run(first)
+    reference = _val_by_run(first)
     for run in others:
-        diffs = {k: round(100 * (v - reference[k]), 3) for k, v in by_run(run).items()
+        diffs = {k: round(100 * (v - reference[k]), 3) for k, v in _val_by_run(run).items()
                  if k in reference}
         run["val_auc_points_vs_first"] = diffs
         run["ahead_of_first_in_every_run"] = bool(diffs) and min(diffs.values()) > 0

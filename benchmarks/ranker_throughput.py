@@ -550,14 +550,15 @@ def time_devices(rec: Recorder, args: argparse.Namespace, data: Data, k: int,
         # the config's steps_per_execution, and under a distribution the sample weights that
         # train.py's pad_last batches carry.
         spe = args.fit_spe or data.cfg.ranker.steps_per_execution
+        layout = packing(data)
         tabled = build_ranker(data, args.variant, jit_compile=True, item_tables=True,
                               steps_per_execution=spe)
         fit_tables = measure(
             rec, {**base, "tag": f"devices{k}_device_item_tables_workers{args.workers}_spe{spe}"
-                  + ("_packed" if packing(data) else "")},
+                  + ("_packed" if layout else "")},
             "train_fit", lambda: time_fit(tabled, lambda n: make_batches(
                 data.samples, data.items, global_batch, n, workers=args.workers,
-                gather_items=False, packed=packing(data), pad_last=k > 1,
+                gather_items=False, packed=layout, pad_last=k > 1,
                 place=data_placement(distribution)), **kw))
 
         def time_step() -> common.Timing:

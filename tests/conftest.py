@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from saviorrec.config import REPO_ROOT, Config, load_config
 
 MOVIELENS_DIR = (REPO_ROOT / ".." / "shared" / "data" / "ml-latest-small").resolve()
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as module ``bench_<name>`` (benchmarks/ is not a package). Its
+    scripts put their folder on sys.path; restored after, or benchmarks/spark_jobs.py would
+    shadow the spark_jobs package for later tests."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}",
+                                                      REPO_ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path[:] = saved
 
 
 def free_port() -> int:

@@ -3,33 +3,13 @@ built by other code is rebuilt, not measured (a stale SavedModel once gave stale
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
-from saviorrec.config import REPO_ROOT
-
-
-def _load(name: str) -> ModuleType:
-    """benchmarks/<name>.py as module ``bench_<name>``. benchmarks/ is not a package and its
-    scripts put their folder on sys.path: restored after, or benchmarks/spark_jobs.py would
-    shadow the spark_jobs package for later tests."""
-    saved = list(sys.path)
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}",
-                                                      REPO_ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path[:] = saved
+from conftest import load_benchmark
 
 
 def test_source_stamp_follows_names_and_contents(tmp_path: Path) -> None:
-    common = _load("_bench_common")
+    common = load_benchmark("_bench_common")
     (tmp_path / "pkg" / "sub").mkdir(parents=True)
     (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
     (tmp_path / "pkg" / "sub" / "b.yaml").write_text("k: 1\n")
@@ -51,7 +31,7 @@ def test_source_stamp_follows_names_and_contents(tmp_path: Path) -> None:
 
 
 def test_serving_benchmark_rebuilds_a_world_built_by_other_code(tmp_path: Path) -> None:
-    serving = _load("serving")
+    serving = load_benchmark("serving")
     work = tmp_path / "world"
     assert serving.stale_world(work, "abc") is None  # nothing cached: a fresh build follows
     work.mkdir()

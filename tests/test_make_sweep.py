@@ -3,30 +3,22 @@ and the summary's choice by validation AUC."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import load_benchmark
 from test_ranker_fixtures import training_world
 
-from saviorrec.config import REPO_ROOT, load_config
+from saviorrec.config import load_config
 from tf_ranker.train import run_train
-
-
-def _make_sweep():  # benchmarks/ is not a package
-    spec = importlib.util.spec_from_file_location("make_sweep",
-                                                  REPO_ROOT / "benchmarks" / "make_sweep.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.timeout(600)
 def test_sweep_configs_share_the_training_set_and_the_summary_picks_by_validation(
         tmp_path: Path) -> None:
-    sweep = _make_sweep()
+    sweep = load_benchmark("make_sweep")
     base_cfg = training_world(tmp_path / "base", epochs=1, batch_size=64, heads=2,
                               attention_dim=8, mba_dim=8, id_dim=4, stat_dim=4, dnn_units=[8])
     base = tmp_path / "base.yaml"
