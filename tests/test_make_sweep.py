@@ -47,20 +47,51 @@ def test_sweep_configs_share_the_training_set_and_the_summary_picks_by_validatio
     gain = 100 * (metas[0.2]["val_auc"] - metas[0.01]["val_auc"])
     assert later["val_auc_points_vs_first"] == {"base/seed0": pytest.approx(gain, abs=1e-3)}
     assert later["ahead_of_first_in_every_run"] is (gain > 0)
-    best = max(values, key=lambda v: metas[v]["val_auc"])
-    assert summary["chosen"] == str(best)
-    assert metas[0.01]["val_auc"] != metas[0.2]["val_auc"]  # the choice is not a tie
+    assert later["gain_vs_first"] == {"n": 1, "mean": pytest.approx(gain, abs=1e-3), "se": None,
+                                      "t": None}
+    assert metas[0.01]["val_auc"] != metas[0.2]["val_auc"]  # the runs differ
+    # one run has no known error: it cannot show a gain, so the incumbent (the first) stays
+    assert summary["chosen"] == "0.01"
     json.dumps(summary)  # JSON-serialisable as written by --summarize
 
-    # a failed run (no meta.json, e.g. a collapsed training) takes its value out of the choice
-    failed = load_config(paths[values.index(best)]).run_dir() / "models" / "ranker" / "base"
+    # a failed run (no meta.json, e.g. a collapsed training) takes its value out of the choice;
+    # a failed incumbent leaves the choice to the others
+    failed = load_config(paths[0]).run_dir() / "models" / "ranker" / "base"
     (failed / "seed0" / "meta.json").rename(tmp_path / "meta.json")
     summary = sweep.summarize(paths, "ranker.lr", values)
-    assert summary["runs"][str(best)]["missing_runs"] == ["base/seed0"]
-    assert summary["chosen"] == str(min(values, key=lambda v: metas[v]["val_auc"]))
+    assert summary["runs"]["0.01"]["missing_runs"] == ["base/seed0"]
+    assert summary["chosen"] == "0.2"
 
     with pytest.raises(SystemExit, match="section.field"):
         sweep.write_configs(base, "lr", [0.1], tmp_path / "bad")
     base_cfg.run_dir().joinpath("models", "rqvae").rename(tmp_path / "moved")
     with pytest.raises(SystemExit, match="models/rqvae missing"):
         sweep.write_configs(base, "ranker.lr", [0.3], tmp_path / "bad")
+
+
+def _runs(*vals_by_value: list[float]) -> dict[str, dict]:
+    """summarize()'s runs from validation AUCs per value (runs base/seed0, base/seed1, ...)."""
+    runs = {}
+    for i, vals in enumerate(vals_by_value):
+        runs[f"v{i}"] = {"mean_val_auc": sum(vals) / len(vals), "trained": [
+            {"variant": "base", "seed": s, "val_auc": v} for s, v in enumerate(vals)]}
+    return runs
+
+
+def test_choice_needs_a_paired_gain_beyond_two_standard_errors() -> None:
+    sweep = load_benchmark("make_sweep")
+    # v1: +0.20, +0.30, +0.10 points: mean 0.2, sd 0.1, se 0.0577, t 3.46 -> beats the incumbent.
+    # v2: higher mean (+0.30) but +1.0, -0.1, 0.0: se 0.351, t 0.85 -> noise, not chosen.
+    runs = _runs([0.780, 0.781, 0.779], [0.782, 0.784, 0.780], [0.790, 0.780, 0.779])
+    sweep._compare_with_first(runs)
+    assert runs["v1"]["gain_vs_first"] == {"n": 3, "mean": pytest.approx(0.2, abs=1e-4),
+                                           "se": pytest.approx(0.0577, abs=1e-4),
+                                           "t": pytest.approx(3.46, abs=0.01)}
+    assert runs["v2"]["gain_vs_first"]["t"] == pytest.approx(0.3 / 0.3512, abs=0.01)
+    assert runs["v2"]["mean_val_auc"] > runs["v1"]["mean_val_auc"]
+    assert sweep.choose(runs) == "v1"
+    # without v1 nothing beats the incumbent; a run missing takes v1 out as well
+    assert sweep.choose({k: runs[k] for k in ("v0", "v2")}) == "v0"
+    runs["v1"]["missing_runs"] = ["base/seed2"]
+    assert sweep.choose(runs) == "v0"
+    assert sweep.choose({}) is None
