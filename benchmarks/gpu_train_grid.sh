@@ -14,7 +14,9 @@
 # preallocation off so they share a GPU. Writes OUT/ranker.tar (each run's models/ranker with
 # what evaluation reads: meta.json, history.csv, predictions; model.keras only for KEEP_MODEL,
 # default full/seed<first seed>, the one the export stage reads; no checkpoints), OUT/train_grid.json
-# (per-job seconds and exit codes) and logs.
+# (per-job seconds and exit codes) and logs. SPLIT_MB=N splits ranker.tar into parts of N MiB
+# (OUT/ranker.tar.part.aa, ...; join them with `cat ranker.tar.part.* > ranker.tar`) for hosts
+# that return files up to a size.
 set -uo pipefail
 
 IFS=, read -r -a CONFIGS <<<"$1"; shift
@@ -67,6 +69,9 @@ print(load_config(sys.argv[1]).run_dir().relative_to(__import__('pathlib').Path.
       -o -name 'predictions_*.parquet' -o -path "*/ranker/$KEEP_MODEL/model.keras" \))
 done
 tar -cf "$OUT/ranker.tar" "${files[@]}"
+if [ -n "${SPLIT_MB:-}" ]; then
+  split -b "${SPLIT_MB}m" "$OUT/ranker.tar" "$OUT/ranker.tar.part." && rm "$OUT/ranker.tar"
+fi
 "$PY" - "$OUT" "$START" "$NGPU" "$PER_GPU" <<'EOF'
 import json, sys, time
 out, start, ngpu, per_gpu = sys.argv[1], float(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
