@@ -93,6 +93,11 @@ def test_collapse_check_by_hand() -> None:
         check_not_collapsed(np.full(4, 0.5), history, variant="full", seed=0)
     with pytest.raises(TrainingCollapsed, match="1 of 3 validation scores are not finite"):
         check_not_collapsed(np.array([0.2, np.nan, 0.4]), history, variant="base", seed=1)
+    # a saturated sigmoid: scores spread from 0 to 1, but 3 of 4 sit at an end
+    with pytest.raises(TrainingCollapsed, match="75% of the validation scores are within 1e-06"):
+        check_not_collapsed(np.array([0.0, 3e-38, 1.0, 0.3]), history, variant="full", seed=1)
+    check_not_collapsed(np.array([0.0, 1.0, 0.3, 0.6]), history, variant="full", seed=1)  # half
+    check_not_collapsed(np.array([1e-5, 0.99998, 0.5]), history, variant="full", seed=1)
 
 
 def test_collapsed_training_raises_and_writes_no_model(tmp_path: Path) -> None:
