@@ -146,11 +146,10 @@ def paired_gain(diffs: list[float]) -> dict[str, float | int | None]:
     se and t are None for fewer than two runs, t is None when every difference is equal."""
     n = len(diffs)
     mean = sum(diffs) / n if n else None
-    if n < 2:
-        return {"n": n, "mean": mean, "se": None, "t": None}
-    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n)
-    return {"n": n, "mean": round(mean, 4), "se": round(se, 4),
-            "t": round(mean / se, 2) if se > 0 else None}
+    se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n >= 2 else None
+    return {"n": n, "mean": None if mean is None else round(mean, 4),
+            "se": None if se is None else round(se, 4),
+            "t": round(mean / se, 2) if se else None}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,17 +156,14 @@ def check_not_collapsed(scores: np.ndarray, history: dict[str, list[float]], *, 
     with a loss of 7.3; under lr 0.1 it ends with 11 distinct scores, all within 1e-6 of 0 or 1,
     a validation loss of 8.7 and a validation AUC of 0.50. Their metrics would mean nothing."""
     finite = np.isfinite(scores)
-    spread = float(np.ptp(scores[finite])) if finite.any() else 0.0
-    saturated = (float(np.mean(np.minimum(scores, 1.0 - scores) < SATURATED))
-                 if finite.all() else 0.0)
-    if finite.all() and spread > 1e-6 and saturated <= 0.5:
-        return
     if not finite.all():
         what = f"{int((~finite).sum())} of {scores.size} validation scores are not finite"
-    elif spread <= 1e-6:
+    elif np.ptp(scores) <= 1e-6:
         what = f"every validation score is {scores[0]:.6g}"
-    else:
+    elif (saturated := float(np.mean(np.minimum(scores, 1.0 - scores) < SATURATED))) > 0.5:
         what = f"{saturated:.0%} of the validation scores are within {SATURATED:g} of 0 or 1"
+    else:
+        return
     losses = ", ".join(f"{x:.4g}" for x in history.get("loss", []))
     raise TrainingCollapsed(
         f"{variant} seed {seed}: training collapsed, {what} (training loss by epoch: {losses}); "
