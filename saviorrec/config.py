@@ -252,6 +252,10 @@ class RankerConfig(_Frozen):
     input_workers: int = Field(1, ge=1)
     # Floor under |v|^2 in the MBA's L2 normalisation: bounds the gradient at the zero init.
     mba_norm_epsilon: float = Field(1e-2, gt=0)
+    # Standardise the log1p'd item and user statistics with the training split's per-column mean
+    # and std (stored in the model, so serving applies the same). Off: log1p only (means of 2-4.5
+    # next to id embeddings of |x| ~ 0.05).
+    standardize_stats: bool = False
 
 
 class ServingConfig(_Frozen):

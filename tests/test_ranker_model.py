@@ -114,6 +114,26 @@ def test_keras_file_and_config_round_trip(tmp_path: Path) -> None:
     assert len(SaviorRanker.from_config(m.get_config()).weights) == len(m.weights)
 
 
+def test_standardised_statistics_round_trip_and_change_only_the_statistics(tmp_path: Path) -> None:
+    x, _ = batch()
+    moments = {"item_mean": [1.0] * 6, "item_std": [2.0] * 6,
+               "user_mean": [3.0, 2.0, 0.5], "user_std": [1.5, 1.5, 0.2]}
+    m = model("full", stat_moments=moments)
+    stats = np.asarray(m.stat_transform(x["item_stats"]))
+    np.testing.assert_allclose(stats, (np.asarray(model("full").stat_transform(x["item_stats"]))
+                                       - 1.0) / 2.0, atol=1e-6)
+    m.save(tmp_path / "ranker.keras")
+    loaded = keras.saving.load_model(tmp_path / "ranker.keras", compile=False)
+    assert loaded.get_config()["stat_moments"] == moments
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(m(x)), atol=1e-6)
+    # same weights, other moments: other scores (the moments are applied, not just stored)
+    plain = model("full")
+    plain.set_weights(m.get_weights())
+    assert np.abs(np.asarray(plain(x)) - np.asarray(m(x))).max() > 1e-4
+    with pytest.raises(ValueError, match="stat_moments has keys"):
+        model("full", stat_moments={"item_mean": [0.0] * 6})
+
+
 def test_one_training_step_reduces_the_loss() -> None:
     x, y = batch(n=64, seed=1)
     m = model("full")

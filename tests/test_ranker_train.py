@@ -34,8 +34,9 @@ from tf_ranker.train import (
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Config:
     root = tmp_path_factory.mktemp("ranker_run")
+    # standardize_stats: the export and reload tests below carry the statistics' moments
     cfg = training_world(root, epochs=2, batch_size=64, bootstrap_samples=20, seeds=[0, 1],
-                         early_stopping_patience=1)
+                         early_stopping_patience=1, standardize_stats=True)
     for variant in ("base", "full"):
         run_train(cfg, variant=variant, seed=0)
     return cfg
@@ -48,6 +49,7 @@ def test_train_writes_model_meta_and_test_predictions(trained: Config) -> None:
     assert meta["variant"] == "full" and meta["seed"] == 0 and meta["backend"] == "tensorflow"
     assert meta["rqvae_version"] == RQVAE_VERSION and 1 <= meta["epochs"] <= 2
     assert meta["model_config"]["num_items"] == 31 and meta["model_config"]["levels"] == 2
+    assert len(meta["model_config"]["stat_moments"]["item_mean"]) == 6
     assert (out / "checkpoints" / "best.weights.h5").is_file() and (out / "history.csv").is_file()
     assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard events"
     model = keras.saving.load_model(out / "model.keras", compile=False)
@@ -109,6 +111,25 @@ def test_collapsed_training_raises_and_writes_no_model(tmp_path: Path) -> None:
     out = Lake.from_config(cfg).ranker_dir("base", 0)
     assert not any((out / name).exists()
                    for name in ("model.keras", "meta.json", "predictions_test.parquet"))
+
+
+def test_standardize_stats_measures_the_training_split(trained: Config) -> None:
+    lake = Lake.from_config(trained)
+    train, valid = (load_samples(lake.training(s)) for s in ("train", "valid"))
+    items = load_items(lake.training_items)
+    off = trained.with_overrides(ranker={"standardize_stats": False})
+    assert model_kwargs(off, "full", [train, valid], items, None, RQVAE_VERSION)[
+        "stat_moments"] is None  # log1p only
+    moments = model_kwargs(trained, "full", [train, valid], items, None, RQVAE_VERSION)["stat_moments"]
+    # pv, clicks, ctr, pv_recent, clicks_recent, ctr_recent; user_pv, user_clicks, user_ctr
+    item = train.stats.astype("float64")
+    item[:, [0, 1, 3, 4]] = np.log1p(item[:, [0, 1, 3, 4]])
+    user = train.user_stats.astype("float64")
+    user[:, :2] = np.log1p(user[:, :2])
+    np.testing.assert_allclose(moments["item_mean"], item.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(moments["item_std"], item.std(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(moments["user_mean"], user.mean(axis=0), rtol=1e-6)
+    np.testing.assert_allclose(moments["user_std"], user.std(axis=0), rtol=1e-6)
 
 
 def test_no_raw_mm_needs_the_rq_codebook(trained: Config) -> None:

@@ -33,6 +33,11 @@ from tf_ranker.layers import (
 from tf_ranker.variants import get_variant
 
 
+# ranker.standardize_stats: per-column mean and std of the log1p'd item and user statistics
+# (tf_ranker.train.stat_moments, measured on the training split).
+STAT_MOMENT_KEYS = ("item_mean", "item_std", "user_mean", "user_std")
+
+
 def _in_vocab(ids: Any, size: int) -> Any:
     ids = ops.cast(ids, "int32")
     return ops.where(ops.logical_or(ids < 0, ids >= size), 0, ids)
@@ -64,6 +69,7 @@ class SaviorRanker(keras.Model):
         simtier_bins: int = 10,
         use_base_score: bool = False,
         rqvae_version: str | None = None,
+        stat_moments: dict[str, list[float]] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -89,6 +95,11 @@ class SaviorRanker(keras.Model):
         self.dnn_units = tuple(int(u) for u in dnn_units)
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
+        if stat_moments is not None and set(stat_moments) != set(STAT_MOMENT_KEYS):
+            raise ValueError(f"stat_moments has keys {sorted(stat_moments)}, expected "
+                             f"{list(STAT_MOMENT_KEYS)}")
+        self.stat_moments = None if stat_moments is None else \
+            {k: [float(x) for x in stat_moments[k]] for k in STAT_MOMENT_KEYS}
         self.build()
 
     def get_config(self) -> dict[str, Any]:
@@ -113,6 +124,7 @@ class SaviorRanker(keras.Model):
             "simtier_bins": self.simtier_bins,
             "use_base_score": self.use_base_score,
             "rqvae_version": self.rqvae_version,
+            "stat_moments": self.stat_moments,
         }
 
     # ---- weights -------------------------------------------------------------------------
@@ -130,14 +142,18 @@ class SaviorRanker(keras.Model):
 
         self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding")
         # P_u of eq. 1: the user's point-in-time counts (log1p) and click rate, in every variant.
-        self.user_stat_transform = LogCountTransform(USER_STAT_COUNTS, name="user_stat_transform")
+        moments = self.stat_moments or {}
+        self.user_stat_transform = LogCountTransform(
+            USER_STAT_COUNTS, moments.get("user_mean"), moments.get("user_std"),
+            name="user_stat_transform")
         self.user_stat_transform.build((None, NUM_USER_STATS))
         if spec.use_id:
             self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
         if spec.use_stats:
             self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim,
                                                  "pv_bucket_embedding")
-            self.stat_transform = LogCountTransform(name="stat_transform")
+            self.stat_transform = LogCountTransform(
+                mean=moments.get("item_mean"), std=moments.get("item_std"), name="stat_transform")
             self.stat_transform.build((None, NUM_STATS))
         if spec.mba is not None:
             self.mba = ModalBehaviorAlignment(self.levels, self.codebook_size, self.mba_dim,

@@ -41,7 +41,9 @@ from saviorrec.lake import Lake, atomic_path
 from saviorrec.metrics import auc
 from tf_ranker.batches import RankerBatches, data_placement
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
+from tf_ranker.features import USER_STAT_COUNTS
 from tf_ranker.item_tables import ItemTableRanker
+from tf_ranker.layers.stat_transform import DEFAULT_COUNT_COLUMNS, fit_standardization
 from tf_ranker.models import SaviorRanker
 from tf_ranker.packed import training_layout
 from tf_ranker.variants import get_variant
@@ -57,9 +59,19 @@ def read_rqvae(rqvae_dir: Path) -> tuple[np.ndarray | None, str | None]:
     return codebook, version
 
 
+def stat_moments(train: Samples) -> dict[str, list[float]]:
+    """Mean and std of the log1p'd candidate and user statistics of the training split, per
+    column (models.STAT_MOMENT_KEYS); sequence positions share the candidates' moments."""
+    item_mean, item_std = fit_standardization(train.stats, DEFAULT_COUNT_COLUMNS)
+    user_mean, user_std = fit_standardization(train.user_stats, USER_STAT_COUNTS)
+    return {"item_mean": item_mean, "item_std": item_std,
+            "user_mean": user_mean, "user_std": user_std}
+
+
 def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLookup,
                  codebook: np.ndarray | None, rqvae_version: str | None) -> dict[str, Any]:
-    """The model config: vocabularies and code sizes from the data, widths from cfg.ranker."""
+    """The model config: vocabularies and code sizes from the data (``splits``, the training
+    split first: ranker.standardize_stats measures it), widths from cfg.ranker."""
     r = cfg.ranker
     spec = get_variant(variant)
     width = int(items.semantic_ids.shape[1])
@@ -99,6 +111,7 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "simtier_bins": r.simtier_bins,
         "use_base_score": all(s.base_score is not None for s in splits),
         "rqvae_version": rqvae_version,
+        "stat_moments": stat_moments(splits[0]) if r.standardize_stats else None,
     }
 
 
