@@ -256,6 +256,10 @@ class RankerConfig(_Frozen):
     # and std (stored in the model, so serving applies the same). Off: log1p only (means of 2-4.5
     # next to id embeddings of |x| ~ 0.05).
     standardize_stats: bool = False
+    # Attention weights of every target-attention block (tf_ranker/layers/target_attention.py):
+    # "softmax" over the sequence (multi-head attention [29]) or "none", eq. 10 as printed
+    # (DIN's [41] unnormalised weighting).
+    attention_normalization: Literal["softmax", "none"] = "softmax"
 
 
 class ServingConfig(_Frozen):

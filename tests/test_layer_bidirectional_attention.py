@@ -14,9 +14,10 @@ from tf_ranker.layers import BidirectionalTargetAttention
 DH, DZ = 3, 2  # behaviour and modal widths differ, so a swapped side cannot go unnoticed
 
 
-def built(blocks: tuple[str, ...] = ("behavior", "modal", "behavior2modal", "modal2behavior")
-          ) -> BidirectionalTargetAttention:
-    layer = BidirectionalTargetAttention(num_heads=2, key_dim=4, blocks=blocks)
+def built(blocks: tuple[str, ...] = ("behavior", "modal", "behavior2modal", "modal2behavior"),
+          normalization: str = "softmax") -> BidirectionalTargetAttention:
+    layer = BidirectionalTargetAttention(num_heads=2, key_dim=4, blocks=blocks,
+                                         normalization=normalization)
     layer.build((None, DH), (None, None, DH), (None, DZ), (None, None, DZ))
     rng = np.random.default_rng(0)
     layer.set_weights([rng.standard_normal(w.shape).astype("float32") for w in layer.get_weights()])
@@ -32,8 +33,9 @@ def inputs() -> tuple[np.ndarray, ...]:
                  for x in (h_cand, h_seq, z_cand, z_seq, mask))
 
 
-def test_blocks_follow_eq_11_to_15() -> None:
-    layer = built()
+@pytest.mark.parametrize("normalization", ["softmax", "none"])
+def test_blocks_follow_eq_11_to_15(normalization: str) -> None:
+    layer = built(normalization=normalization)
     h_cand, h_seq, z_cand, z_seq, mask = inputs()
     out = np.asarray(layer(h_cand, h_seq, z_cand, z_seq, mask))
     assert out.shape == (2, 4 * 4)
@@ -42,7 +44,8 @@ def test_blocks_follow_eq_11_to_15() -> None:
         block = getattr(layer, f"ta_{name}")
         w = [np.asarray(x) for x in (block.query_dense.kernel, block.key_dense.kernel,
                                      block.value_dense.kernel)]
-        return reference_attention(q, k, v, mask, *w, heads=2)
+        return reference_attention(q, k, v, mask, *w, heads=2,
+                                   softmax=normalization == "softmax")
 
     expected = np.concatenate([
         ta("behavior", h_cand, h_seq, h_seq),  # eq. 11
@@ -83,6 +86,9 @@ def test_invalid_blocks(blocks: tuple[str, ...]) -> None:
 def test_config_and_keras_file_round_trip(tmp_path: Path) -> None:
     clone = BidirectionalTargetAttention.from_config(built(("behavior", "modal")).get_config())
     assert clone.blocks == ("behavior", "modal") and clone.num_heads == 2
+    none = BidirectionalTargetAttention.from_config(built(normalization="none").get_config())
+    none.build((None, DH), (None, None, DH), (None, DZ), (None, None, DZ))
+    assert {b.normalization for b in none.attention.values()} == {"none"}
     ins = [keras.Input((DH,)), keras.Input((4, DH)), keras.Input((DZ,)), keras.Input((4, DZ)),
            keras.Input((4,), dtype="bool")]
     model = keras.Model(ins, BidirectionalTargetAttention(num_heads=2, key_dim=4)(*ins))

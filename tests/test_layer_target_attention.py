@@ -13,8 +13,10 @@ from tf_ranker.layers import TargetAttention
 
 
 def reference_attention(q_in: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, mask: np.ndarray,
-                        wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, heads: int) -> np.ndarray:
-    """Loop-by-loop numpy multi-head attention with a masked softmax over the sequence."""
+                        wq: np.ndarray, wk: np.ndarray, wv: np.ndarray, heads: int,
+                        softmax: bool = True) -> np.ndarray:
+    """Loop-by-loop numpy multi-head attention with a masked softmax over the sequence (or, not
+    ``softmax``, the scaled scores as weights: eq. 10 as printed)."""
     b, s = mask.shape
     dk, dv = wq.shape[1] // heads, wv.shape[1] // heads
     out = np.zeros((b, heads * dv))
@@ -26,16 +28,19 @@ def reference_attention(q_in: np.ndarray, k_in: np.ndarray, v_in: np.ndarray, ma
                 continue
             logits = [q[h * dk:(h + 1) * dk] @ k[j, h * dk:(h + 1) * dk] / math.sqrt(dk)
                       for j in valid]
-            w = np.exp(np.array(logits) - max(logits))
-            w /= w.sum()
+            w = np.array(logits)
+            if softmax:
+                w = np.exp(w - w.max())
+                w /= w.sum()
             out[i, h * dv:(h + 1) * dv] = sum(wj * v[j, h * dv:(h + 1) * dv]
                                               for wj, j in zip(w, valid, strict=True))
     return out
 
 
 def built_layer(heads: int, key_dim: int, value_dim: int, dq: int, dk: int, dv: int,
-                seed: int = 0) -> tuple[TargetAttention, list[np.ndarray]]:
-    layer = TargetAttention(heads, key_dim, value_dim)
+                seed: int = 0, normalization: str = "softmax"
+                ) -> tuple[TargetAttention, list[np.ndarray]]:
+    layer = TargetAttention(heads, key_dim, value_dim, normalization)
     layer.build((None, dq), (None, None, dk), (None, None, dv))
     rng = np.random.default_rng(seed)
     weights = [rng.standard_normal(w.shape).astype("float32") for w in layer.get_weights()]
@@ -54,13 +59,27 @@ def test_single_head_by_hand() -> None:
     np.testing.assert_allclose(np.asarray(out), [[0.669762, 0.330238]], atol=1e-6)
 
 
-def test_multi_head_matches_numpy_reference_and_masks_padding() -> None:
-    layer, (wq, wk, wv) = built_layer(heads=2, key_dim=4, value_dim=6, dq=3, dk=5, dv=2)
+def test_single_head_without_normalisation_by_hand() -> None:
+    # eq. 10 as printed: the same inputs as above, weights = logits = [0.707107, 0] (padding 0).
+    layer = TargetAttention(num_heads=1, key_dim=2, normalization="none")
+    layer.build((None, 2), (None, None, 2), (None, None, 2))
+    layer.set_weights([np.eye(2, dtype="float32")] * 3)
+    keys = np.array([[[1, 0], [0, 1], [5, 5]]], "float32")
+    out = layer(np.array([[1, 0]], "float32"), keys, keys, np.array([[True, True, False]]))
+    np.testing.assert_allclose(np.asarray(out), [[0.707107, 0.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["softmax", "none"])
+def test_multi_head_matches_numpy_reference_and_masks_padding(normalization: str) -> None:
+    layer, (wq, wk, wv) = built_layer(heads=2, key_dim=4, value_dim=6, dq=3, dk=5, dv=2,
+                                      normalization=normalization)
+    softmax = normalization == "softmax"
     rng = np.random.default_rng(1)
     q, k, v = (rng.standard_normal(s).astype("float32") for s in [(3, 3), (3, 4, 5), (3, 4, 2)])
     mask = np.array([[1, 1, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]], bool)
     out = np.asarray(layer(q, k, v, mask))
-    np.testing.assert_allclose(out, reference_attention(q, k, v, mask, wq, wk, wv, 2), atol=1e-5)
+    np.testing.assert_allclose(out, reference_attention(q, k, v, mask, wq, wk, wv, 2, softmax),
+                               atol=1e-5)
     assert out.shape == (3, 6)
     np.testing.assert_array_equal(out[2], 0.0)  # empty sequence -> zeros, not a mean of padding
     k2, v2 = k.copy(), v.copy()
@@ -68,11 +87,14 @@ def test_multi_head_matches_numpy_reference_and_masks_padding() -> None:
     np.testing.assert_allclose(np.asarray(layer(q, k2, v2, mask)), out, atol=1e-6)
 
 
+@pytest.mark.parametrize("normalization", ["softmax", "none"])
 @pytest.mark.parametrize("mask", [[[0, 1, 1, 1]], [[0, 0, 0, 0]], None])
-def test_sequence_projected_once_serves_every_candidate(mask: list[list[int]] | None) -> None:
+def test_sequence_projected_once_serves_every_candidate(mask: list[list[int]] | None,
+                                                        normalization: str) -> None:
     """Keys of batch 1 take the matrix-product path; it equals the per-sample path (tiled
     sequence) and the hand-computed reference, padding and empty sequence included."""
-    layer, (wq, wk, wv) = built_layer(heads=2, key_dim=4, value_dim=4, dq=3, dk=3, dv=3)
+    layer, (wq, wk, wv) = built_layer(heads=2, key_dim=4, value_dim=4, dq=3, dk=3, dv=3,
+                                      normalization=normalization)
     rng = np.random.default_rng(2)
     queries = rng.standard_normal((5, 3)).astype("float32")
     seq = rng.standard_normal((1, 4, 3)).astype("float32")
@@ -84,7 +106,7 @@ def test_sequence_projected_once_serves_every_candidate(mask: list[list[int]] | 
     tiled = np.asarray(layer(queries, np.repeat(seq, 5, 0), np.repeat(seq, 5, 0), tiled_mask))
     np.testing.assert_allclose(served, tiled, atol=1e-6)
     reference = reference_attention(queries, np.repeat(seq, 5, 0), np.repeat(seq, 5, 0),
-                                    tiled_mask, wq, wk, wv, 2)
+                                    tiled_mask, wq, wk, wv, 2, normalization == "softmax")
     np.testing.assert_allclose(served, reference, atol=1e-5)
     if mask is not None and not mask.any():
         np.testing.assert_array_equal(served, 0.0)
@@ -95,12 +117,16 @@ def test_weight_shapes_and_config_round_trip() -> None:
     assert [tuple(w.shape) for w in layer.weights] == [(3, 4), (5, 4), (2, 6)]
     clone = TargetAttention.from_config(layer.get_config())
     assert (clone.num_heads, clone.key_dim, clone.value_dim) == (2, 4, 6)
+    assert clone.normalization == "softmax"
+    plain = TargetAttention.from_config({**layer.get_config(), "normalization": "none"})
+    assert plain.normalization == "none"
 
 
 @pytest.mark.parametrize("kwargs", [{"num_heads": 0}, {"num_heads": 3, "key_dim": 8},
-                                    {"num_heads": 2, "key_dim": 4, "value_dim": 3}])
-def test_invalid_arguments_name_the_value(kwargs: dict[str, int]) -> None:
-    with pytest.raises(ValueError, match="num_heads|key_dim|value_dim"):
+                                    {"num_heads": 2, "key_dim": 4, "value_dim": 3},
+                                    {"num_heads": 2, "key_dim": 4, "normalization": "sum"}])
+def test_invalid_arguments_name_the_value(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="num_heads|key_dim|value_dim|normalization"):
         TargetAttention(**kwargs)
 
 

@@ -63,10 +63,14 @@ def test_mba_starts_as_identity_and_output_is_float32_probability() -> None:
     assert out.shape == (6, 1) and out.dtype == np.float32 and ((out > 0) & (out < 1)).all()
 
 
+@pytest.mark.parametrize("normalization", ["softmax", "none"])
 @pytest.mark.parametrize("variant", ["base", "simtier", "no_bidir", "full"])
-def test_one_sequence_many_candidates_equals_per_sample(variant: str) -> None:
+def test_one_sequence_many_candidates_equals_per_sample(variant: str, normalization: str) -> None:
     x, _ = batch()
-    m = model(variant)
+    if normalization == "none":  # unnormalised sums of unit-scale inputs saturate the sigmoid
+        x = {k: v * 0.1 if v.dtype == np.float32 else v for k, v in x.items()}
+    m = model(variant, attention_normalization=normalization)
+    assert m.attention.normalization == normalization
     request = {k: (v[:1] if k in USER_INPUTS or k in SEQUENCE_INPUTS else v) for k, v in x.items()}
     served = np.asarray(m(request)).reshape(-1)
     tiled = np.asarray(m(per_sample_inputs(request))).reshape(-1)

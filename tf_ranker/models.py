@@ -70,6 +70,7 @@ class SaviorRanker(keras.Model):
         use_base_score: bool = False,
         rqvae_version: str | None = None,
         stat_moments: dict[str, list[float]] | None = None,
+        attention_normalization: str = "softmax",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -95,6 +96,7 @@ class SaviorRanker(keras.Model):
         self.dnn_units = tuple(int(u) for u in dnn_units)
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
+        self.attention_normalization = attention_normalization  # checked by TargetAttention
         if stat_moments is not None and set(stat_moments) != set(STAT_MOMENT_KEYS):
             raise ValueError(f"stat_moments has keys {sorted(stat_moments)}, expected "
                              f"{list(STAT_MOMENT_KEYS)}")
@@ -125,6 +127,7 @@ class SaviorRanker(keras.Model):
             "use_base_score": self.use_base_score,
             "rqvae_version": self.rqvae_version,
             "stat_moments": self.stat_moments,
+            "attention_normalization": self.attention_normalization,
         }
 
     # ---- weights -------------------------------------------------------------------------
@@ -161,11 +164,14 @@ class SaviorRanker(keras.Model):
                                               norm_epsilon=self.mba_norm_epsilon, name="mba")
             self.mba.build((None, d), (None, self.semantic_id_width))
         if spec.multimodal:
-            self.attention = BidirectionalTargetAttention(self.heads, self.attention_dim,
-                                                          blocks=spec.blocks, name="attention")
+            self.attention = BidirectionalTargetAttention(
+                self.heads, self.attention_dim, blocks=spec.blocks,
+                normalization=self.attention_normalization, name="attention")
             self.attention.build((None, h_dim), (None, None, h_dim), (None, d), (None, None, d))
         else:
-            self.attention = TargetAttention(self.heads, self.attention_dim, name="attention")
+            self.attention = TargetAttention(self.heads, self.attention_dim,
+                                             normalization=self.attention_normalization,
+                                             name="attention")
             self.attention.build((None, h_dim), (None, None, h_dim), (None, None, h_dim))
         width = self.user_dim + h_dim + len(spec.blocks) * self.attention_dim
         width += (d if spec.multimodal else 0) + int(self.use_base_score)

@@ -112,6 +112,7 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "use_base_score": all(s.base_score is not None for s in splits),
         "rqvae_version": rqvae_version,
         "stat_moments": stat_moments(splits[0]) if r.standardize_stats else None,
+        "attention_normalization": r.attention_normalization,
     }
 
 

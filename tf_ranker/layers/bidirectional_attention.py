@@ -20,7 +20,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_ranker.layers.target_attention import TargetAttention, check_heads
+from tf_ranker.layers.target_attention import TargetAttention, check_heads, check_normalization
 
 # name -> (query side, key side, value side); "h" = behaviour, "z" = modal. Eq. 15 order.
 BLOCKS: dict[str, tuple[str, str, str]] = {
@@ -37,7 +37,8 @@ class BidirectionalTargetAttention(keras.layers.Layer):
     -> [B, len(blocks) * value_dim]``."""
 
     def __init__(self, num_heads: int = 8, key_dim: int = 64, value_dim: int | None = None,
-                 blocks: tuple[str, ...] | list[str] = tuple(BLOCKS), **kwargs: Any) -> None:
+                 blocks: tuple[str, ...] | list[str] = tuple(BLOCKS),
+                 normalization: str = "softmax", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         blocks = tuple(blocks)
         unknown = [b for b in blocks if b not in BLOCKS]
@@ -48,6 +49,8 @@ class BidirectionalTargetAttention(keras.layers.Layer):
         self.value_dim = key_dim if value_dim is None else value_dim
         self.blocks = tuple(b for b in BLOCKS if b in blocks)  # canonical eq. 15 order
         check_heads(num_heads, key_dim, self.value_dim)
+        check_normalization(normalization)
+        self.normalization = normalization  # of every block (TargetAttention)
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -56,6 +59,7 @@ class BidirectionalTargetAttention(keras.layers.Layer):
             "key_dim": self.key_dim,
             "value_dim": self.value_dim,
             "blocks": list(self.blocks),
+            "normalization": self.normalization,
         }
 
     def build(self, h_cand_shape: tuple[int | None, ...], h_seq_shape: tuple[int | None, ...],
@@ -65,8 +69,8 @@ class BidirectionalTargetAttention(keras.layers.Layer):
         seq = {"h": h_seq_shape, "z": z_seq_shape}
         for name in self.blocks:
             q, k, v = BLOCKS[name]
-            layer = TargetAttention(self.num_heads, self.key_dim, self.value_dim, name=name,
-                                    dtype=self.dtype_policy)
+            layer = TargetAttention(self.num_heads, self.key_dim, self.value_dim,
+                                    self.normalization, name=name, dtype=self.dtype_policy)
             layer.build(cand[q], seq[k], seq[v])
             setattr(self, f"ta_{name}", layer)  # tracked attribute, stable weight paths
 

@@ -1,10 +1,16 @@
 """Multi-head target attention: the candidate item queries the user's behaviour sequence.
 
 Paper eq. 10, ``TA(Q, K, V) = ((Q W^q)(K W^k)^T / sqrt(d)) (V W^v)``, prints no normalisation of
-the scores. We apply a softmax over the sequence positions, as the target attention it cites
-(DIN-style TA [41]) and the multi-head attention of transformers [29] do, and scale by the
-square root of the per-head width. Padding positions (mask False) get zero weight; a sequence
-with no valid position yields a zero vector (new users have empty sequences).
+the scores, and the paper cites two works for it: target attention in general is DIN's [41],
+whose attention weights are deliberately NOT normalised (DIN relaxes sum(w) = 1 "to reserve the
+intensity of user interests", with weights from an MLP activation unit), and the blocks are the
+multi-head attention [29] of transformers (paper 4.1.4, 8 heads), whose scaled dot product is
+followed by a softmax. Eq. 10 has the scaled dot-product form of [29], so the default,
+``normalization="softmax"``, applies a softmax over the sequence positions.
+``normalization="none"`` is eq. 10 as printed (and DIN's unnormalised weighting): the scaled
+scores weight the values directly. Both scale by the square root of the per-head width.
+Padding positions (mask False) get zero weight; a sequence with no valid position yields a zero
+vector (new users have empty sequences).
 
 The sequence side can be projected once and reused for many candidates (serving): keys and
 values of batch 1 serve queries of batch N in :meth:`TargetAttention.attend`. When the batch of
@@ -35,6 +41,23 @@ def check_heads(num_heads: int, key_dim: int, value_dim: int) -> None:
             raise ValueError(f"{name}={width} must be a positive multiple of num_heads={num_heads}")
 
 
+NORMALIZATIONS = ("softmax", "none")
+
+
+def check_normalization(normalization: str) -> None:
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization={normalization!r}: expected one of {list(NORMALIZATIONS)}")
+
+
+def _masked_weights(scores: Any, valid: Any, axis: int, normalization: str) -> Any:
+    """Attention weights in float32: the masked softmax, or (``"none"``) the scores with padding
+    set to zero."""
+    if normalization == "softmax":
+        return _masked_softmax(scores, valid, axis)
+    scores = ops.cast(scores, "float32")
+    return scores if valid is None else scores * ops.cast(valid, "float32")
+
+
 def _masked_softmax(scores: Any, valid: Any, axis: int) -> Any:
     """Softmax in float32 over the sequence ``axis``; padding (valid False) gets zero weight,
     and an all-padding sequence zero weights everywhere (its attention output is zero)."""
@@ -53,17 +76,21 @@ class TargetAttention(keras.layers.Layer):
         num_heads: attention heads (paper: 8).
         key_dim: total width of the query/key projection, split evenly over the heads.
         value_dim: total width of the value projection (and of the output); default key_dim.
+        normalization: "softmax" over the sequence (default) or "none" (eq. 10 as printed).
     """
 
     def __init__(
-        self, num_heads: int = 8, key_dim: int = 64, value_dim: int | None = None, **kwargs: Any
+        self, num_heads: int = 8, key_dim: int = 64, value_dim: int | None = None,
+        normalization: str = "softmax", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         value_dim = key_dim if value_dim is None else value_dim
         check_heads(num_heads, key_dim, value_dim)
+        check_normalization(normalization)
         self.num_heads = num_heads
         self.key_dim = key_dim
         self.value_dim = value_dim
+        self.normalization = normalization
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -71,6 +98,7 @@ class TargetAttention(keras.layers.Layer):
             "num_heads": self.num_heads,
             "key_dim": self.key_dim,
             "value_dim": self.value_dim,
+            "normalization": self.normalization,
         }
 
     def build(
@@ -106,13 +134,13 @@ class TargetAttention(keras.layers.Layer):
                               (1, 0, 2))  # [H, N, dh]
             scores = ops.matmul(q, ops.transpose(k[0], (1, 2, 0))) / scale  # [H, N, S]
             valid = None if mask is None else ops.reshape(ops.cast(mask, "bool"), (1, 1, -1))
-            weights = ops.cast(_masked_softmax(scores, valid, axis=-1), v.dtype)
+            weights = ops.cast(_masked_weights(scores, valid, -1, self.normalization), v.dtype)
             out = ops.matmul(weights, ops.transpose(v[0], (1, 0, 2)))  # [H, N, dv]
             return ops.reshape(ops.transpose(out, (1, 0, 2)), (-1, self.value_dim))
         q = ops.reshape(self.query_dense(query), (-1, 1, heads, head_dim))
         scores = ops.sum(q * k, axis=-1) / scale  # [N, S, H]
         valid = None if mask is None else ops.expand_dims(ops.cast(mask, "bool"), -1)  # [N, S, 1]
-        weights = ops.cast(_masked_softmax(scores, valid, axis=1), v.dtype)
+        weights = ops.cast(_masked_weights(scores, valid, 1, self.normalization), v.dtype)
         out = ops.sum(ops.expand_dims(weights, -1) * v, axis=1)  # [N, H, dv]
         return ops.reshape(out, (-1, self.value_dim))
 
