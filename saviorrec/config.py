@@ -216,7 +216,6 @@ class RankerConfig(_Frozen):
     attention_dim: int = Field(64, ge=1)
     mba_dim: int = Field(64, ge=1)  # d_mba: 64 | 32 | 16 | 8 (Table 5)
     dnn_units: tuple[int, ...] = (256, 128, 64)
-    dnn_dropout: float = Field(0.0, ge=0.0, lt=1.0)  # after each hidden DNN layer, training only
     feature_cross: bool = False  # keras-rs FeatureCross (DCN-v2) over the DNN inputs
     simtier_bins: int = Field(10, ge=2)
     batch_size: int = Field(1024, ge=1)

@@ -138,29 +138,6 @@ def test_standardised_statistics_round_trip_and_change_only_the_statistics(tmp_p
         model("full", stat_moments={"item_mean": [0.0] * 6})
 
 
-def test_dnn_dropout_acts_in_training_only(tmp_path: Path) -> None:
-    x, y = batch(n=32, seed=3)
-    m = model("full", dnn_dropout=0.5)
-    plain = model("full")  # the same weights, no dropout
-    def names(ranker: SaviorRanker) -> list[str]:
-        return [w.path.split("/", 1)[1] for w in ranker.trainable_weights]
-
-    assert names(plain) == names(m)
-    for target, source in zip(plain.trainable_weights, m.trainable_weights, strict=True):
-        target.assign(source)
-    np.testing.assert_allclose(np.asarray(m(x)), np.asarray(plain(x)), atol=1e-6)
-    first, second = (np.asarray(m(x, training=True)) for _ in range(2))
-    assert np.abs(first - second).max() > 1e-4  # a fresh mask per call
-    m.save(tmp_path / "ranker.keras")
-    loaded = keras.saving.load_model(tmp_path / "ranker.keras", compile=False)
-    assert loaded.dnn_dropout == 0.5 and len(loaded.trainable_weights) == len(plain.trainable_weights)
-    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(m(x)), atol=1e-6)
-    m.compile(optimizer=keras.optimizers.Adagrad(0.05), loss="binary_crossentropy")
-    assert np.isfinite(m.train_on_batch(x, y))
-    with pytest.raises(ValueError, match="dnn_dropout"):
-        model("full", dnn_dropout=1.0)
-
-
 def test_one_training_step_reduces_the_loss() -> None:
     x, y = batch(n=64, seed=1)
     m = model("full")

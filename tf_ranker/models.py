@@ -71,7 +71,6 @@ class SaviorRanker(keras.Model):
         rqvae_version: str | None = None,
         stat_moments: dict[str, list[float]] | None = None,
         attention_normalization: str = "softmax",
-        dnn_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -85,8 +84,6 @@ class SaviorRanker(keras.Model):
             raise ValueError(f"variant {variant!r} has mba_dim={self.spec.mba_dim}, got {mba_dim}")
         if len(dnn_units) < 1 or min(dnn_units) < 1:
             raise ValueError(f"dnn_units={list(dnn_units)} must be non-empty positive widths")
-        if not 0.0 <= dnn_dropout < 1.0:
-            raise ValueError(f"dnn_dropout must be in [0, 1), got {dnn_dropout}")
         self.variant = variant
         self.num_users, self.num_items, self.num_pv_buckets = num_users, num_items, num_pv_buckets
         self.embedding_dim, self.levels, self.codebook_size = embedding_dim, levels, codebook_size
@@ -100,7 +97,6 @@ class SaviorRanker(keras.Model):
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
         self.attention_normalization = attention_normalization  # checked by TargetAttention
-        self.dnn_dropout = float(dnn_dropout)
         if stat_moments is not None and set(stat_moments) != set(STAT_MOMENT_KEYS):
             raise ValueError(f"stat_moments has keys {sorted(stat_moments)}, expected "
                              f"{list(STAT_MOMENT_KEYS)}")
@@ -132,7 +128,6 @@ class SaviorRanker(keras.Model):
             "rqvae_version": self.rqvae_version,
             "stat_moments": self.stat_moments,
             "attention_normalization": self.attention_normalization,
-            "dnn_dropout": self.dnn_dropout,
         }
 
     # ---- weights -------------------------------------------------------------------------
@@ -197,10 +192,6 @@ class SaviorRanker(keras.Model):
             layer.build((None, width))
             self.dnn.append(layer)
             width = units
-        # Dropout after each hidden layer (training only; no weights, so the .keras file and the
-        # SavedModel are the same as without it).
-        self.dnn_dropout_layer = keras.layers.Dropout(self.dnn_dropout, name="dnn_dropout") \
-            if self.dnn_dropout > 0 else None
         self.out = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="pctr")
         self.out.build((None, width))
         self.built = True
@@ -250,8 +241,7 @@ class SaviorRanker(keras.Model):
             state["seq_embedding"] = inputs["seq_embedding"]
         return state
 
-    def score(self, inputs: dict[str, Any], state: dict[str, Any],
-              training: bool | None = None) -> Any:
+    def score(self, inputs: dict[str, Any], state: dict[str, Any]) -> Any:
         """pCTR [N, 1] of N candidates against an encoded sequence of batch N or 1."""
         h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"])
         n = ops.shape(h_cand)[0]
@@ -279,9 +269,7 @@ class SaviorRanker(keras.Model):
             x = self.cross(x, x)
         for layer in self.dnn:
             x = layer(x)
-            if self.dnn_dropout_layer is not None:
-                x = self.dnn_dropout_layer(x, training=training)
         return self.out(x)
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
-        return self.score(inputs, self.encode_sequence(inputs), training=training)
+        return self.score(inputs, self.encode_sequence(inputs))

@@ -113,7 +113,6 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "rqvae_version": rqvae_version,
         "stat_moments": stat_moments(splits[0]) if r.standardize_stats else None,
         "attention_normalization": r.attention_normalization,
-        "dnn_dropout": r.dnn_dropout,
     }
 
 
