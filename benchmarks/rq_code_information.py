@@ -30,15 +30,19 @@ ensure_repo_on_path()
 from saviorrec.config import load_config  # noqa: E402
 from saviorrec.lake import Lake  # noqa: E402
 from tf_ranker.data import load_items  # noqa: E402
+from tf_ranker.layers import ModalBehaviorAlignment  # noqa: E402
 from tf_ranker.train import read_rqvae  # noqa: E402
 
 
 def code_features(codebook: np.ndarray, codes: np.ndarray, levels: int,
                   norm_epsilon: float) -> np.ndarray:
-    """[M, levels * width]: the rows C_l[c_l] of the first ``levels`` levels, concatenated and
-    divided by sqrt(|v|^2 + norm_epsilon), as ModalBehaviorAlignment does (eq. 6-8)."""
-    v = np.concatenate([codebook[level][codes[:, level]] for level in range(levels)], axis=1)
-    return v / np.sqrt((v * v).sum(axis=1, keepdims=True) + norm_epsilon)
+    """[M, levels * width]: ModalBehaviorAlignment.code_features of the first ``levels`` levels
+    with ``codebook`` [L, K, width] as its codebook (what no_raw_mm starts from)."""
+    _, size, width = codebook.shape
+    mba = ModalBehaviorAlignment(levels, size, width, skip=False, norm_epsilon=norm_epsilon)
+    mba.build((None, width), (None, levels))
+    mba.set_codebook(codebook[:levels])
+    return np.asarray(mba.code_features(codes[:, :levels]), dtype="float64")
 
 
 def held_out_r2(x: np.ndarray, z: np.ndarray, *, test_fraction: float = 0.2,

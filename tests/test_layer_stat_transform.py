@@ -55,3 +55,5 @@ def test_standardisation_validation() -> None:
         fit_standardization(np.zeros((0, 2)), (True, False))
     with pytest.raises(ValueError, match="NaN"):
         fit_standardization(np.array([[1.0, np.nan]]), (True, False))
+    with pytest.raises(ValueError, match="NaN"):  # in a count column too
+        fit_standardization(np.array([[np.nan, 0.5]]), (True, False))

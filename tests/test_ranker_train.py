@@ -118,9 +118,12 @@ def test_standardize_stats_measures_the_training_split(trained: Config) -> None:
     train, valid = (load_samples(lake.training(s)) for s in ("train", "valid"))
     items = load_items(lake.training_items)
     off = trained.with_overrides(ranker={"standardize_stats": False})
-    assert model_kwargs(off, "full", [train, valid], items, None, RQVAE_VERSION)[
+    assert model_kwargs(off, "full", [train, valid], items, None, RQVAE_VERSION, train=train)[
         "stat_moments"] is None  # log1p only
-    moments = model_kwargs(trained, "full", [train, valid], items, None, RQVAE_VERSION)["stat_moments"]
+    moments = model_kwargs(trained, "full", [train, valid], items, None, RQVAE_VERSION,
+                           train=train)["stat_moments"]
+    with pytest.raises(ValueError, match="needs the training split"):
+        model_kwargs(trained, "full", [train, valid], items, None, RQVAE_VERSION)
     # pv, clicks, ctr, pv_recent, clicks_recent, ctr_recent; user_pv, user_clicks, user_ctr
     item = train.stats.astype("float64")
     item[:, [0, 1, 3, 4]] = np.log1p(item[:, [0, 1, 3, 4]])
@@ -137,7 +140,8 @@ def test_no_raw_mm_needs_the_rq_codebook(trained: Config) -> None:
     items, test = load_items(lake.training_items), load_samples(lake.training("test"))
     with pytest.raises(FileNotFoundError, match="codebooks.npy"):
         model_kwargs(trained, "no_raw_mm", [test], items, None, RQVAE_VERSION)
-    kw = model_kwargs(trained, "no_raw_mm", [test], items, np.zeros((2, 4, 8)), RQVAE_VERSION)
+    kw = model_kwargs(trained, "no_raw_mm", [test], items, np.zeros((2, 4, 8)), RQVAE_VERSION,
+                      train=test)
     assert (kw["levels"], kw["codebook_size"], kw["mba_dim"]) == (2, 4, 8)
 
 

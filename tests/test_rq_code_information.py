@@ -20,8 +20,10 @@ def test_code_features_by_hand() -> None:
     codes = np.array([[1, 0], [0, 1]])
     # item 0: [0, 2, 3, 0], |v|^2 = 13; item 1: [1, 0, 0, 4], |v|^2 = 17; eps 3 -> 16, 20
     out = bench.code_features(codebook, codes, 2, 3.0)
-    np.testing.assert_allclose(out, [[0, 0.5, 0.75, 0], [1 / math.sqrt(20), 0, 0, 4 / math.sqrt(20)]])
-    np.testing.assert_allclose(bench.code_features(codebook, codes, 1, 0.0), [[0, 1], [1, 0]])
+    np.testing.assert_allclose(out, [[0, 0.5, 0.75, 0], [1 / math.sqrt(20), 0, 0, 4 / math.sqrt(20)]],
+                               rtol=1e-6)
+    np.testing.assert_allclose(bench.code_features(codebook, codes, 1, 1e-12), [[0, 1], [1, 0]],
+                               atol=1e-6)
 
 
 def test_held_out_r2_known_answers() -> None:

@@ -69,9 +69,11 @@ def stat_moments(train: Samples) -> dict[str, list[float]]:
 
 
 def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLookup,
-                 codebook: np.ndarray | None, rqvae_version: str | None) -> dict[str, Any]:
-    """The model config: vocabularies and code sizes from the data (``splits``, the training
-    split first: ranker.standardize_stats measures it), widths from cfg.ranker."""
+                 codebook: np.ndarray | None, rqvae_version: str | None, *,
+                 train: Samples | None = None) -> dict[str, Any]:
+    """The model config: vocabularies and code sizes from the data (``splits``), widths from
+    cfg.ranker; with ranker.standardize_stats, the statistics' moments of ``train`` (required
+    then: the training split, never a split the model is evaluated on)."""
     r = cfg.ranker
     spec = get_variant(variant)
     width = int(items.semantic_ids.shape[1])
@@ -86,6 +88,12 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
     if spec.uses_semantic_ids and rqvae_version is None:
         raise FileNotFoundError(f"variant {variant!r} reads semantic ids: version.json with "
                                 "rqvae_version missing in Lake.rqvae_dir")
+    moments = None
+    if r.standardize_stats:
+        if train is None:
+            raise ValueError("ranker.standardize_stats needs the training split (train=...) to "
+                             "measure the statistics' mean and std")
+        moments = stat_moments(train)
     max_user = max(int(s.user_id.max(initial=0)) for s in splits)
     max_item = max(max(int(s.item_id.max(initial=0)), int(s.seq_item_ids.max(initial=0)))
                    for s in splits)
@@ -111,7 +119,7 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "simtier_bins": r.simtier_bins,
         "use_base_score": all(s.base_score is not None for s in splits),
         "rqvae_version": rqvae_version,
-        "stat_moments": stat_moments(splits[0]) if r.standardize_stats else None,
+        "stat_moments": moments,
         "attention_normalization": r.attention_normalization,
     }
 
@@ -260,7 +268,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
     items = load_items(lake.training_items)
     codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
-    config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version)
+    config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version,
+                          train=train)
     model = SaviorRanker(**config)
     if spec.mba == "rq":
         model.set_rq_codebook(codebook)  # type: ignore[arg-type]

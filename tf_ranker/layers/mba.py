@@ -105,14 +105,19 @@ class ModalBehaviorAlignment(keras.layers.Layer):
             "codebook_rows_used": [int(u.size) for u in used],
         }
 
-    def call(self, embedding: Any, semantic_ids: Any) -> Any:
+    def code_features(self, semantic_ids: Any) -> Any:
+        """[M, L * codebook_dim]: the rows C_l[c_l] of the first L semantic ids, concatenated
+        (eq. 6-7) and L2-normalised, the fusion layer's input (eq. 8); M = all leading axes."""
         levels, size, width = self.levels, self.codebook_size, self.codebook_dim
         codes = ops.cast(semantic_ids[..., :levels], "int32")
         codes = ops.reshape(ops.clip(codes, 0, size - 1), (-1, levels))  # [M, L]
         flat = codes + ops.arange(levels, dtype="int32") * size  # row of C_l[c_l] in [L*K]
         table = ops.reshape(ops.cast(self.codebook, "float32"), (levels * size, width))
         v = ops.reshape(ops.take(table, flat, axis=0), (-1, levels * width))  # eq. 6-7
-        v = v * ops.rsqrt(ops.sum(v * v, axis=-1, keepdims=True) + self.norm_epsilon)
+        return v * ops.rsqrt(ops.sum(v * v, axis=-1, keepdims=True) + self.norm_epsilon)
+
+    def call(self, embedding: Any, semantic_ids: Any) -> Any:
+        v = self.code_features(semantic_ids)
         v_align = ops.reshape(self.fusion(v), ops.shape(embedding))  # eq. 8
         if not self.skip:
             return v_align

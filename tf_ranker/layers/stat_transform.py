@@ -27,21 +27,17 @@ DEFAULT_COUNT_COLUMNS: tuple[bool, ...] = tuple(not n.startswith("ctr") for n in
 MIN_STD = 1e-6
 
 
-def log_counts(stats: np.ndarray, count_columns: Sequence[bool]) -> np.ndarray:
-    """numpy twin of :meth:`LogCountTransform.call` without standardisation (float64)."""
-    stats = np.asarray(stats, dtype="float64")
-    return np.where(np.asarray(count_columns, bool), np.log1p(np.maximum(stats, 0.0)), stats)
-
-
 def fit_standardization(stats: np.ndarray,
                         count_columns: Sequence[bool]) -> tuple[list[float], list[float]]:
-    """(mean, std) per column of ``log_counts(stats)`` over every row of ``stats`` [..., C]; a
-    std below MIN_STD becomes 1."""
-    x = log_counts(stats, count_columns).reshape(-1, len(count_columns))
-    if x.shape[0] == 0:
+    """(mean, std) per column of what ``LogCountTransform(count_columns)`` (no standardisation)
+    makes of every row of ``stats`` [..., C]; a std below MIN_STD becomes 1."""
+    stats = np.asarray(stats, dtype="float32")
+    if stats.size == 0:
         raise ValueError("cannot fit the statistics' standardisation on zero rows")
-    if not np.isfinite(x).all():
+    if not np.isfinite(stats).all():  # checked before log1p(max(x, 0)), which may hide a NaN
         raise ValueError("statistics hold NaN or infinite values; cannot standardise them")
+    x = keras.ops.convert_to_numpy(LogCountTransform(count_columns)(stats))
+    x = x.astype("float64").reshape(-1, len(count_columns))
     std = x.std(axis=0)
     return ([float(m) for m in x.mean(axis=0)],
             [float(s) if s >= MIN_STD else 1.0 for s in std])
