@@ -7,6 +7,14 @@
     python benchmarks/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10 \\
         --summarize --out sweep.json
 
+A key upstream of the ranker (any section but ``ranker``, e.g. ``coclick.min_support``) changes
+the training set itself: each value's run then shares only the base run's tower-feature cache
+(keyed by item content, so the frozen towers are not run again) and builds its own lake with
+``saviorrec run --config P --only prepare --only spark --only encode --only rqvae --only features
+--only training_set`` before training; the summary adds each run's encoder Hit@K (validation and
+test) from its lake's metrics. ``--set section.field=value`` (repeatable) fixes other keys in
+every value's config, e.g. ``--set encoder.ablations=false`` to skip the ablation encoders.
+
 The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
 value chosen, by VALIDATION AUC only (test AUC is shown for the record, never used to choose).
 List the current setting first: it is the incumbent. Each later value gets its validation AUC
@@ -31,8 +39,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saviorrec.config import load_config
+from saviorrec.lake import Lake
 
 SHARED = ("lake/training", "models/rqvae")  # read by `saviorrec train`, never written
+# Shared by sweeps of upstream keys: frozen-tower features, keyed by tower id and item content
+# (encoder_torch/cache.py), so a run computes only what the base run lacks.
+SHARED_UPSTREAM = ("lake/cache",)
 # A value replaces the incumbent (the first value) only when its paired validation gain is larger
 # than this many standard errors: seed-to-seed noise on MovieLens is 0.05-0.15 AUC points, the
 # size of many gains a plain "highest mean" would take.
@@ -48,26 +60,45 @@ def sweep_name(key: str, value: Any) -> str:
     return f"{key.rsplit('.', 1)[-1]}-{value}".replace("/", "_")
 
 
-def write_configs(base: Path, key: str, values: list[Any], root: Path) -> list[Path]:
-    """One YAML per value: ``base`` with ``key`` set and run.root under ``root``."""
-    raw = yaml.safe_load(base.read_text())
-    base_root = load_config(base).run_dir()
+def split_key(key: str) -> tuple[str, str]:
     section, _, field = key.partition(".")
     if not field:
         raise SystemExit(f"key {key!r}: expected section.field, e.g. ranker.lr")
-    missing = [p for p in SHARED if not (base_root / p).exists()]
+    return section, field
+
+
+def shared_paths(key: str) -> tuple[str, ...]:
+    """What each value's run links from the base run: the training set for a ranker key, only
+    the tower-feature cache for a key upstream of it (which changes the training set)."""
+    return SHARED if split_key(key)[0] == "ranker" else SHARED_UPSTREAM
+
+
+def write_configs(base: Path, key: str, values: list[Any], root: Path,
+                  fixed: dict[str, Any] | None = None) -> list[Path]:
+    """One YAML per value: ``base`` with ``fixed`` ({section.field: value}) and ``key`` set and
+    run.root under ``root``."""
+    raw = yaml.safe_load(base.read_text())
+    base_root = load_config(base).run_dir()
+    section, field = split_key(key)
+    shared_here = shared_paths(key)
+    missing = [p for p in shared_here if not (base_root / p).exists()]
     if missing:
         raise SystemExit(f"{base_root}: {', '.join(missing)} missing (run the pipeline first)")
+    for other in fixed or {}:
+        if other == key:
+            raise SystemExit(f"--set {other}: that is the swept key")
     paths = []
     for value in values:
         name = sweep_name(key, value)
-        cfg = {**raw, "run": {**raw.get("run", {}), "root": str(root / name)},
-               section: {**raw.get(section, {}), field: value}}
+        cfg = {**raw, "run": {**raw.get("run", {}), "root": str(root / name)}}
+        for k, v in [*(fixed or {}).items(), (key, value)]:
+            sec, fld = split_key(k)
+            cfg[sec] = {**cfg.get(sec, {}), fld: v}
         path = root / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(cfg, sort_keys=True))
         run_dir = load_config(path).run_dir()  # validates the value
-        for shared in SHARED:
+        for shared in shared_here:
             link = run_dir / shared
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
@@ -89,6 +120,8 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
             "trained": [{k: r[k] for k in ("variant", "seed", "val_auc", "test_auc", "epochs",
                                           "best_epoch")} for r in rows],
         }
+        if shared_paths(key) != SHARED:  # each value built its own lake: say how its encoder did
+            runs[str(value)]["encoder"] = encoder_metrics(load_config(path))
     _compare_with_first(runs)
     # A run without meta.json failed (e.g. tf_ranker.train.TrainingCollapsed): its value is
     # not comparable on the others' runs, and it is not chosen.
@@ -98,6 +131,17 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
         if missing:
             run["missing_runs"] = sorted(missing)
     return {"key": key, "selection": SELECTION, "chosen": choose(runs), "runs": runs}
+
+
+def encoder_metrics(cfg: Any) -> dict[str, Any] | None:
+    """The encoder's Hit@K (validation, test) and co-click pair count from a run's lake."""
+    path = Lake.from_config(cfg).metrics
+    encoder = json.loads(path.read_text()).get("encoder") if path.exists() else None
+    if not encoder:
+        return None
+    key = f"hit_at_{cfg.encoder.hit_k}"
+    return {f"{key}_valid": encoder.get(f"{key}_valid"), f"{key}_test": encoder.get(key),
+            "coclick_pairs": encoder.get("run", {}).get("coclick_pairs")}
 
 
 SELECTION = (f"the first value (the incumbent) unless a later one beats it on validation AUC by "
@@ -158,12 +202,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("key", help="section.field, e.g. ranker.mba_codebook_scale")
     p.add_argument("values", help="comma separated")
     p.add_argument("--root", type=Path, default=Path("runs/sweep"))
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="fix another key in every value's config (repeatable)")
     p.add_argument("--summarize", action="store_true", help="summarise the trained sweep")
     p.add_argument("--out", type=Path, help="--summarize: JSON path (default: stdout)")
     args = p.parse_args(argv)
     values = [parse_value(v) for v in args.values.split(",")]
+    fixed = {}
+    for item in args.set:
+        k, sep, v = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+        fixed[k] = parse_value(v)
     if not args.summarize:
-        print(",".join(str(x) for x in write_configs(args.config, args.key, values, args.root)))
+        paths = write_configs(args.config, args.key, values, args.root, fixed)
+        if shared_paths(args.key) != SHARED:
+            print(f"{args.key} is upstream of the ranker: build each run's training set first "
+                  "(saviorrec run --config P --only prepare --only spark --only encode --only "
+                  "rqvae --only features --only training_set)", file=sys.stderr)
+        print(",".join(str(x) for x in paths))
         return 0
     paths = [args.root / f"{sweep_name(args.key, v)}.yaml" for v in values]
     summary = summarize(paths, args.key, values)

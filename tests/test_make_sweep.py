@@ -95,3 +95,35 @@ def test_choice_needs_a_paired_gain_beyond_two_standard_errors() -> None:
     runs["v1"]["missing_runs"] = ["base/seed2"]
     assert sweep.choose(runs) == "v0"
     assert sweep.choose({}) is None
+
+
+def test_upstream_key_builds_its_own_lake_and_reports_its_encoder(tmp_path: Path) -> None:
+    sweep = load_benchmark("make_sweep")
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"run": {"name": "b", "root": str(tmp_path / "base")}}))
+    with pytest.raises(SystemExit, match="lake/cache missing"):
+        sweep.write_configs(base, "coclick.min_support", [2, 1], tmp_path / "sweep")
+    (tmp_path / "base" / "lake" / "cache").mkdir(parents=True)
+    fixed = {"encoder.ablations": False}
+    paths = sweep.write_configs(base, "coclick.min_support", [2, 1], tmp_path / "sweep", fixed)
+    for path, value in zip(paths, [2, 1], strict=True):
+        cfg = load_config(path)
+        assert cfg.coclick.min_support == value and cfg.encoder.ablations is False
+        run_dir = cfg.run_dir()
+        assert (run_dir / "lake" / "cache").resolve() == (tmp_path / "base" / "lake" / "cache")
+        assert not (run_dir / "lake" / "training").exists()  # built per value, never shared
+    with pytest.raises(SystemExit, match="swept key"):
+        sweep.write_configs(base, "coclick.min_support", [3], tmp_path / "bad",
+                            {"coclick.min_support": 1})
+
+    # the summary carries each value's encoder figures from its own lake
+    for path, hit in zip(paths, [0.03, 0.04], strict=True):
+        metrics = load_config(path).run_dir() / "report" / "metrics.json"
+        metrics.parent.mkdir(parents=True)
+        metrics.write_text(json.dumps({"encoder": {"hit_at_30": hit / 2, "hit_at_30_valid": hit,
+                                                   "run": {"coclick_pairs": 100}}}))
+    summary = sweep.summarize(paths, "coclick.min_support", [2, 1])
+    assert summary["runs"]["1"]["encoder"] == {"hit_at_30_valid": 0.04, "hit_at_30_test": 0.02,
+                                               "coclick_pairs": 100}
+    assert summary["runs"]["2"]["encoder"]["hit_at_30_valid"] == 0.03
+    assert summary["chosen"] is None  # nothing trained yet
