@@ -79,7 +79,7 @@ def write_configs(base: Path, key: str, values: list[Any], root: Path,
     run.root under ``root``."""
     raw = yaml.safe_load(base.read_text())
     base_root = load_config(base).run_dir()
-    section, field = split_key(key)
+    split_key(key)  # validates the key
     shared_here = shared_paths(key)
     missing = [p for p in shared_here if not (base_root / p).exists()]
     if missing:
