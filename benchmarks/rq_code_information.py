@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import REPO_ROOT, ensure_repo_on_path, run_header, write_json_atomic
 
 ensure_repo_on_path()
-from saviorrec.config import load_config  # noqa: E402
-from saviorrec.lake import Lake  # noqa: E402
-from tf_ranker.data import load_items  # noqa: E402
-from tf_ranker.layers import ModalBehaviorAlignment  # noqa: E402
-from tf_ranker.train import read_rqvae  # noqa: E402
+from saviorrec.config import load_config
+from saviorrec.lake import Lake
+from tf_ranker.data import load_items
+from tf_ranker.layers import ModalBehaviorAlignment
+from tf_ranker.train import read_rqvae
 
 
 def code_features(codebook: np.ndarray, codes: np.ndarray, levels: int,
@@ -52,7 +52,7 @@ def held_out_r2(x: np.ndarray, z: np.ndarray, *, test_fraction: float = 0.2,
     if len(x) != len(z) or len(x) < 10:
         raise ValueError(f"need >= 10 matching rows, got x {len(x)} and z {len(z)}")
     order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(round(len(x) * (1 - test_fraction)))
+    cut = round(len(x) * (1 - test_fraction))
     train, test = order[:cut], order[cut:]
     design = np.c_[x.astype("float64"), np.ones(len(x))]
     weights, *_ = np.linalg.lstsq(design[train], z[train].astype("float64"), rcond=None)
@@ -77,9 +77,9 @@ def measure(config_path: Path) -> dict[str, Any]:
     return {
         "config": str(config_path),
         "rqvae_version": rqvae_version,
-        "items": int(len(rows)),
+        "items": len(rows),
         "codebook_shape": [int(s) for s in codebook.shape],
-        "distinct_code_tuples": int(len(np.unique(codes, axis=0))),
+        "distinct_code_tuples": len(np.unique(codes, axis=0)),
         "held_out_r2_by_levels": r2,
     }
 

@@ -32,7 +32,6 @@ from tf_ranker.layers import (
 )
 from tf_ranker.variants import get_variant
 
-
 # ranker.standardize_stats: per-column mean and std of the log1p'd item and user statistics
 # (tf_ranker.train.stat_moments, measured on the training split).
 STAT_MOMENT_KEYS = ("item_mean", "item_std", "user_mean", "user_std")
