@@ -16,6 +16,12 @@ from torch import nn
 
 from encoder_torch.sinkhorn import sinkhorn_assign
 
+# Code vectors are gathered with F.embedding, not ``codebooks[level][code]``: the backward of
+# advanced indexing is index_put_(accumulate=True), which on CPU with more than one thread (and
+# >= 32768 elements, e.g. a batch of 1024 x 64) adds with atomic float adds in thread order, so
+# the codebook gradient, hence the trained RQ-VAE, changed from run to run under the same seed.
+# F.embedding gives the same values and its CPU backward sums each code's rows in batch order.
+
 
 @dataclass(frozen=True)
 class RQVAEModelConfig:
@@ -75,7 +81,7 @@ class RQVAE(nn.Module):
         codes, commit = [], latent.new_zeros(())
         for level in range(self.config.levels):
             code = self.assign(residual.detach(), level, balanced=balanced)
-            vector = self.codebooks[level][code]  # [B, D]
+            vector = F.embedding(code, self.codebooks[level])  # [B, D]; F.embedding: see the note above
             commit = commit + F.mse_loss(vector, residual.detach()) \
                 + self.config.beta * F.mse_loss(residual, vector.detach())
             codes.append(code)
@@ -86,7 +92,8 @@ class RQVAE(nn.Module):
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L] -> sum of their code vectors [B, latent_dim]."""
         levels = torch.arange(self.config.levels, device=codes.device)
-        return self.codebooks[levels, codes].sum(dim=1)
+        flat = self.codebooks.flatten(0, 1)  # [L * K, D]: row level * K + code
+        return F.embedding(codes + levels * self.config.codebook_size, flat).sum(dim=1)
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L] -> reconstruction [B, input_dim]."""

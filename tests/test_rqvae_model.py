@@ -67,6 +67,37 @@ def test_same_seed_same_ids() -> None:
     assert torch.equal(run(), run())
 
 
+
+def test_seed_alone_decides_ids_and_codebooks_with_threads() -> None:
+    """Same seed -> bit-identical ids and codebooks; another seed -> different ones. Run with 2
+    threads and gathers of >= 32768 elements (batch 1024 x latent 64), where the backward of
+    ``codebooks[level][code]`` (parallel index_put_ with atomic float adds) was nondeterministic."""
+    cfg = RQVAEModelConfig(input_dim=16, latent_dim=64, hidden=(32,), levels=2, codebook_size=16,
+                           sinkhorn_iters=10)
+    g = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(1024, 16, generator=g), dim=1)
+    pairs = torch.randint(1024, (512, 2), generator=g).numpy()
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]
+
+    def run(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(seed)  # as rq_stage.fit
+        model = RQVAE(config=cfg)
+        train_rqvae(model=model, x=x, pairs=pairs, epochs=3, batch_size=1024, lr=0.01,
+                    lambda_recon=1000.0, lambda_commit=0.5, temperature=0.1, dead_code_every=2,
+                    seed=seed)
+        return model.semantic_codes(x), model.codebooks.detach().clone()
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        (ids_a, books_a), (ids_b, books_b), (ids_c, books_c) = run(0), run(0), run(1)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(ids_a, ids_b)
+    assert torch.equal(books_a, books_b)  # bit for bit
+    assert not torch.equal(ids_a, ids_c)
+    assert not torch.equal(books_a, books_c)
+
 def test_kmeans_init_puts_codes_on_clusters() -> None:
     # 4 tight clusters in the latent space of an identity encoder; K=4, one level
     cfg = RQVAEModelConfig(input_dim=2, latent_dim=2, hidden=(), levels=1, codebook_size=4)
