@@ -38,13 +38,15 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from saviorrec.config import load_config
+from saviorrec.config import Config, load_config
 from saviorrec.lake import Lake
 
 SHARED = ("lake/training", "models/rqvae")  # read by `saviorrec train`, never written
 # Shared by sweeps of upstream keys: frozen-tower features, keyed by tower id and item content
 # (encoder_torch/cache.py), so a run computes only what the base run lacks.
 SHARED_UPSTREAM = ("lake/cache",)
+BUILD_LAKE = ("saviorrec run --config P --only prepare --only spark --only encode --only rqvae "
+              "--only features --only training_set")
 # A value replaces the incumbent (the first value) only when its paired validation gain is larger
 # than this many standard errors: seed-to-seed noise on MovieLens is 0.05-0.15 AUC points, the
 # size of many gains a plain "highest mean" would take.
@@ -67,10 +69,15 @@ def split_key(key: str) -> tuple[str, str]:
     return section, field
 
 
+def is_upstream(key: str) -> bool:
+    """Whether ``key`` changes the training set (any section but ``ranker``)."""
+    return split_key(key)[0] != "ranker"
+
+
 def shared_paths(key: str) -> tuple[str, ...]:
     """What each value's run links from the base run: the training set for a ranker key, only
-    the tower-feature cache for a key upstream of it (which changes the training set)."""
-    return SHARED if split_key(key)[0] == "ranker" else SHARED_UPSTREAM
+    the tower-feature cache for a key upstream of it."""
+    return SHARED_UPSTREAM if is_upstream(key) else SHARED
 
 
 def write_configs(base: Path, key: str, values: list[Any], root: Path,
@@ -79,14 +86,12 @@ def write_configs(base: Path, key: str, values: list[Any], root: Path,
     run.root under ``root``."""
     raw = yaml.safe_load(base.read_text())
     base_root = load_config(base).run_dir()
-    split_key(key)  # validates the key
-    shared_here = shared_paths(key)
+    shared_here = shared_paths(key)  # validates the key
     missing = [p for p in shared_here if not (base_root / p).exists()]
     if missing:
         raise SystemExit(f"{base_root}: {', '.join(missing)} missing (run the pipeline first)")
-    for other in fixed or {}:
-        if other == key:
-            raise SystemExit(f"--set {other}: that is the swept key")
+    if key in (fixed or {}):
+        raise SystemExit(f"--set {key}: that is the swept key")
     paths = []
     for value in values:
         name = sweep_name(key, value)
@@ -110,7 +115,8 @@ def write_configs(base: Path, key: str, values: list[Any], root: Path,
 def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for path, value in zip(paths, values, strict=True):
-        ranker_dir = load_config(path).run_dir() / "models" / "ranker"  # Lake.ranker_dir's parent
+        cfg = load_config(path)
+        ranker_dir = cfg.run_dir() / "models" / "ranker"  # Lake.ranker_dir's parent
         metas = sorted(ranker_dir.glob("*/seed*/meta.json"))
         rows = [json.loads(m.read_text()) for m in metas]
         runs[str(value)] = {
@@ -120,8 +126,8 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
             "trained": [{k: r[k] for k in ("variant", "seed", "val_auc", "test_auc", "epochs",
                                           "best_epoch")} for r in rows],
         }
-        if shared_paths(key) != SHARED:  # each value built its own lake: say how its encoder did
-            runs[str(value)]["encoder"] = encoder_metrics(load_config(path))
+        if is_upstream(key):  # each value built its own lake: say how its encoder did
+            runs[str(value)]["encoder"] = encoder_metrics(cfg)
     _compare_with_first(runs)
     # A run without meta.json failed (e.g. tf_ranker.train.TrainingCollapsed): its value is
     # not comparable on the others' runs, and it is not chosen.
@@ -133,7 +139,7 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
     return {"key": key, "selection": SELECTION, "chosen": choose(runs), "runs": runs}
 
 
-def encoder_metrics(cfg: Any) -> dict[str, Any] | None:
+def encoder_metrics(cfg: Config) -> dict[str, Any] | None:
     """The encoder's Hit@K (validation, test) and co-click pair count from a run's lake."""
     path = Lake.from_config(cfg).metrics
     encoder = json.loads(path.read_text()).get("encoder") if path.exists() else None
@@ -216,10 +222,9 @@ def main(argv: list[str] | None = None) -> int:
         fixed[k] = parse_value(v)
     if not args.summarize:
         paths = write_configs(args.config, args.key, values, args.root, fixed)
-        if shared_paths(args.key) != SHARED:
+        if is_upstream(args.key):
             print(f"{args.key} is upstream of the ranker: build each run's training set first "
-                  "(saviorrec run --config P --only prepare --only spark --only encode --only "
-                  "rqvae --only features --only training_set)", file=sys.stderr)
+                  f"({BUILD_LAKE})", file=sys.stderr)
         print(",".join(str(x) for x in paths))
         return 0
     paths = [args.root / f"{sweep_name(args.key, v)}.yaml" for v in values]

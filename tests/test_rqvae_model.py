@@ -67,7 +67,6 @@ def test_same_seed_same_ids() -> None:
     assert torch.equal(run(), run())
 
 
-
 def test_seed_alone_decides_ids_and_codebooks_with_threads() -> None:
     """Same seed -> bit-identical ids and codebooks; another seed -> different ones. Run with 2
     threads and gathers of >= 32768 elements (batch 1024 x latent 64), where the backward of
@@ -97,6 +96,7 @@ def test_seed_alone_decides_ids_and_codebooks_with_threads() -> None:
     assert torch.equal(books_a, books_b)  # bit for bit
     assert not torch.equal(ids_a, ids_c)
     assert not torch.equal(books_a, books_c)
+
 
 def test_kmeans_init_puts_codes_on_clusters() -> None:
     # 4 tight clusters in the latent space of an identity encoder; K=4, one level
