@@ -125,6 +125,12 @@ def table_auc(metrics: dict[str, Any], variants: list[str], buckets: list[str],
     return _table(["model", "AUC % [95% CI]", "seeds", *[f"PV {b}" for b in buckets], "paper AUC %"], rows)
 
 
+def _valid(metrics: dict[str, Any], variant: str) -> str:
+    """The variant's mean VALIDATION AUC (what early stopping and the config's choices saw)."""
+    mean = _get(metrics, f"ranker.{variant}.valid_auc.mean")
+    return "n/a" if mean is None else _pct(mean)
+
+
 def table3(metrics: dict[str, Any]) -> str:
     full = _get(metrics, "ranker.full.auc.mean")
     rows = []
@@ -140,8 +146,9 @@ def table3(metrics: dict[str, Any]) -> str:
         elif full is not None and v != "full":
             delta = f"{100 * (mean - full):+.2f}"
         paper_delta = "" if v == "full" else f"{PAPER_TABLE3[v] - PAPER_TABLE3['full']:+.2f}"
-        rows.append([VARIANT_NAMES[v], _pct(mean), delta, paper_delta])
-    header = ["model", "AUC %", "variant - full (pts) [95% paired CI]", "paper delta"]
+        rows.append([VARIANT_NAMES[v], _pct(mean), delta, _valid(metrics, v), paper_delta])
+    header = ["model", "AUC %", "variant - full (pts) [95% paired CI]", "valid AUC %",
+              "paper delta"]
     return _table(header, rows) if rows else "_Not run._"
 
 
@@ -169,10 +176,10 @@ def table5(metrics: dict[str, Any]) -> str:
     for dim, name in ((64, "full"), (32, "full_mba32"), (16, "full_mba16"), (8, "full_mba8")):
         mean = _get(metrics, f"ranker.{name}.auc.mean")
         if mean is not None:
-            rows.append([str(dim), _pct(mean), f"{PAPER_TABLE5[dim]:.2f}"])
+            rows.append([str(dim), _pct(mean), _valid(metrics, name), f"{PAPER_TABLE5[dim]:.2f}"])
     if len(rows) < 2:
         return "_Not run (needs `saviorrec run --full-grid`)._"
-    return _table(["MBA codebook dim", "AUC %", "paper AUC %"], rows)
+    return _table(["MBA codebook dim", "AUC %", "valid AUC %", "paper AUC %"], rows)
 
 
 def table_rqvae(metrics: dict[str, Any]) -> str:

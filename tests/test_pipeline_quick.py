@@ -122,6 +122,11 @@ def test_report_and_figures_are_written(run: Run) -> None:
         assert heading in report, heading
     assert f"encoder `{run.metrics['versions']['encoder']}`" in report
     assert "n/a" in report or "not run" in report.lower()  # Table 5 needs --full-grid
+    # Table 3 shows each variant's validation AUC beside its test AUC
+    table3 = report.split("## Table 3")[1].split("##")[0]
+    full_row = next(line for line in table3.splitlines() if "SaviorRec (full)" in line)
+    valid = _get(run.metrics, "ranker.full.valid_auc.mean")
+    assert "valid AUC %" in table3 and f"| {100 * valid:.2f} |" in full_row
     pngs = sorted((run.root / "report").glob("*.png"))
     assert pngs, "no figures"
     for png in pngs:

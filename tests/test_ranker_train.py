@@ -169,6 +169,9 @@ def test_evaluate_writes_metrics(trained: Config) -> None:
     full = metrics["ranker"]["full"]
     assert full["auc"]["mean"] == pytest.approx(auc(labels, scores))
     assert list(full["auc"]["seeds"]) == ["0"]  # seed 1 has no predictions
+    # validation AUC beside test: what training recorded (checked against the model above)
+    meta = json.loads((lake.ranker_dir("full", 0) / "meta.json").read_text())
+    assert full["valid_auc"] == {"mean": pytest.approx(meta["val_auc"]), "seeds": {"0": meta["val_auc"]}}
     lo, hi = full["auc"]["ci95"]
     assert lo <= full["auc"]["mean"] <= hi
     labels_by_bucket = trained.stats.bucket_labels()

@@ -12,7 +12,11 @@ Fig. 3: for variants with MBA, the per-level importance that training wrote into
 meta.json (mean L2 norm of the used MBA codebook rows and of the fusion weights per level),
 averaged over the seeds.
 
+Beside them, the VALIDATION AUC each seed's training recorded (meta.json val_auc): what every
+choice was made on, so a reader sees how far test moves from it.
+
 Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bucket>.{mean,ci95},
+ranker.<variant>.valid_auc.{mean,seeds},
 ranker.<variant>.mba_level_importance.{codebook,fusion,codebook_rows_used,levels,seeds} (the
 first three: lists over the levels), reference.smoothed_mean.auc(.ci95, _by_bucket),
 ranker.full_minus_base.{diff,ci95,seeds,by_bucket.<bucket>,by_seen_bucket.<bucket>} and
@@ -75,15 +79,17 @@ def _read_predictions(lake: Lake, variant: str, seeds: tuple[int, ...]) -> dict[
     return out
 
 
-def level_importance(lake: Lake, variant: str, seeds: list[int]) -> dict[str, Any] | None:
-    """Mean over ``seeds`` of meta.json's mba_level_importance; None if a seed has none."""
-    per_seed = {}
-    for seed in seeds:
-        path = lake.ranker_dir(variant, seed) / "meta.json"
-        value = json.loads(path.read_text()).get("mba_level_importance") if path.is_file() else None
-        if value is None:
-            return None
-        per_seed[str(seed)] = value
+def _metas(lake: Lake, variant: str, seeds: list[int]) -> dict[str, dict[str, Any]]:
+    """meta.json of each of ``seeds`` that has one, by seed (as a string)."""
+    paths = {str(seed): lake.ranker_dir(variant, seed) / "meta.json" for seed in seeds}
+    return {seed: json.loads(path.read_text()) for seed, path in paths.items() if path.is_file()}
+
+
+def level_importance(metas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean over the seeds of meta.json's mba_level_importance; None if a seed has none."""
+    per_seed = {seed: meta.get("mba_level_importance") for seed, meta in metas.items()}
+    if not per_seed or any(v is None for v in per_seed.values()):
+        return None
     first = next(iter(per_seed.values()))
     return {
         **{key: [float(x) for x in np.mean([v[key] for v in per_seed.values()], axis=0)]
@@ -91,6 +97,16 @@ def level_importance(lake: Lake, variant: str, seeds: list[int]) -> dict[str, An
         "levels": len(first["codebook"]),
         "seeds": per_seed,
     }
+
+
+def valid_auc(metas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Mean over the seeds of the VALIDATION AUC training wrote (best weights, every valid row):
+    what early stopping and every configuration choice saw, reported beside test so the gap
+    between the two is in plain view. None if a seed has none."""
+    per_seed = {seed: meta.get("val_auc") for seed, meta in metas.items()}
+    if not per_seed or any(v is None for v in per_seed.values()):
+        return None
+    return {"mean": float(np.mean(list(per_seed.values()))), "seeds": per_seed}
 
 
 def _summary(labels: np.ndarray, scores: list[np.ndarray], n: int) -> dict[str, Any]:
@@ -134,9 +150,11 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
     for v in names:
         if preds[v]:
             results["ranker"][v] = evaluate_variant(cfg, preds[v])
-            importance = level_importance(lake, v, sorted(preds[v]))
-            if importance is not None:
-                results["ranker"][v]["mba_level_importance"] = importance
+            metas = _metas(lake, v, sorted(preds[v]))
+            for key, value in (("valid_auc", valid_auc(metas)),
+                               ("mba_level_importance", level_importance(metas))):
+                if value is not None:
+                    results["ranker"][v][key] = value
             for key, value in results["ranker"][v].items():
                 update_metrics(lake.metrics, f"ranker.{v}.{key}", value)
 
