@@ -16,7 +16,9 @@ test) from its lake's metrics. ``--set section.field=value`` (repeatable) fixes 
 every value's config, e.g. ``--set encoder.ablations=false`` to skip the ablation encoders.
 
 The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
-value chosen, by VALIDATION AUC only (test AUC is shown for the record, never used to choose).
+value chosen, by VALIDATION AUC only (test AUC is shown for the record, never used to choose),
+and, for a run that `saviorrec evaluate --config P` evaluated, full's paired test gap over each
+other variant (``test_full_minus_points``, also for the record).
 List the current setting first: it is the incumbent. Each later value gets its validation AUC
 minus the first value's, run by run (same variant and seed), whether it is ahead in every run,
 and the paired gain: mean, standard error and their ratio t over those runs. A later value
@@ -126,8 +128,12 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
             "trained": [{k: r[k] for k in ("variant", "seed", "val_auc", "test_auc", "epochs",
                                           "best_epoch")} for r in rows],
         }
+        metrics = lake_metrics(cfg)
         if is_upstream(key):  # each value built its own lake: say how its encoder did
-            runs[str(value)]["encoder"] = encoder_metrics(cfg)
+            runs[str(value)]["encoder"] = encoder_metrics(cfg, metrics)
+        gaps = full_minus_on_test(metrics)
+        if gaps:  # `saviorrec evaluate` ran on this value's run
+            runs[str(value)]["test_full_minus_points"] = gaps
     _compare_with_first(runs)
     # A run without meta.json failed (e.g. tf_ranker.train.TrainingCollapsed): its value is
     # not comparable on the others' runs, and it is not chosen.
@@ -139,15 +145,31 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
     return {"key": key, "selection": SELECTION, "chosen": choose(runs), "runs": runs}
 
 
-def encoder_metrics(cfg: Config) -> dict[str, Any] | None:
-    """The encoder's Hit@K (validation, test) and co-click pair count from a run's lake."""
+def lake_metrics(cfg: Config) -> dict[str, Any]:
+    """A run's metrics.json (what its evaluate and encode stages wrote), {} before they ran."""
     path = Lake.from_config(cfg).metrics
-    encoder = json.loads(path.read_text()).get("encoder") if path.exists() else None
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def encoder_metrics(cfg: Config, metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """The encoder's Hit@K (validation, test) and co-click pair count from a run's metrics."""
+    encoder = metrics.get("encoder")
     if not encoder:
         return None
     key = f"hit_at_{cfg.encoder.hit_k}"
     return {f"{key}_valid": encoder.get(f"{key}_valid"), f"{key}_test": encoder.get(key),
             "coclick_pairs": encoder.get("run", {}).get("coclick_pairs")}
+
+
+def full_minus_on_test(metrics: dict[str, Any]) -> dict[str, Any] | None:
+    """Test AUC of full minus each other variant, in points, with the mean per-seed 95% paired
+    bootstrap interval (``ranker.full_minus`` of `saviorrec evaluate`): for the record, never
+    used to choose."""
+    against = metrics.get("ranker", {}).get("full_minus")
+    if not against:
+        return None
+    return {v: {"diff": round(100 * g["diff"], 2), "ci95": [round(100 * x, 2) for x in g["ci95"]]}
+            for v, g in against.items()}
 
 
 SELECTION = (f"the first value (the incumbent) unless a later one beats it on validation AUC by "

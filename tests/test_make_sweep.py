@@ -42,6 +42,7 @@ def test_sweep_configs_share_the_training_set_and_the_summary_picks_by_validatio
         run = summary["runs"][str(value)]
         assert run["mean_val_auc"] == pytest.approx(metas[value]["val_auc"], abs=1e-5)
         assert [t["variant"] for t in run["trained"]] == ["base"]
+        assert "test_full_minus_points" not in run  # `saviorrec evaluate` did not run
     assert "val_auc_points_vs_first" not in summary["runs"]["0.01"]
     later = summary["runs"]["0.2"]
     gain = 100 * (metas[0.2]["val_auc"] - metas[0.01]["val_auc"])
@@ -122,7 +123,13 @@ def test_upstream_key_builds_its_own_lake_and_reports_its_encoder(tmp_path: Path
         metrics.parent.mkdir(parents=True)
         metrics.write_text(json.dumps({"encoder": {"hit_at_30": hit / 2, "hit_at_30_valid": hit,
                                                    "run": {"coclick_pairs": 100}}}))
+    # and, where `saviorrec evaluate` ran, its paired test gaps of full over the others, in points
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "ranker": {"full_minus": {
+        "no_bidir": {"diff": -0.00123, "ci95": [-0.0025, 0.0001], "seeds": {"0": -0.00123}}}}}))
     summary = sweep.summarize(paths, "coclick.min_support", [2, 1])
+    assert summary["runs"]["1"]["test_full_minus_points"] == {
+        "no_bidir": {"diff": -0.12, "ci95": [-0.25, 0.01]}}
+    assert "test_full_minus_points" not in summary["runs"]["2"]
     assert summary["runs"]["1"]["encoder"] == {"hit_at_30_valid": 0.04, "hit_at_30_test": 0.02,
                                                "coclick_pairs": 100}
     assert summary["runs"]["2"]["encoder"]["hit_at_30_valid"] == 0.03
