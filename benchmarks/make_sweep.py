@@ -14,6 +14,11 @@ the training set itself: each value's run then shares only the base run's tower-
 --only training_set`` before training; the summary adds each run's encoder Hit@K (validation and
 test) from its lake's metrics. ``--set section.field=value`` (repeatable) fixes other keys in
 every value's config, e.g. ``--set encoder.ablations=false`` to skip the ablation encoders.
+Whatever the key, a run shares the base run's training set and RQ-VAE exactly when its config
+differs from the base run's only in keys the training set does not depend on
+(``NOT_IN_TRAINING_SET``) and the base run has them: the incumbent of an upstream sweep then
+builds nothing (and has no encoder figures of its own), and a ranker sweep with an upstream
+``--set`` builds its own lakes. The command prints the runs that must build theirs.
 
 The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
 value chosen, by VALIDATION AUC only (test AUC is shown for the record, never used to choose),
@@ -47,6 +52,10 @@ SHARED = ("lake/training", "models/rqvae")  # read by `saviorrec train`, never w
 # Shared by sweeps of upstream keys: frozen-tower features, keyed by tower id and item content
 # (encoder_torch/cache.py), so a run computes only what the base run lacks.
 SHARED_UPSTREAM = ("lake/cache",)
+# Sections and keys that change what a run reports or how it trains, not its training set and
+# RQ-VAE. encoder.ablations only adds the text-only and image-only encoders, each trained after
+# reseeding (encoder_torch/pipeline.py): with it off, the lake's items.parquet was byte-identical.
+NOT_IN_TRAINING_SET = ("run", "ranker", "serving", "encoder.ablations")
 BUILD_LAKE = ("saviorrec run --config P --only prepare --only spark --only encode --only rqvae "
               "--only features --only training_set")
 # A value replaces the incumbent (the first value) only when its paired validation gain is larger
@@ -77,7 +86,7 @@ def is_upstream(key: str) -> bool:
 
 
 def shared_paths(key: str) -> tuple[str, ...]:
-    """What each value's run links from the base run: the training set for a ranker key, only
+    """What the base run must have for a sweep of ``key``: the training set for a ranker key,
     the tower-feature cache for a key upstream of it."""
     return SHARED_UPSTREAM if is_upstream(key) else SHARED
 
@@ -87,31 +96,53 @@ def write_configs(base: Path, key: str, values: list[Any], root: Path,
     """One YAML per value: ``base`` with ``fixed`` ({section.field: value}) and ``key`` set and
     run.root under ``root``."""
     raw = yaml.safe_load(base.read_text())
-    base_root = load_config(base).run_dir()
+    base_cfg = load_config(base)
+    base_root = base_cfg.run_dir()
     shared_here = shared_paths(key)  # validates the key
     missing = [p for p in shared_here if not (base_root / p).exists()]
     if missing:
         raise SystemExit(f"{base_root}: {', '.join(missing)} missing (run the pipeline first)")
+    base_has_lake = all((base_root / p).exists() for p in SHARED)
     if key in (fixed or {}):
         raise SystemExit(f"--set {key}: that is the swept key")
     paths = []
     for value in values:
         name = sweep_name(key, value)
-        cfg = {**raw, "run": {**raw.get("run", {}), "root": str(root / name)}}
+        doc = {**raw, "run": {**raw.get("run", {}), "root": str(root / name)}}
         for k, v in [*(fixed or {}).items(), (key, value)]:
             sec, fld = split_key(k)
-            cfg[sec] = {**cfg.get(sec, {}), fld: v}
+            doc[sec] = {**doc.get(sec, {}), fld: v}
         path = root / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(yaml.safe_dump(cfg, sort_keys=True))
-        run_dir = load_config(path).run_dir()  # validates the value
-        for shared in shared_here:
+        path.write_text(yaml.safe_dump(doc, sort_keys=True))
+        cfg = load_config(path)  # validates the value
+        run_dir = cfg.run_dir()
+        # Its training set is the base run's unless the key or a --set key changes it.
+        same_lake = base_has_lake and training_set_keys(cfg) == training_set_keys(base_cfg)
+        for shared in SHARED if same_lake else SHARED_UPSTREAM:
             link = run_dir / shared
             link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists():
+            if not link.exists() and (base_root / shared).exists():
                 link.symlink_to((base_root / shared).resolve(), target_is_directory=True)
         paths.append(path)
     return paths
+
+
+def training_set_keys(cfg: Config) -> dict[str, Any]:
+    """The config without ``NOT_IN_TRAINING_SET``: two runs equal here build the same lake."""
+    keys = cfg.model_dump(mode="json")
+    for name in NOT_IN_TRAINING_SET:
+        section, _, field = name.partition(".")
+        if field:
+            keys[section].pop(field)
+        else:
+            keys.pop(section)
+    return keys
+
+
+def needs_lake(path: Path) -> bool:
+    """Whether a value's run must build its lake before training (it shares no training set)."""
+    return not (load_config(path).run_dir() / "lake" / "training").exists()
 
 
 def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
@@ -244,9 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         fixed[k] = parse_value(v)
     if not args.summarize:
         paths = write_configs(args.config, args.key, values, args.root, fixed)
-        if is_upstream(args.key):
-            print(f"{args.key} is upstream of the ranker: build each run's training set first "
-                  f"({BUILD_LAKE})", file=sys.stderr)
+        to_build = [str(x) for x in paths if needs_lake(x)]
+        if to_build:
+            print(f"{args.key} is upstream of the ranker: build the training set of "
+                  f"{', '.join(to_build)} first ({BUILD_LAKE})", file=sys.stderr)
         print(",".join(str(x) for x in paths))
         return 0
     paths = [args.root / f"{sweep_name(args.key, v)}.yaml" for v in values]

@@ -134,3 +134,28 @@ def test_upstream_key_builds_its_own_lake_and_reports_its_encoder(tmp_path: Path
                                                "coclick_pairs": 100}
     assert summary["runs"]["2"]["encoder"]["hit_at_30_valid"] == 0.03
     assert summary["chosen"] is None  # nothing trained yet
+
+
+def test_a_run_shares_the_base_training_set_exactly_when_its_config_leaves_it_unchanged(
+        tmp_path: Path) -> None:
+    sweep = load_benchmark("make_sweep")
+    base = tmp_path / "base.yaml"
+    base.write_text(yaml.safe_dump({"run": {"name": "b", "root": str(tmp_path / "base")}}))
+    for shared in ("lake/cache", "lake/training", "models/rqvae"):
+        (tmp_path / "base" / shared).mkdir(parents=True)
+    # min_support 2 is the base run's own value; encoder.ablations does not change the lake
+    paths = sweep.write_configs(base, "coclick.min_support", [2, 1], tmp_path / "up",
+                                {"encoder.ablations": False})
+    incumbent, other = (load_config(p).run_dir() for p in paths)
+    for shared in ("lake/training", "models/rqvae"):
+        assert (incumbent / shared).resolve() == tmp_path / "base" / shared
+        assert not (other / shared).exists()
+    assert (other / "lake" / "cache").resolve() == tmp_path / "base" / "lake" / "cache"
+    assert [sweep.needs_lake(p) for p in paths] == [False, True]
+    # a ranker sweep with an upstream key fixed cannot train on the base run's training set
+    (path,) = sweep.write_configs(base, "ranker.lr", [0.01], tmp_path / "down",
+                                  {"coclick.min_support": 1})
+    assert sweep.needs_lake(path)
+    assert (load_config(path).run_dir() / "lake" / "cache").exists()
+    (path,) = sweep.write_configs(base, "ranker.lr", [0.01], tmp_path / "plain")
+    assert not sweep.needs_lake(path)
