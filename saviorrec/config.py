@@ -260,6 +260,14 @@ class RankerConfig(_Frozen):
     # "softmax" over the sequence (multi-head attention [29]) or "none", eq. 10 as printed
     # (DIN's [41] unnormalised weighting).
     attention_normalization: Literal["softmax", "none"] = "softmax"
+    # Item ids without a training event (cold items): "shared" reads one "unknown" id embedding
+    # (row 0) for all of them; "own" keeps each id's own, never-trained, random row
+    # (tf_ranker/layers/item_id_mask.py).
+    unseen_item_ids: Literal["shared", "own"] = "own"
+    # Fraction of training candidates whose id is replaced by the "unknown" id (DropoutNet's
+    # input dropout), so that row learns to stand for an item known only by statistics and
+    # content.
+    id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
 class ServingConfig(_Frozen):

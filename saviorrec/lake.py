@@ -40,6 +40,11 @@ class Lake:
         return self.root / "lake" / "raw" / "items.parquet"
 
     @property
+    def oracle(self) -> Path:
+        """Synthetic runs only: each event's true click probability (schema.ORACLE)."""
+        return self.root / "lake" / "raw" / "oracle.parquet"
+
+    @property
     def prepare_summary(self) -> Path:
         return self.root / "lake" / "raw" / "summary.json"
 

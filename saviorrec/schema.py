@@ -119,6 +119,17 @@ ITEMS = _t(
     C("topic", "int64", nullable=True, doc="latent topic (synthetic data only), for diagnostics"),
 )
 
+ORACLE = _t(
+    "oracle",
+    "Synthetic data only: each event's true click probability under the generator's rating "
+    "model (saviorrec.datasets.synthetic.click_probability). A side file no model reads; "
+    "evaluation scores it as the ceiling on the same rows. Keyed like the events.",
+    C("user_id", "int64"),
+    C("item_id", "int64"),
+    C("event_timestamp", "timestamp"),
+    C("click_probability", "float64"),
+)
+
 # --- Spark job outputs --------------------------------------------------------------------------
 SAMPLES = _t(
     "samples",
@@ -242,7 +253,7 @@ TRAINING_ITEMS = _t(
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
-        EVENTS, ITEMS, SAMPLES, COCLICK, ITEM_STATS, ITEM_PV, SEQUENCES, ITEM_MULTIMODAL,
+        EVENTS, ITEMS, ORACLE, SAMPLES, COCLICK, ITEM_STATS, ITEM_PV, SEQUENCES, ITEM_MULTIMODAL,
         TRAINING_SAMPLES, TRAINING_ITEMS,
     )
 }

@@ -17,12 +17,12 @@ from sklearn.metrics import roc_auc_score
 from saviorrec.config import SyntheticConfig
 from saviorrec.datasets import synthetic, synthetic_media
 from saviorrec.datasets.prepare import write_events
-from saviorrec.schema import EVENTS
+from saviorrec.schema import EVENTS, ORACLE
 
 
 def generate(cfg: SyntheticConfig) -> tuple[synthetic.World, pd.DataFrame]:
     world = synthetic.make_world(cfg)
-    table = pa.concat_tables(synthetic.iter_event_chunks(cfg, world))
+    table = pa.concat_tables(events for events, _ in synthetic.iter_event_chunks(cfg, world))
     EVENTS.validate_arrow(table)
     frame = table.to_pandas()
     frame["ts"] = table["event_timestamp"].cast(pa.int64()).to_numpy()
@@ -176,3 +176,51 @@ def test_streaming_memory_is_flat_in_the_number_of_events(tmp_path: Path) -> Non
     large = _peak_bytes(200_000, tmp_path / "large.parquet")
     assert large < 1.3 * small, (small, large)
     assert pq.ParquetFile(tmp_path / "large.parquet").metadata.num_row_groups == 40
+
+
+# --- the oracle: each event's true click probability ---------------------------------------------
+def test_click_probability_by_hand() -> None:
+    # threshold 4.0: a click when mean + noise >= 3.75, noise ~ N(0, 0.6)
+    p = synthetic.click_probability(np.array([3.75, 3.75 + 0.6, 3.75 - 1.2]), 4.0)
+    np.testing.assert_allclose(p, [0.5, 0.8413447, 0.0227501], atol=1e-6)
+    # a threshold between half stars needs the next half star (4.2 -> 4.5 -> mean + noise >= 4.25)
+    np.testing.assert_allclose(synthetic.click_probability(np.array([4.25]), 4.2), [0.5])
+    assert synthetic.click_probability(np.array([0.0]), 0.5).tolist() == [1.0]
+    assert synthetic.click_probability(np.array([9.0]), 5.5).tolist() == [0.0]
+
+
+def test_click_probability_matches_simulated_ratings() -> None:
+    """Independent expectation: draw the generator's ratings many times and count clicks."""
+    rng = np.random.default_rng(7)
+    means = np.array([2.0, 3.1, 3.6, 3.75, 4.0, 4.6])
+    draws = 200_000
+    for threshold in (3.5, 4.0, 4.5):
+        score = means[:, None] + rng.normal(0, synthetic.RATING_NOISE_SD, (len(means), draws))
+        rating = np.clip(np.round(score * 2) / 2, synthetic.RATING_MIN, synthetic.RATING_MAX)
+        simulated = (rating >= threshold).mean(axis=1)
+        np.testing.assert_allclose(synthetic.click_probability(means, threshold), simulated,
+                                   atol=0.004)
+
+
+def test_oracle_side_file_is_row_aligned_and_calibrated(tmp_path: Path) -> None:
+    cfg = SyntheticConfig(n_events=12_000, n_users=400, n_items=300, n_topics=6,
+                          chunk_events=5_000)
+    events_path, oracle_path = tmp_path / "events.parquet", tmp_path / "oracle.parquet"
+    write_events(cfg, synthetic.make_world(cfg), events_path, 0.5,
+                 oracle=(oracle_path, 4.0))
+    events, oracle = pq.read_table(events_path), pq.read_table(oracle_path)
+    ORACLE.validate_arrow(oracle)
+    assert oracle.num_rows == events.num_rows
+    for key in ("user_id", "item_id", "event_timestamp"):
+        assert oracle[key].equals(events[key])
+    p = oracle["click_probability"].to_numpy()
+    clicks = events["rating"].to_numpy() >= 4.0
+    assert 0.0 <= p.min() and p.max() <= 1.0
+    # calibrated: in each decile of p the click rate is the mean p (binomial error ~0.02)
+    edges = np.quantile(p, np.linspace(0, 1, 11))
+    decile = np.clip(np.searchsorted(edges, p, side="right") - 1, 0, 9)
+    for d in range(10):
+        rows = decile == d
+        assert abs(clicks[rows].mean() - p[rows].mean()) < 0.06, d
+    # and it ranks: the oracle's AUC on its own events is far above chance
+    assert roc_auc_score(clicks, p) > 0.7

@@ -147,3 +147,23 @@ def test_one_training_step_reduces_the_loss() -> None:
     m.train_on_batch(x, y)
     assert float(m.evaluate(x, y, verbose=0)) < before
     assert np.abs(np.asarray(m.mba.codebook) - codebook_before).max() > 0  # MBA learns
+
+
+def test_items_unseen_in_training_share_the_unknown_id_row(tmp_path: Path) -> None:
+    """After set_known_items, two candidates that differ only in an unseen id score the same
+    (both read row 0); a known id still reads its own row; the rule survives save and load."""
+    x, _ = batch()
+    x = {k: np.repeat(v[:1], 6, axis=0) for k, v in x.items()}  # one user, one candidate ...
+    x["item_id"] = np.array([7, 8, 9, 7, 8, 9])  # ... under six ids
+    assert not set(x["seq_item_ids"][0]) & {7, 8}
+    m = model("full", id_dropout=0.2)
+    before = np.asarray(m(x)).reshape(-1)
+    assert len(np.unique(before[:3])) == 3  # three own random rows: three scores
+    m.set_known_items(np.array([9, 0, *x["seq_item_ids"][0]]))  # the sequence stays known
+    after = np.asarray(m(x)).reshape(-1)
+    assert after[0] == after[1] != after[2]  # 7 and 8 unknown, 9 known
+    np.testing.assert_allclose(after[2], before[2], rtol=1e-6)
+    assert m.get_config()["id_dropout"] == 0.2
+    m.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(loaded(x)).reshape(-1), after, rtol=1e-6)

@@ -22,6 +22,11 @@ first three: lists over the levels), reference.smoothed_mean.auc(.ci95, _by_buck
 ranker.full_minus_base.{diff,ci95,seeds,by_bucket.<bucket>,by_seen_bucket.<bucket>} and
 ranker.full_minus.<variant> (full minus every other variant: Table 3 with intervals),
 ranker.<variant>.auc_by_seen_bucket (AUC per bucket of the candidate's PV at its sample time).
+
+On synthetic data the generator knows each event's true click probability (Lake.oracle, written
+by ``data prepare``, read by nothing but this): reference.oracle holds its AUC on the same test
+rows, overall, per bucket and per seen bucket, the ceiling that the models and the reference
+sit under.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ import json
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 
 from saviorrec.config import Config
-from saviorrec.lake import Lake
+from saviorrec.lake import Lake, read_table
 from saviorrec.metrics import (
     auc,
     auc_by_bucket,
@@ -41,7 +47,7 @@ from saviorrec.metrics import (
     paired_bootstrap_diff,
     update_metrics,
 )
-from saviorrec.schema import ITEM_STAT_NUMERIC
+from saviorrec.schema import ITEM_STAT_NUMERIC, ORACLE
 from tf_ranker.data import Samples, load_samples
 
 
@@ -67,6 +73,29 @@ def smoothed_mean_scores(train_users: np.ndarray, train_items: np.ndarray,
         return np.log(x / (1 - x))
 
     return logit(rate(train_users, users)) + logit(rate(train_items, items))
+
+
+ORACLE_KEYS = ("user_id", "item_id", "event_timestamp")
+
+
+def oracle_scores(lake: Lake) -> np.ndarray | None:
+    """The true click probability of each test row, in the test split's order; None when the
+    run has no oracle (MovieLens). Every test row must find exactly one oracle row."""
+    if not lake.oracle.is_file():
+        return None
+    test = pq.read_table(lake.training("test"), columns=list(ORACLE_KEYS)).to_pandas()
+    oracle = read_table(lake.oracle, ORACLE).to_pandas()
+    duplicated = oracle.duplicated(list(ORACLE_KEYS))
+    if duplicated.any():
+        raise ValueError(f"{lake.oracle}: {int(duplicated.sum())} rows repeat a (user_id, "
+                         f"item_id, event_timestamp) key, e.g. {oracle[duplicated].iloc[0].to_dict()}")
+    joined = pd.merge(test, oracle, on=list(ORACLE_KEYS), how="left", sort=False)
+    missing = joined["click_probability"].isna()
+    if missing.any():
+        raise ValueError(f"{lake.oracle}: {int(missing.sum())} of {len(test)} test rows have no "
+                         f"oracle row, e.g. {joined[missing].iloc[0][list(ORACLE_KEYS)].to_dict()}"
+                         " (was the lake prepared by another run?)")
+    return joined["click_probability"].to_numpy()
 
 
 def _read_predictions(lake: Lake, variant: str, seeds: tuple[int, ...]) -> dict[int, dict[str, np.ndarray]]:
@@ -162,19 +191,32 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
     ref = smoothed_mean_scores(train.user_id, train.item_id, train.label.astype("float64"),
                                test.user_id, test.item_id, cfg.stats.ctr_prior_strength)
     n = cfg.ranker.bootstrap_samples
+    seen = seen_buckets(cfg, test)
     reference = {
         "auc": auc(test.label, ref),
         "ci95": list(bootstrap_auc(test.label, ref, n_resamples=n)),
         "auc_by_bucket": auc_by_bucket(test.label, ref, test.eval_pv_bucket,
                                        cfg.stats.bucket_labels()),
+        "auc_by_seen_bucket": auc_by_bucket(test.label, ref, seen, cfg.stats.bucket_labels()),
     }
     results["reference"] = {"smoothed_mean": reference}
     update_metrics(lake.metrics, "reference.smoothed_mean", reference)
+    truth = oracle_scores(lake)
+    if truth is not None:
+        oracle = {
+            "auc": auc(test.label, truth),
+            "ci95": list(bootstrap_auc(test.label, truth, n_resamples=n)),
+            "auc_by_bucket": auc_by_bucket(test.label, truth, test.eval_pv_bucket,
+                                           cfg.stats.bucket_labels()),
+            "auc_by_seen_bucket": auc_by_bucket(test.label, truth, seen,
+                                                cfg.stats.bucket_labels()),
+        }
+        results["reference"]["oracle"] = oracle
+        update_metrics(lake.metrics, "reference.oracle", oracle)
 
     # The PV bucket of each test candidate AT ITS SAMPLE TIME (its views before t: the statistic
     # the ranker saw), beside the protocol's bucket of train PV: an item without train views may
     # have been viewed in valid or test before t, and only an item unseen at t is truly cold.
-    seen = seen_buckets(cfg, test)
     for v in names:
         for seed, p in preds[v].items():
             if not np.array_equal(p["item_id"], test.item_id):

@@ -11,7 +11,10 @@ attention keys and values) is computed by :meth:`encode_sequence` and the candid
 
 Vocabulary sizes come from the data and live in the config, so ``from_config`` rebuilds the
 model. Ids outside a vocabulary map to row 0 (item 0 is padding, user 0 unused): unseen ids at
-serving time share one "unknown" embedding instead of failing.
+serving time share one "unknown" embedding instead of failing. Item ids inside the vocabulary
+that the training split never read (cold items) map to that row too, and ``id_dropout`` trains
+it (tf_ranker.layers.ItemIdMask), so a cold item is scored by its statistics and content rather
+than by an untrained id embedding.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from keras import ops
 from tf_ranker.features import BASE_SCORE, NUM_STATS, NUM_USER_STATS, USER_STAT_COUNTS
 from tf_ranker.layers import (
     BidirectionalTargetAttention,
+    ItemIdMask,
     LogCountTransform,
     ModalBehaviorAlignment,
     SimTier,
@@ -70,6 +74,7 @@ class SaviorRanker(keras.Model):
         rqvae_version: str | None = None,
         stat_moments: dict[str, list[float]] | None = None,
         attention_normalization: str = "softmax",
+        id_dropout: float = 0.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -96,6 +101,7 @@ class SaviorRanker(keras.Model):
         self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
         self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
         self.attention_normalization = attention_normalization  # checked by TargetAttention
+        self.id_dropout = id_dropout  # checked by ItemIdMask
         if stat_moments is not None and set(stat_moments) != set(STAT_MOMENT_KEYS):
             raise ValueError(f"stat_moments has keys {sorted(stat_moments)}, expected "
                              f"{list(STAT_MOMENT_KEYS)}")
@@ -127,6 +133,7 @@ class SaviorRanker(keras.Model):
             "rqvae_version": self.rqvae_version,
             "stat_moments": self.stat_moments,
             "attention_normalization": self.attention_normalization,
+            "id_dropout": self.id_dropout,
         }
 
     # ---- weights -------------------------------------------------------------------------
@@ -151,6 +158,8 @@ class SaviorRanker(keras.Model):
         self.user_stat_transform.build((None, NUM_USER_STATS))
         if spec.use_id:
             self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
+            self.item_id_mask = ItemIdMask(self.num_items, self.id_dropout, name="item_id_mask")
+            self.item_id_mask.build((None,))
         if spec.use_stats:
             self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim,
                                                  "pv_bucket_embedding")
@@ -195,6 +204,12 @@ class SaviorRanker(keras.Model):
         self.out.build((None, width))
         self.built = True
 
+    def set_known_items(self, item_ids: np.ndarray) -> None:
+        """Only ``item_ids`` (those the training split reads) keep their own id embedding; every
+        other item reads the shared "unknown" row (ItemIdMask). No-op without item ids."""
+        if self.spec.use_id:
+            self.item_id_mask.set_known(item_ids)
+
     def set_rq_codebook(self, codebook: np.ndarray) -> None:
         """Initialise the MBA codebook from the RQ codebook [L, K, latent] (no_raw_mm)."""
         if self.spec.mba != "rq":
@@ -213,10 +228,10 @@ class SaviorRanker(keras.Model):
             (NUM_STATS + self.stat_dim if self.spec.use_stats else 0)
 
     # ---- forward -------------------------------------------------------------------------
-    def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any) -> Any:
+    def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any, training: bool | None = None) -> Any:
         parts = []
         if self.spec.use_id:
-            parts.append(self.item_embedding(_in_vocab(ids, self.num_items)))
+            parts.append(self.item_embedding(self.item_id_mask(ids, training=training)))
         if self.spec.use_stats:
             parts += [ops.cast(self.stat_transform(stats), self.compute_dtype),
                       self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets))]
@@ -240,9 +255,12 @@ class SaviorRanker(keras.Model):
             state["seq_embedding"] = inputs["seq_embedding"]
         return state
 
-    def score(self, inputs: dict[str, Any], state: dict[str, Any]) -> Any:
-        """pCTR [N, 1] of N candidates against an encoded sequence of batch N or 1."""
-        h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"])
+    def score(self, inputs: dict[str, Any], state: dict[str, Any],
+              training: bool | None = None) -> Any:
+        """pCTR [N, 1] of N candidates against an encoded sequence of batch N or 1. In training,
+        ``id_dropout`` of the candidates read the "unknown" id row (sequence items never do)."""
+        h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"],
+                                 training=training)
         n = ops.shape(h_cand)[0]
         user_ids = ops.reshape(_in_vocab(inputs["user_id"], self.num_users), (-1,))
         user_stats = ops.reshape(inputs["user_stats"], (-1, NUM_USER_STATS))
@@ -271,4 +289,4 @@ class SaviorRanker(keras.Model):
         return self.out(x)
 
     def call(self, inputs: dict[str, Any], training: bool | None = None) -> Any:
-        return self.score(inputs, self.encode_sequence(inputs))
+        return self.score(inputs, self.encode_sequence(inputs), training=training)

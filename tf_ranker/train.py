@@ -121,6 +121,7 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
         "rqvae_version": rqvae_version,
         "stat_moments": moments,
         "attention_normalization": r.attention_normalization,
+        "id_dropout": r.id_dropout,
     }
 
 
@@ -210,13 +211,19 @@ def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
     return callbacks
 
 
+def train_item_ids(train: Samples) -> np.ndarray:
+    """Every item id the training split reads (candidates and sequence items), padding left out."""
+    ids = np.unique(np.concatenate([train.item_id, train.seq_item_ids.reshape(-1)]))
+    return ids[ids > 0]
+
+
 def mba_level_importance(model: SaviorRanker, train: Samples,
                          items: ItemLookup) -> dict[str, list[float] | list[int]]:
     """Fig. 3 of the trained model: per MBA level, the mean L2 norm of the codebook rows of the
     items seen in training (candidates and sequence items) and of the fusion weights that read
     the level (ModalBehaviorAlignment.level_importance)."""
-    ids = np.unique(np.concatenate([train.item_id, train.seq_item_ids.reshape(-1)]))
-    ids = ids[(ids > 0) & (ids < items.num_rows)]  # no padding; ids beyond the table read row 0
+    ids = train_item_ids(train)
+    ids = ids[ids < items.num_rows]  # no padding; ids beyond the table read row 0
     return model.mba.level_importance(items.semantic_ids[ids])
 
 
@@ -271,6 +278,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version,
                           train=train)
     model = SaviorRanker(**config)
+    if r.unseen_item_ids == "shared":
+        model.set_known_items(train_item_ids(train))
     if spec.mba == "rq":
         model.set_rq_codebook(codebook)  # type: ignore[arg-type]
 

@@ -7,6 +7,7 @@ written atomically and replaces the previous run's.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -23,7 +24,7 @@ from saviorrec.datasets import synthetic, synthetic_media
 from saviorrec.datasets.movielens import load_movielens
 from saviorrec.datasets.subsample import keep_users
 from saviorrec.lake import Lake, atomic_path, write_table
-from saviorrec.schema import EVENTS, ITEMS
+from saviorrec.schema import EVENTS, ITEMS, ORACLE
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ def _prepare_synthetic(cfg: Config, lake: Lake) -> dict[str, Any]:
     world = synthetic.make_world(syn)
     items = _synthetic_items(cfg, world, lake)
     write_table(items, lake.items, ITEMS)
-    counts = write_events(syn, world, lake.events, cfg.data.user_fraction)
+    counts = write_events(syn, world, lake.events, cfg.data.user_fraction,
+                          oracle=(lake.oracle, cfg.labels.click_threshold))
     return {
         "source": "synthetic",
         "seed": syn.seed,
@@ -123,21 +125,38 @@ def _synthetic_items(cfg: Config, world: synthetic.World, lake: Lake) -> pa.Tabl
     }, schema=ITEMS.arrow_schema())
 
 
-def write_events(syn: SyntheticConfig, world: synthetic.World, path: Path, user_fraction: float
-                 ) -> dict[str, Any]:
-    """Stream the synthetic events to one parquet file, a row group per chunk; their counts."""
+def write_events(syn: SyntheticConfig, world: synthetic.World, path: Path, user_fraction: float,
+                 oracle: tuple[Path, float] | None = None) -> dict[str, Any]:
+    """Stream the synthetic events to one parquet file, a row group per chunk; their counts.
+
+    ``oracle`` = (path, click threshold): also stream each kept event's true click probability
+    (schema.ORACLE) to that side file, row for row with the events; both files are renamed into
+    place together only when every chunk is written."""
     n_chunks = math.ceil(syn.n_events / syn.chunk_events)
     seen_users = np.zeros(syn.n_users + 1, dtype=bool)
     seen_items = np.zeros(syn.n_items + 1, dtype=bool)
     n_events = 0
-    with atomic_path(path) as tmp, pq.ParquetWriter(
-        tmp, EVENTS.arrow_schema(), coerce_timestamps="us", allow_truncated_timestamps=False
-    ) as writer:
-        for k, chunk in enumerate(synthetic.iter_event_chunks(syn, world)):
+    writer_options = {"coerce_timestamps": "us", "allow_truncated_timestamps": False}
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(atomic_path(path))
+        writer = stack.enter_context(pq.ParquetWriter(tmp, EVENTS.arrow_schema(),
+                                                      **writer_options))
+        oracle_writer = None
+        if oracle is not None:
+            oracle_tmp = stack.enter_context(atomic_path(oracle[0]))
+            oracle_writer = stack.enter_context(pq.ParquetWriter(
+                oracle_tmp, ORACLE.arrow_schema(), **writer_options))
+        for k, (chunk, mean) in enumerate(synthetic.iter_event_chunks(syn, world)):
             if user_fraction < 1.0:
                 keep = keep_users(chunk["user_id"].to_numpy(), user_fraction)
-                chunk = chunk.filter(pa.array(keep))
+                chunk, mean = chunk.filter(pa.array(keep)), mean[keep]
             writer.write_table(chunk, row_group_size=max(chunk.num_rows, 1))
+            if oracle_writer is not None:
+                oracle_writer.write_table(pa.table({
+                    "user_id": chunk["user_id"], "item_id": chunk["item_id"],
+                    "event_timestamp": chunk["event_timestamp"],
+                    "click_probability": synthetic.click_probability(mean, oracle[1]),
+                }, schema=ORACLE.arrow_schema()), row_group_size=max(chunk.num_rows, 1))
             seen_users[chunk["user_id"].to_numpy()] = True
             seen_items[chunk["item_id"].to_numpy()] = True
             n_events += chunk.num_rows

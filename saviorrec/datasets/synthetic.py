@@ -12,6 +12,11 @@ within the topic, and its rating from the user's taste for the topic relative to
 mass plus item quality and noise; ratings are MovieLens-like half stars in [0.5, 5]. Within a
 chunk a (user, item) pair is redrawn until unique (up to MAX_REDRAWS rounds, for users who have
 seen nearly every item of their topics); across chunks a user may view an item again.
+
+The oracle (``click_probability``): the rating's noise is the only randomness left once the user,
+the item and hence the rating's mean are known, so P(click | user, item) is exact, a normal
+tail. ``event_chunk`` returns it beside the events; ``saviorrec data prepare`` writes it to a
+side file (ORACLE) that no model reads and that evaluation scores as the ceiling.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from scipy.special import ndtr
 
 from saviorrec.config import SyntheticConfig
 from saviorrec.schema import EVENTS
@@ -31,6 +37,8 @@ COLD_WINDOW = 0.2  # cold items appear only in the last 20% of time (config doc)
 MEAN_SESSION_EVENTS = 8.0
 MEAN_GAP_S = 90.0  # mean seconds between two events of a session
 RATING_MIN, RATING_MAX = 0.5, 5.0
+RATING_NOISE_SD = 0.6  # standard deviation of the rating's Gaussian noise
+AFFINITY_SLOPE = 0.7  # rating mean = 3 + tanh(AFFINITY_SLOPE * affinity) + quality
 MAX_REDRAWS = 50  # a pair still repeated after this many redraws stays (a re-view)
 
 
@@ -138,11 +146,31 @@ def _draw_items(s: _Samplers, world: World, users: np.ndarray, exploration: floa
     return topic, s.by_topic[pos]
 
 
-def _ratings(world: World, users: np.ndarray, topic: np.ndarray, items: np.ndarray,
-             rng: np.random.Generator) -> np.ndarray:
+def rating_mean(world: World, users: np.ndarray, topic: np.ndarray,
+                items: np.ndarray) -> np.ndarray:
+    """The rating before noise: the user's affinity for the topic (log of taste relative to the
+    topic's mass, squashed) plus the item's quality."""
     affinity = np.log(np.maximum(world.taste[users, topic], 1e-12) / world.topic_mass[topic])
-    score = 3.0 + np.tanh(0.7 * affinity) + world.quality[items] + rng.normal(0, 0.6, len(users))
+    return 3.0 + np.tanh(AFFINITY_SLOPE * affinity) + world.quality[items]
+
+
+def _ratings(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    score = mean + rng.normal(0, RATING_NOISE_SD, len(mean))
     return np.clip(np.round(score * 2) / 2, RATING_MIN, RATING_MAX).astype(np.float32)
+
+
+def click_probability(mean: np.ndarray, click_threshold: float) -> np.ndarray:
+    """P(rating >= click_threshold) for ratings of the given means, exactly.
+
+    The rating is the half star nearest to mean + noise, clipped to [RATING_MIN, RATING_MAX]; it
+    reaches the smallest half star h >= click_threshold exactly when mean + noise >= h - 0.25
+    (numpy rounds the tie h - 0.25 up to h or down, a set of probability 0)."""
+    half_star = math.ceil(click_threshold * 2) / 2
+    if half_star <= RATING_MIN:
+        return np.ones(len(mean))
+    if half_star > RATING_MAX:
+        return np.zeros(len(mean))
+    return ndtr((np.asarray(mean, np.float64) - (half_star - 0.25)) / RATING_NOISE_SD)
 
 
 def _sessions(n_events: int, rng: np.random.Generator) -> np.ndarray:
@@ -161,8 +189,10 @@ def _must_redraw(world: World, users: np.ndarray, items: np.ndarray, ts: np.ndar
     return repeat | (world.cold[items] & (ts < cutoff))
 
 
-def event_chunk(cfg: SyntheticConfig, world: World, samplers: _Samplers, k: int) -> pa.Table:
-    """Chunk ``k``: the events of the k-th time window, sorted by time."""
+def event_chunk(cfg: SyntheticConfig, world: World, samplers: _Samplers, k: int
+                ) -> tuple[pa.Table, np.ndarray]:
+    """Chunk ``k``: the events of the k-th time window, sorted by time, and each event's rating
+    mean (the oracle's input, ``click_probability``) in the same order."""
     n_chunks = math.ceil(cfg.n_events / cfg.chunk_events)
     n = min(cfg.chunk_events, cfg.n_events - k * cfg.chunk_events)
     rng = np.random.default_rng([cfg.seed, 1, k])
@@ -196,18 +226,22 @@ def event_chunk(cfg: SyntheticConfig, world: World, samplers: _Samplers, k: int)
     else:
         raise RuntimeError("could not draw warm items before the cold cutoff; lower "
                            "synthetic.cold_item_fraction")
-    rating = _ratings(world, users, topic, items, rng)
+    mean = rating_mean(world, users, topic, items)
+    rating = _ratings(mean, rng)
     order = np.lexsort((items, users, ts))
-    return pa.table({
+    events = pa.table({
         "user_id": pa.array(users[order] + 1, pa.int64()),
         "item_id": pa.array(items[order] + 1, pa.int64()),
         "rating": pa.array(rating[order], pa.float32()),
         "event_timestamp": pa.array(ts[order], pa.timestamp("us", tz="UTC")),
     }, schema=EVENTS.arrow_schema())
+    return events, mean[order]
 
 
-def iter_event_chunks(cfg: SyntheticConfig, world: World) -> Iterator[pa.Table]:
-    """All ``n_events`` events, chunk by chunk; the same seed gives the same chunks."""
+def iter_event_chunks(cfg: SyntheticConfig, world: World
+                      ) -> Iterator[tuple[pa.Table, np.ndarray]]:
+    """All ``n_events`` events, chunk by chunk, each with its rating means (``event_chunk``);
+    the same seed gives the same chunks."""
     samplers = _samplers(world)
     for k in range(math.ceil(cfg.n_events / cfg.chunk_events)):
         yield event_chunk(cfg, world, samplers, k)
