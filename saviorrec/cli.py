@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from saviorrec.config import REPO_ROOT, Config, ConfigError, load_config
+from saviorrec.config import REPO_ROOT, Config, ConfigError, ServingConfig, load_config
 
 log = logging.getLogger("saviorrec")
 
@@ -152,10 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variant", default="full")
     p.add_argument("--seed", type=int, default=0)
 
-    p = add("serve", cmd_serve, "HTTP ranking service: Feast online features + SavedModel")
-    p.add_argument("--host", default=None)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--profile", choices=["local", "production"], default=None)
+    serving = ServingConfig()
+    p = add("serve", cmd_serve, "HTTP ranking service: Feast online features + SavedModel; "
+            "POST /rank, GET /healthz /readyz /metrics /openapi.json (docs/serving.md)")
+    p.add_argument("--host", default=None,
+                   help=f"address to listen on (default: the config's serving.host, "
+                   f"{serving.host} if unset; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=None,
+                   help=f"TCP port (default: the config's serving.port, {serving.port} if "
+                   "unset; TF-Serving's are 8500 gRPC and 8501 REST)")
+    p.add_argument("--profile", choices=["local", "production"], default=None,
+                   help="online store: local reads the run's sqlite file, production the "
+                   "Redis in $feast.redis_env (default: the config's feast.profile)")
 
     p = add("run", cmd_run, "the whole pipeline, skipping stages whose outputs are current")
     p.add_argument("--full-grid", action="store_true", help="add Table 5, Fig. 4 and more seeds")

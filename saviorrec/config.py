@@ -272,8 +272,14 @@ class RankerConfig(_Frozen):
 
 class ServingConfig(_Frozen):
     host: str = "127.0.0.1"
-    port: int = Field(8500, ge=1, le=65535)
+    # 8080, not 8500/8501: those are TF-Serving's gRPC and REST ports, which the exported
+    # SavedModel may be served on beside this service.
+    port: int = Field(8080, ge=1, le=65535)
     max_candidates: int = Field(1000, ge=1)
+    # Largest POST /rank body in bytes, refused with 413 before it is read or parsed. The
+    # default holds max_candidates ids of 19 digits many times over; the check below makes
+    # sure a compact body of max_candidates such ids always fits.
+    max_body_bytes: int = Field(1_048_576, ge=1)
     # SavedModel folder to serve; "" = the run's Lake.export_dir (written by `saviorrec export`).
     model_dir: str = ""
     # Environment variable with the Redis password when the URL of feast.redis_env has none.
@@ -302,6 +308,16 @@ class ServingConfig(_Frozen):
     # default (one per core). Requests run side by side in FastAPI's thread pool, so on a small
     # machine fewer threads per request may trade a little latency alone for less contention.
     tf_threads: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _body_fits_the_candidates(self) -> ServingConfig:
+        # {"user_id": <19 digits>, "item_ids": [...]} with ", " between ids of 19 digits
+        needed = 64 + 21 * self.max_candidates
+        if self.max_body_bytes < needed:
+            raise ValueError(f"max_body_bytes = {self.max_body_bytes} cannot hold a request of "
+                             f"max_candidates = {self.max_candidates} int64 ids (at least "
+                             f"{needed} bytes)")
+        return self
 
 
 class RunConfig(_Frozen):

@@ -1,30 +1,50 @@
-"""HTTP JSON ranking service (FastAPI + uvicorn): ``saviorrec serve``.
+"""HTTP JSON ranking service (FastAPI + uvicorn): ``saviorrec serve``, port serving.port (8080).
 
 - ``POST /rank`` {"user_id": int, "item_ids": [int, ...]} -> the items with scores, best first,
   the model and RQ-VAE versions, and which candidates had no features (scored with defaults).
-- ``GET /healthz``: the process is up. ``GET /readyz``: the store answers and the model scores.
+  The body is read as JSON whatever its Content-Type: a plain `curl -d` works.
+- ``GET /healthz``: the process is up. ``GET /readyz``: the store can be read, the model scores.
 - ``GET /metrics``: counters in the Prometheus text format.
+- ``GET /openapi.json`` (and ``/docs``): the contract, every response described.
 
-Errors: 422 for a malformed body, wrong types, ids out of range, duplicates or more than
-``serving.max_candidates`` candidates (the reason in ``detail``); 503 naming the online store
-(host:port or path, never a password) while it is unreachable, recovering by itself when it is
-back; 500 when the store's semantic ids are of another RQ-VAE version than the model's.
+Errors: 413 for a body over ``serving.max_body_bytes``, refused before it is read; 422 for a
+body that is not JSON, wrong types, ids out of int64, duplicates or more than
+``serving.max_candidates`` candidates (where and why, never the whole input back); 503 naming
+the online store (host:port or path, never a password) while it cannot be read, recovering by
+itself when it is back; 500 when the store's semantic ids are of another RQ-VAE version than
+the model's. docs/serving.md has examples of each.
 """
 
-# No `from __future__ import annotations`: FastAPI resolves the request model built in
+# No `from __future__ import annotations`: FastAPI resolves the request dependency built in
 # create_app from the endpoint's real annotation.
 
 import json
 import logging
 from typing import Annotated, Any
 
-from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
+from fastapi.responses import PlainTextResponse, Response
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException
 
 from saviorrec.config import Config
+from saviorrec.serving.api import (
+    BODY_SHAPE,
+    Health,
+    InvalidRequest,
+    Problem,
+    RankResponse,
+    Readiness,
+    StoreProblem,
+    exact_openapi,
+    invalid_request,
+    parse_rank_body,
+    request_body,
+    request_model,
+)
+from saviorrec.serving.body_limit import BodyLimit, BodyTooLarge
 from saviorrec.serving.features import StoreUnavailable
 from saviorrec.serving.redact import install_log_redaction, redact, secrets_of
 from saviorrec.serving.service import RankingService
@@ -33,34 +53,24 @@ from saviorrec.serving.versions import VersionMismatch
 
 log = logging.getLogger(__name__)
 
-INT64_MAX = 2**63 - 1
-
-
-def _unique(item_ids: list[int]) -> list[int]:
-    if len(set(item_ids)) != len(item_ids):
-        seen: set[int] = set()
-        dupes = sorted({i for i in item_ids if i in seen or seen.add(i)})  # type: ignore[func-returns-value]
-        raise ValueError(f"duplicate item ids {dupes[:10]}")
-    return item_ids
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-def request_model(max_candidates: int) -> type[BaseModel]:
-    """The body of POST /rank, with the configured candidate limit."""
-    item_id = Annotated[int, Field(ge=1, le=INT64_MAX)]
-    return create_model(
-        "RankRequest", __base__=_Strict,
-        user_id=(Annotated[int, Field(ge=0, le=INT64_MAX)], ...),
-        item_ids=(Annotated[list[item_id], Field(min_length=1, max_length=max_candidates),
-                            AfterValidator(_unique)], ...),
-    )
+RANK_PATH = "/rank"
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _rank_responses(max_body_bytes: int, max_candidates: int) -> dict[int | str, Any]:
+    return {
+        413: {"model": Problem, "description": f"a body over serving.max_body_bytes "
+                                               f"({max_body_bytes} bytes), refused unread"},
+        422: {"model": InvalidRequest, "description": f"not {BODY_SHAPE}: not JSON, wrong "
+              f"types, ids out of int64, duplicates, 0 or more than {max_candidates} "
+              "candidates"},
+        500: {"model": Problem, "description": "the store's semantic ids are of another "
+                                               "RQ-VAE version than the model's"},
+        503: {"model": StoreProblem, "description": "the online store cannot be read"},
+    }
 
 
 def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
@@ -68,17 +78,45 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
     install_log_redaction(secrets_of(cfg))
     svc = service if service is not None else RankingService.start(cfg)
     counters = svc.counters
-    app = FastAPI(title="saviorrec ranking service", version=svc.ranker.model_version)
+    serving = cfg.serving
+    app = FastAPI(title="saviorrec ranking service", version=svc.ranker.model_version,
+                  description=__doc__)
     app.state.service = svc
-    RankRequest = request_model(cfg.serving.max_candidates)
+    RankRequest = request_model(serving.max_candidates)
+    app.openapi = exact_openapi(  # type: ignore[method-assign]
+        app, [RankRequest, RankResponse, InvalidRequest, Problem, StoreProblem, Health, Readiness])
+
+    def count(path: str, status: int) -> None:
+        if path == RANK_PATH:
+            counters.requests.labels(str(status)).inc()
+
+    def too_large(path: str) -> Response:
+        count(path, 413)
+        return _json({"detail": f"the request body is larger than serving.max_body_bytes = "
+                                f"{serving.max_body_bytes} bytes; a request ranks at most "
+                                f"serving.max_candidates = {serving.max_candidates} items"}, 413)
+
+    app.add_middleware(BodyLimit, max_bytes=serving.max_body_bytes, refusal=too_large)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
-        counters.requests.labels("422").inc()
-        return await request_validation_exception_handler(request, exc)
+        count(request.url.path, 422)
+        return _json(invalid_request(exc.errors()), 422)
 
-    @app.post("/rank")
-    def rank(body: RankRequest) -> Response:  # type: ignore[valid-type]
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if isinstance(exc, BodyTooLarge):
+            return too_large(request.url.path)
+        count(request.url.path, exc.status_code)
+        return await http_exception_handler(request, exc)
+
+    async def rank_request(request: Request) -> BaseModel:
+        return parse_rank_body(await request.body(), RankRequest)
+
+    @app.post(RANK_PATH, response_model=RankResponse, openapi_extra=request_body(RankRequest),
+              responses=_rank_responses(serving.max_body_bytes, serving.max_candidates))
+    def rank(body: Annotated[BaseModel, Depends(rank_request)]) -> Response:
+        """Score the candidates for the user, best first."""
         try:
             result = svc.rank(body.user_id, body.item_ids)  # type: ignore[attr-defined]
         except StoreUnavailable as e:
@@ -96,12 +134,15 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         counters.requests.labels("200").inc()
         return _json(result)
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     def healthz() -> dict[str, str]:
+        """The process is up (says nothing about the store)."""
         return {"status": "ok", "model_version": svc.ranker.model_version}
 
-    @app.get("/readyz")
+    @app.get("/readyz", response_model=Readiness,
+             responses={503: {"model": Readiness, "description": "not ready: see checks"}})
     def readyz() -> Response:
+        """Ready when the online store can be read and the model scores."""
         checks: dict[str, str] = {}
         try:
             svc.reader.ping()
@@ -122,8 +163,11 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         return _json({"ready": ready, "checks": checks, "store": svc.reader.name},
                      200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}},
+                              "description": "Prometheus text format 0.0.4"}})
     def metrics() -> Response:
+        """Counters and latency histograms in the Prometheus text format."""
         return Response(counters.render(), media_type="text/plain; version=0.0.4")
 
     return app
@@ -136,5 +180,6 @@ def serve(cfg: Config, host: str | None = None, port: int | None = None) -> None
     logging.basicConfig(level=cfg.serving.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(cfg)
-    uvicorn.run(app, host=host or cfg.serving.host, port=port or cfg.serving.port,
+    uvicorn.run(app, host=host if host is not None else cfg.serving.host,
+                port=port if port is not None else cfg.serving.port,
                 log_level=cfg.serving.log_level, access_log=False)

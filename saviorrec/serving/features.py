@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -27,6 +28,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import numpy as np
 import redis.exceptions
 from feast import FeatureStore
+from feast.infra.online_stores.helpers import compute_table_id
 from feast.repo_config import RepoConfig
 
 from feature_repo.online import (
@@ -116,6 +118,55 @@ def _as_arrays(values: dict[str, Any]) -> dict[str, Any]:
             "semantic_ids": np.asarray(values["semantic_ids"], np.int64)}
 
 
+class SqliteFile:
+    """The sqlite online store's file as a new reader finds it (the local profile's /readyz).
+
+    Feast keeps one connection open, which goes on reading a removed or replaced file, so a
+    round trip through Feast stays "ok" after the file is gone. :meth:`check` opens the file
+    afresh, read-only (it never creates one), reads the sequence table, and compares the file
+    with the one the service opened: a replaced file is served only after a restart.
+    """
+
+    def __init__(self, name: str, path: Path, table: str) -> None:
+        self.name, self.path, self.table = name, path, table
+        self.opened = self._identity()  # None: no file yet (Feast creates it on first read)
+
+    def _identity(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_dev, stat.st_ino
+
+    def check(self) -> None:
+        """Raise StoreUnavailable unless the file is there, readable, and the one opened."""
+        identity = self._identity()
+        if identity is None:
+            raise StoreUnavailable(f"{self.name} cannot be read: the file does not exist")
+        try:
+            with closing(sqlite3.connect(f"{self.path.as_uri()}?mode=ro", uri=True)) as conn:
+                conn.execute(f'SELECT 1 FROM "{self.table}" LIMIT 1').fetchall()
+        except sqlite3.Error as e:
+            raise StoreUnavailable(f"{self.name} cannot be read: {type(e).__name__}: {e}"
+                                   ) from None
+        if self.opened is None:
+            self.opened = identity
+        elif identity != self.opened:
+            raise StoreUnavailable(f"{self.name} was replaced since the service opened it: "
+                                   "restart the service to serve the new file")
+
+
+def sqlite_file(cfg: Config, store: FeatureStore, name: str) -> SqliteFile | None:
+    """The local profile's sqlite file check; None for Redis."""
+    if cfg.feast.profile == "production":
+        return None
+    config = store.config
+    table = compute_table_id(config.project, store.get_feature_view("user_sequence"),
+                             config.registry.enable_online_feature_view_versioning)
+    path = Path(config.online_store.path)  # Feast resolves a relative path from the repo
+    return SqliteFile(name, path if path.is_absolute() else Path(config.repo_path) / path, table)
+
+
 class FeatureReader:
     """``read(user_id, item_ids)``: the user's sequence, then one batched read of the items
     (candidates and sequence items) that the item cache does not hold."""
@@ -129,6 +180,7 @@ class FeatureReader:
             client = redis_client(_redis_url(cfg), cfg.feast.redis_timeout_s)
             self.direct = RedisDirectReader(self.store, client)
         self.item_cache = item_cache(cfg)
+        self.sqlite_file = sqlite_file(cfg, self.store, self.name)
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         detail = redact(f"{type(error).__name__}: {error}")
@@ -175,7 +227,8 @@ class FeatureReader:
         return item_defaults(self.store)
 
     def ping(self) -> None:
-        """One real round trip to the online store (raises StoreUnavailable)."""
+        """One real round trip to the online store, and on sqlite a fresh read of its file
+        (raises StoreUnavailable)."""
         try:
             if self.direct is not None:
                 self.direct.client.ping()
@@ -184,6 +237,8 @@ class FeatureReader:
                                            entity_rows=[{"user_id": 0}])
         except _STORE_ERRORS as e:
             raise self._unavailable(e) from None
+        if self.sqlite_file is not None:
+            self.sqlite_file.check()
 
     def rqvae_versions(self, item_ids: list[int]) -> set[str]:
         """Distinct rqvae_version of those items that have a multimodal row online."""
