@@ -95,6 +95,9 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
         history = train(model=model, features=features, desc=f"saviorenc[{name}]")
         train_s[name] = time.perf_counter() - t1
         z = embed_items(model=model, features=features, batch_size=ec.batch_size, device=device)
+        if ec.center:
+            model.set_center(torch.from_numpy(z.mean(axis=0)))
+            z = embed_items(model=model, features=features, batch_size=ec.batch_size, device=device)
         evaluate(name, z)
         if name == "aligned":
             towers = {} if features is feats else {"towers": {

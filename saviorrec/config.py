@@ -183,6 +183,9 @@ class EncoderConfig(_Frozen):
     index: Literal["flat", "ivf", "hnsw"] = "flat"
     # Also train the text-only and image-only SaviorEnc for the Table 4 style ablation.
     ablations: bool = True
+    # Centre z on the catalogue's mean after training (encoder_torch/fusion.py, SaviorEnc):
+    # removes the direction every item shares, so cosines and dot products see what differs.
+    center: bool = False
 
 
 class RQVAEConfig(_Frozen):
@@ -389,12 +392,31 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+EXTENDS_KEY = "extends"  # a config file's base file, relative to it; the file replaces what it names
+
+
+def _read_with_bases(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML at ``path`` merged over the chain of files its ``extends`` key names."""
+    path = path.resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"{path}: '{EXTENDS_KEY}' forms a cycle: {chain}")
+    raw = _read_yaml(path)
+    base = raw.pop(EXTENDS_KEY, None)
+    if base is None:
+        return raw
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: {EXTENDS_KEY} = {base!r}: expected a file name")
+    return _merge(_read_with_bases(path.parent / base, (*seen, path)), raw)
+
+
 def load_config(
     path: str | os.PathLike[str], overlays: tuple[str | os.PathLike[str], ...] = ()
 ) -> Config:
-    """Load ``path``; each overlay file (e.g. configs/quick.yaml) then replaces what it names."""
+    """Load ``path`` (over the file its ``extends`` key names, if any); each overlay file (e.g.
+    configs/quick.yaml) then replaces what it names."""
     path = Path(path)
-    raw = _read_yaml(path)
+    raw = _read_with_bases(path)
     for overlay in overlays:
         raw = _merge(raw, _read_yaml(Path(overlay)))
     try:

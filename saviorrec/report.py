@@ -105,6 +105,10 @@ def table1(summary: dict[str, Any]) -> str:
     return _table(["train PV bucket", "samples %", "clicks %", "items %", "click rate"], rows)
 
 
+REFERENCE_ROWS = (("smoothed_mean", "reference (smoothed user + item mean)"),
+                  ("oracle", "oracle (true click probability, synthetic)"))
+
+
 def table_auc(metrics: dict[str, Any], variants: list[str], buckets: list[str],
               paper: dict[str, float]) -> str:
     rows = []
@@ -122,6 +126,11 @@ def table_auc(metrics: dict[str, Any], variants: list[str], buckets: list[str],
         rows.append(row)
     if not rows:
         return "_Not run._"
+    for key, name in REFERENCE_ROWS:  # on the same test rows: the floor and, synthetic, the ceiling
+        ref = _get(metrics, f"reference.{key}")
+        if ref:
+            rows.append([name, _pct(ref["auc"]) + _ci(ref.get("ci95")), "",
+                         *[_pct(ref["auc_by_bucket"].get(b)) for b in buckets], ""])
     return _table(["model", "AUC % [95% CI]", "seeds", *[f"PV {b}" for b in buckets], "paper AUC %"], rows)
 
 

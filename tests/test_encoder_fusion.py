@@ -77,3 +77,24 @@ def test_checkpoint_rebuilds_the_model(tmp_path) -> None:
     again = load_saviorenc(tmp_path / "enc.pt").eval()
     assert again.config == model.config
     assert torch.equal(again(**_inputs()), model(**_inputs()))
+
+
+def test_centring_removes_the_catalogue_mean_and_survives_the_checkpoint(tmp_path) -> None:
+    model, x = _model(), _inputs(n=6)
+    with torch.no_grad():
+        raw = model(**x)
+        mean = raw.mean(dim=0)
+        model.set_center(mean)
+        centred = model(**x)
+    # by hand: normalise(raw - mean), row by row
+    expected = (raw - mean) / (raw - mean).norm(dim=1, keepdim=True)
+    assert torch.allclose(centred, expected, atol=1e-6)
+    assert centred.mean(dim=0).norm() < raw.mean(dim=0).norm()
+    save_checkpoint(tmp_path / "enc.pt", model=model, config=CFG)
+    assert torch.allclose(load_saviorenc(tmp_path / "enc.pt").eval()(**x), centred, atol=1e-6)
+    # a checkpoint saved before centring existed (no "center" buffer) loads uncentred
+    state = {k: v for k, v in model.state_dict().items() if k != "center"}
+    old = SaviorEnc(config=CFG).eval()
+    old.load_state_dict(state)
+    with torch.no_grad():
+        assert torch.allclose(old(**x), raw, atol=1e-6)

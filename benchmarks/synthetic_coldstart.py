@@ -1,4 +1,8 @@
-"""Where does a synthetic item's topic survive on its way to the ranker? One probe per hand-off.
+"""The cold-start claim on synthetic data, where the answer is known: probes and results.
+
+``probe``: where does a synthetic item's topic survive on its way to the ranker? One probe per
+hand-off. ``summarize``: the results of built and evaluated runs (one per event count) beside
+their probes, into benchmarks/results/synthetic_coldstart.json.
 
 On synthetic data (``data.source: synthetic``) the item's latent topic drives both its content
 and the clicks, so the topic must reach the ranker for a cold item to be ranked by content.
@@ -15,7 +19,9 @@ For a built run this measures, on held-out items:
 - model_use: from metrics.json (after ``saviorrec evaluate``), full, base, the reference and the
   oracle on PV 0, where only content can tell items apart.
 
-    python benchmarks/coldstart_probes.py --config configs/synthetic.yaml [--out FILE]
+    python benchmarks/synthetic_coldstart.py probe --config configs/synthetic.yaml
+    python benchmarks/synthetic_coldstart.py summarize --run 100k=configs/synthetic.yaml \
+        --run 1M=configs/synthetic_1m.yaml
 """
 
 from __future__ import annotations
@@ -29,6 +35,13 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from _bench_common import (
+    REPO_ROOT,
+    device_info,
+    library_versions,
+    run_header,
+    write_json_atomic,
+)
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
@@ -140,22 +153,91 @@ def model_use(lake: Lake) -> dict[str, Any] | None:
     }
 
 
+def probe(config: str) -> dict[str, Any]:
+    cfg = load_config(config)
+    if cfg.data.source != "synthetic":
+        raise ValueError(f"{config}: data.source is {cfg.data.source!r}; the probes need "
+                         "synthetic data (its items carry their latent topic)")
+    lake = Lake.from_config(cfg)
+    return {"config": config, "topic_probe": topic_probes(lake),
+            "ranker_inputs": ranker_inputs(cfg, lake), "model_use": model_use(lake)}
+
+
+def _get(tree: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+def run_results(config: str) -> dict[str, Any]:
+    """One evaluated run: AUC overall and per PV bucket of the reference, base, full and the
+    oracle on the same test rows, full - base per bucket with its paired interval, the gap
+    closed on PV 0, the encoder's Hit@K and the semantic ids, beside the probes."""
+    cfg = load_config(config)
+    lake = Lake.from_config(cfg)
+    m = json.loads(lake.metrics.read_text())
+    models = {"reference": "reference.smoothed_mean", "oracle": "reference.oracle",
+              "base": "ranker.base", "full": "ranker.full"}
+
+    def value(node: Any) -> Any:
+        return node.get("mean") if isinstance(node, dict) else node
+
+    overall = {name: value(_get(m, f"{key}.auc")) for name, key in models.items()}
+    by_bucket: dict[str, Any] = {}
+    for bucket in cfg.stats.bucket_labels():
+        row = {name: value(_get(m, f"{key}.auc_by_bucket.{bucket}"))
+               for name, key in models.items()}
+        gap = _get(m, f"ranker.full_minus_base.by_bucket.{bucket}") or {}
+        row["full_minus_base"] = gap.get("diff")
+        row["full_minus_base_ci95"] = gap.get("ci95")
+        by_bucket[bucket] = row
+    pv0 = by_bucket.get("0", {})
+    closed = None
+    if None not in (pv0.get("full"), pv0.get("reference"), pv0.get("oracle")):
+        closed = (pv0["full"] - pv0["reference"]) / (pv0["oracle"] - pv0["reference"])
+    probes = probe(config)
+    return {
+        "config": config,
+        "events": _get(m, "data.events") or json.loads(lake.prepare_summary.read_text())["events"],
+        "seeds": list(cfg.ranker.seeds),
+        "overall": overall,
+        "by_bucket": by_bucket,
+        "pv0_gap_closed": closed,
+        "full_minus_base": _get(m, "ranker.full_minus_base"),
+        "valid_auc": {v: _get(m, f"ranker.{v}.valid_auc.mean") for v in ("base", "full")},
+        "encoder_hit": _get(m, "encoder"),
+        "rqvae": _get(m, "rqvae"),
+        "topic_probe": probes["topic_probe"],
+        "ranker_inputs": probes["ranker_inputs"],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--out", default=None, help="JSON file (default: print)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("probe", help="the topic probes of one built run")
+    p.add_argument("--config", required=True)
+    s = sub.add_parser("summarize", help="results of evaluated runs -> JSON")
+    s.add_argument("--run", action="append", required=True, metavar="LABEL=CONFIG")
+    s.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" /
+                                        "synthetic_coldstart.json"))
     args = parser.parse_args(argv)
-    cfg = load_config(args.config)
-    if cfg.data.source != "synthetic":
-        parser.error(f"{args.config}: data.source is {cfg.data.source!r}; the probes need "
-                     "synthetic data (its items carry their latent topic)")
-    lake = Lake.from_config(cfg)
-    result = {"config": args.config, "topic_probe": topic_probes(lake),
-              "ranker_inputs": ranker_inputs(cfg, lake), "model_use": model_use(lake)}
-    text = json.dumps(result, indent=2, sort_keys=True)
-    if args.out:
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    if args.command == "probe":
+        print(json.dumps(probe(args.config), indent=2, sort_keys=True))
+        return 0
+    result: dict[str, Any] = run_header(sys.argv)
+    result["machine"] = device_info()
+    result["versions"] = library_versions()
+    for spec in args.run:
+        label, _, config = spec.partition("=")
+        if not config:
+            parser.error(f"--run {spec!r}: expected LABEL=CONFIG")
+        result[label] = run_results(config)
+    write_json_atomic(Path(args.out), result)
+    print(json.dumps({k: v for k, v in result.items() if isinstance(v, dict) and "overall" in v},
+                     indent=2, sort_keys=True))
     return 0
 
 
