@@ -149,9 +149,7 @@ def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
     runs: dict[str, Any] = {}
     for path, value in zip(paths, values, strict=True):
         cfg = load_config(path)
-        ranker_dir = cfg.run_dir() / "models" / "ranker"  # Lake.ranker_dir's parent
-        metas = sorted(ranker_dir.glob("*/seed*/meta.json"))
-        rows = [json.loads(m.read_text()) for m in metas]
+        rows = [json.loads(m.read_text()) for m in Lake.from_config(cfg).ranker_metas()]
         runs[str(value)] = {
             "config": str(path),
             "mean_val_auc": round(sum(r["val_auc"] for r in rows) / len(rows), 5) if rows else None,

@@ -64,9 +64,9 @@ def held_out_r2(x: np.ndarray, z: np.ndarray, *, test_fraction: float = 0.2,
 def measure(config_path: Path) -> dict[str, Any]:
     cfg = load_config(config_path)
     lake = Lake.from_config(cfg)
-    codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
+    codebook, rqvae_version = read_rqvae(lake)
     if codebook is None:
-        raise SystemExit(f"{lake.rqvae_dir}/codebooks.npy missing: run the encoder stage first")
+        raise SystemExit(f"{lake.rqvae_codebooks} missing: run the encoder stage first")
     items = load_items(lake.training_items)
     rows = np.flatnonzero(np.abs(items.embedding).sum(axis=1) > 0)  # the catalogue's items
     levels = int(codebook.shape[0])

@@ -74,7 +74,7 @@ def topic_probes(lake: Lake) -> dict[str, Any]:
         raise ValueError(f"{lake.items} has no topic column values: the probes need synthetic data")
     topic_of = dict(zip(items["item_id"], items["topic"], strict=True))
     out: dict[str, Any] = {}
-    towers = pq.read_table(lake.encoder_dir / "off_the_shelf.parquet")
+    towers = pq.read_table(lake.off_the_shelf_embeddings)
     multimodal = read_table(lake.item_multimodal, ITEM_MULTIMODAL)
     for name, table, column, categorical in (
         ("towers", towers, "embedding", False),

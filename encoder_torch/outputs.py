@@ -20,14 +20,6 @@ import torch
 from encoder_torch.fusion import SaviorEnc, SaviorEncConfig
 from encoder_torch.rqvae import RQVAE, RQVAEModelConfig
 from saviorrec.lake import Lake, atomic_path
-from saviorrec.schema import Column, Table
-
-EMBEDDINGS = Table(
-    name="encoder_embeddings",
-    doc="SaviorEnc z of every item (written by run_encoder, read by run_rqvae).",
-    columns=(Column("item_id", "int64"), Column("embedding", "list<float32>"),
-             Column("encoder_version", "string")),
-)
 
 
 def save_checkpoint(path: Path, *, model: torch.nn.Module, config: Any, **extra: Any) -> str:

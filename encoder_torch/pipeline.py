@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
 from encoder_torch.cache import tower_features
@@ -21,12 +20,13 @@ from encoder_torch.features import TowerFeatures
 from encoder_torch.finetune import TunedFeatures, materialise, tune_inputs
 from encoder_torch.fusion import MODALITIES, SaviorEnc, encoder_model_config
 from encoder_torch.hit_rate import i2i_hit_rate
-from encoder_torch.outputs import EMBEDDINGS, save_checkpoint, vectors_column, write_json
+from encoder_torch.outputs import save_checkpoint, vectors_column, write_json
 from encoder_torch.rq_stage import run_rqvae  # noqa: F401  (entry point re-exported)
 from encoder_torch.train_encoder import embed_items, train_saviorenc
 from saviorrec.config import Config
-from saviorrec.lake import Lake, atomic_path, write_table
+from saviorrec.lake import Lake, write_table
 from saviorrec.metrics import update_metrics
+from saviorrec.schema import EMBEDDINGS, OFF_THE_SHELF, TEST, VALID
 
 log = logging.getLogger(__name__)
 VARIANTS = {"aligned": MODALITIES, "text_only": ("text",), "image_only": ("image",)}
@@ -66,21 +66,20 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
     feats, features_for = _item_features(cfg, items, device)
     tower_s = time.perf_counter() - t0
     pairs = coclick_pairs(lake, item_ids)
-    splits = {s: next_click_pairs(lake, split=s) for s in ("valid", "test")}
+    splits = {s: next_click_pairs(lake, split=s) for s in (VALID, TEST)}
     hits: dict[str, dict[str, float]] = {s: {} for s in splits}
 
     def evaluate(name: str, embeddings: np.ndarray) -> None:
         for split, (queries, targets) in splits.items():
             hits[split][name] = i2i_hit_rate(embeddings=embeddings, item_ids=item_ids, queries=queries,
                                              targets=targets, k=ec.hit_k, index_kind=ec.index)
-        log.info("Hit@%d %s: test %.4f valid %.4f", ec.hit_k, name, hits["test"][name], hits["valid"][name])
+        log.info("Hit@%d %s: test %.4f valid %.4f", ec.hit_k, name, hits[TEST][name], hits[VALID][name])
 
     off_the_shelf = feats.off_the_shelf()
     evaluate("off_the_shelf", off_the_shelf)
     # The embeddings before alignment, for the report's Fig. 5 (not served, not versioned).
-    with atomic_path(lake.encoder_dir / "off_the_shelf.parquet") as tmp:
-        pq.write_table(pa.table({"item_id": item_ids,
-                                 "embedding": vectors_column(off_the_shelf)}), tmp)
+    write_table(pa.table({"item_id": item_ids, "embedding": vectors_column(off_the_shelf)}),
+                lake.off_the_shelf_embeddings, OFF_THE_SHELF)
     train = partial(train_saviorenc, pairs=pairs, epochs=ec.epochs, batch_size=ec.batch_size, lr=ec.lr,
                     warmup_epochs=ec.warmup_epochs, temperature=ec.temperature,
                     weight_decay=ec.weight_decay, device=device, seed=ec.seed,
@@ -103,19 +102,19 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
             towers = {} if features is feats else {"towers": {
                 "finetune_text_layers": ec.finetune_text_layers, "finetune_image": ec.finetune_image,
                 "state_dict": features.state_dict()}}  # the fine-tuned tails, to embed new items
-            version = save_checkpoint(lake.encoder_dir / "saviorenc.pt", model=model, config=model.config,
+            version = save_checkpoint(lake.encoder_checkpoint, model=model, config=model.config,
                                       loss_history=history, **towers)
             table = pa.table({"item_id": item_ids, "embedding": vectors_column(z),
                               "encoder_version": [version] * len(item_ids)})
-            write_table(table, lake.encoder_dir / "embeddings.parquet", EMBEDDINGS)
-            write_json(lake.encoder_dir / "version.json", {"encoder_version": version})
+            write_table(table, lake.encoder_embeddings, EMBEDDINGS)
+            write_json(lake.encoder_version, {"encoder_version": version})
     for split_hits in hits.values():
         split_hits["both"] = split_hits["aligned"]
     key = f"hit_at_{ec.hit_k}"
-    update_metrics(lake.metrics, f"encoder.{key}", hits["test"])
-    update_metrics(lake.metrics, f"encoder.{key}_valid", hits["valid"])
+    update_metrics(lake.metrics, f"encoder.{key}", hits[TEST])
+    update_metrics(lake.metrics, f"encoder.{key}_valid", hits[VALID])
     timing = {"tower_features_s": tower_s, "train_s": train_s, "device": str(device),
               "items": len(items), "coclick_pairs": len(pairs),
-              "test_queries": len(splits["test"][0]), "encoder_version": version}
+              "test_queries": len(splits[TEST][0]), "encoder_version": version}
     update_metrics(lake.metrics, "encoder.run", timing)
-    return {key: hits["test"], f"{key}_valid": hits["valid"], **timing}
+    return {key: hits[TEST], f"{key}_valid": hits[VALID], **timing}

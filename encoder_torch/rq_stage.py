@@ -13,7 +13,6 @@ import torch
 from encoder_torch.data import coclick_pairs, read_items, rows_of
 from encoder_torch.device import resolve_device
 from encoder_torch.outputs import (
-    EMBEDDINGS,
     feature_timestamp,
     ids_column,
     save_checkpoint,
@@ -27,7 +26,7 @@ from encoder_torch.train_rqvae import train_rqvae
 from saviorrec.config import Config
 from saviorrec.lake import Lake, read_table, write_table
 from saviorrec.metrics import update_metrics
-from saviorrec.schema import ITEM_MULTIMODAL
+from saviorrec.schema import EMBEDDINGS, ITEM_MULTIMODAL
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +65,11 @@ def run_rqvae(cfg: Config) -> dict[str, Any]:
     device = resolve_device(rc.device)
     items = read_items(lake)
     item_ids = items["item_id"].to_numpy(np.int64)
-    emb = read_table(lake.encoder_dir / "embeddings.parquet", EMBEDDINGS).to_pandas()
+    emb = read_table(lake.encoder_embeddings, EMBEDDINGS).to_pandas()
     emb_ids = emb["item_id"].to_numpy(np.int64)
     if len(emb) != len(items) or not np.array_equal(np.sort(emb_ids), item_ids):
-        raise ValueError(f"embeddings.parquet has {len(emb)} items, items.parquet {len(items)}: "
-                         "re-run `saviorrec encode`")
+        raise ValueError(f"{lake.encoder_embeddings} has {len(emb)} items, {lake.items} "
+                         f"{len(items)}: re-run `saviorrec encode`")
     order = np.argsort(emb_ids)
     rows_of(item_ids, emb_ids[order], what="embeddings.item_id")
     z = np.stack(emb["embedding"].to_numpy()[order]).astype(np.float32)
@@ -84,10 +83,10 @@ def run_rqvae(cfg: Config) -> dict[str, Any]:
         if assignment == rc.assignment:
             model = model_a
     codes = results[rc.assignment]["codes"]
-    version = save_checkpoint(lake.rqvae_dir / "rqvae.pt", model=model, config=model.config,
+    version = save_checkpoint(lake.rqvae_checkpoint, model=model, config=model.config,
                               encoder_version=encoder_version)
-    write_npy(lake.rqvae_dir / "codebooks.npy", model.codebooks.detach().cpu().numpy().astype(np.float32))
-    write_json(lake.rqvae_dir / "version.json", {
+    write_npy(lake.rqvae_codebooks, model.codebooks.detach().cpu().numpy().astype(np.float32))
+    write_json(lake.rqvae_version, {
         "rqvae_version": version, "encoder_version": encoder_version, "levels": rc.levels,
         "codebook_size": rc.codebook_size, "latent_dim": rc.latent_dim})
     semantic_ids = disambiguate(codes, item_ids)

@@ -91,8 +91,8 @@ def store_settings(cfg: Config) -> dict[str, Any]:
     """The yaml of the profile with this run's paths and connections filled in."""
     profile = cfg.feast.profile
     settings = yaml.safe_load((repo_dir(cfg) / PROFILE_YAML[profile]).read_text())
-    feast_dir = Lake.from_config(cfg).feast_data
-    settings["registry"] = {"path": str(feast_dir / "registry.db"), "cache_ttl_seconds": 60}
+    lake = Lake.from_config(cfg)
+    settings["registry"] = {"path": str(lake.feast_registry), "cache_ttl_seconds": 60}
     if profile == "production":
         settings["online_store"]["connection_string"] = redis_connection_string(
             redis_url(cfg), cfg.feast.redis_timeout_s
@@ -105,7 +105,7 @@ def store_settings(cfg: Config) -> dict[str, Any]:
             "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
         }
     else:
-        settings["online_store"]["path"] = str(feast_dir / "online.db")
+        settings["online_store"]["path"] = str(lake.feast_sqlite)
     return settings
 
 

@@ -44,7 +44,7 @@ def apply(cfg: Config) -> dict[str, Any]:
         store.apply(defs.objects())
     return {
         "profile": cfg.feast.profile,
-        "registry": str(Lake.from_config(cfg).feast_data / "registry.db"),
+        "registry": str(Lake.from_config(cfg).feast_registry),
         "entities": [e.name for e in store.list_entities()],
         "feature_views": sorted(v.name for v in store.list_feature_views()),
         "feature_services": sorted(s.name for s in store.list_feature_services()),

@@ -39,12 +39,12 @@ from saviorrec.schema import (
     PADDING_ITEM_ID,
     SAMPLES,
     SEQ_STAT_PREFIX,
+    SPLITS,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
     USER_STAT_NUMERIC,
 )
 
-SPLITS = ("train", "valid", "test")
 STATS = (*ITEM_STAT_NUMERIC, "pv_bucket")
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -63,32 +64,90 @@ class Lake:
         return self.root / "lake" / "features" / "item_multimodal.parquet"
 
     # training set
+    @property
+    def training_dir(self) -> Path:
+        return self.root / "lake" / "training"
+
     def training(self, split: str) -> Path:
-        return self.root / "lake" / "training" / f"{split}.parquet"
+        return self.training_dir / f"{split}.parquet"
 
     @property
     def training_items(self) -> Path:
-        return self.root / "lake" / "training" / "items.parquet"
+        return self.training_dir / "items.parquet"
 
-    # models
+    # models: the encoder stage's files (the RQ-VAE's codebooks and version are read by the ranker)
     @property
     def encoder_dir(self) -> Path:
         return self.root / "models" / "encoder"
 
     @property
+    def encoder_checkpoint(self) -> Path:
+        return self.encoder_dir / "saviorenc.pt"
+
+    @property
+    def encoder_embeddings(self) -> Path:
+        """schema.EMBEDDINGS: written by the encoder, read by the RQ-VAE and the report."""
+        return self.encoder_dir / "embeddings.parquet"
+
+    @property
+    def off_the_shelf_embeddings(self) -> Path:
+        """schema.OFF_THE_SHELF: the towers' embeddings before alignment (the report's Fig. 5)."""
+        return self.encoder_dir / "off_the_shelf.parquet"
+
+    @property
+    def encoder_version(self) -> Path:
+        """JSON {"encoder_version"}."""
+        return self.encoder_dir / "version.json"
+
+    @property
     def rqvae_dir(self) -> Path:
         return self.root / "models" / "rqvae"
 
+    @property
+    def rqvae_checkpoint(self) -> Path:
+        return self.rqvae_dir / "rqvae.pt"
+
+    @property
+    def rqvae_codebooks(self) -> Path:
+        """float32 [L, K, latent] (.npy): the ranker's no_raw_mm copies it into its MBA."""
+        return self.rqvae_dir / "codebooks.npy"
+
+    @property
+    def rqvae_version(self) -> Path:
+        """JSON {"rqvae_version", "encoder_version", "levels", "codebook_size", "latent_dim"}."""
+        return self.rqvae_dir / "version.json"
+
     def ranker_dir(self, variant: str, seed: int) -> Path:
         return self.root / "models" / "ranker" / variant / f"seed{seed}"
+
+    def ranker(self, variant: str, seed: int) -> RankerFiles:
+        return RankerFiles(self.ranker_dir(variant, seed))
+
+    def ranker_metas(self) -> list[Path]:
+        """The meta of every variant and seed trained in this run."""
+        return sorted((self.root / "models" / "ranker").glob(f"*/seed*/{RankerFiles.META}"))
 
     @property
     def export_dir(self) -> Path:
         return self.root / "export"
 
     @property
+    def export(self) -> ExportFiles:
+        return ExportFiles(self.export_dir)
+
+    @property
     def feast_data(self) -> Path:
         return self.root / "feast"
+
+    @property
+    def feast_registry(self) -> Path:
+        """Feast's registry: written by `saviorrec features apply`, read by the service."""
+        return self.feast_data / "registry.db"
+
+    @property
+    def feast_sqlite(self) -> Path:
+        """The local profile's online store (sqlite)."""
+        return self.feast_data / "online.db"
 
     @property
     def report_dir(self) -> Path:
@@ -97,6 +156,67 @@ class Lake:
     @property
     def metrics(self) -> Path:
         return self.root / "report" / "metrics.json"
+
+    def stage_stamp(self, stage: str) -> Path:
+        """JSON {fingerprint, finished, seconds} of the pipeline's last run of ``stage``."""
+        return self.root / ".stages" / f"{stage}.json"
+
+
+@dataclass(frozen=True)
+class RankerFiles:
+    """What training writes for one variant and seed (Lake.ranker)."""
+
+    root: Path
+    META: ClassVar[str] = "meta.json"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.keras"
+
+    @property
+    def meta(self) -> Path:
+        """JSON: variant, seed, rqvae_version, val_auc, test_auc, model_config, history, ..."""
+        return self.root / self.META
+
+    @property
+    def predictions(self) -> Path:
+        """schema.PREDICTIONS of the test split."""
+        return self.root / "predictions_test.parquet"
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.root / "checkpoints" / "best.weights.h5"
+
+    @property
+    def logs(self) -> Path:
+        """TensorBoard logs."""
+        return self.root / "logs"
+
+
+@dataclass(frozen=True)
+class ExportFiles:
+    """An exported ranker (Lake.export, or any folder serving.model_dir names)."""
+
+    root: Path
+
+    @property
+    def saved_model(self) -> Path:
+        """TensorFlow's own file name for the graph of a SavedModel folder."""
+        return self.root / "saved_model.pb"
+
+    @property
+    def meta(self) -> Path:
+        """JSON: model_version, variant, seed, rqvae_version, signature, inputs, outputs, ..."""
+        return self.root / "meta.json"
+
+    @property
+    def sample_request(self) -> Path:
+        """A TF-Serving REST body built from real test rows."""
+        return self.root / "sample_request.json"
 
 
 @contextmanager

@@ -129,7 +129,7 @@ def build_stages(
 
 # --- stamps -------------------------------------------------------------------------------------
 def _stamp_path(lake: Lake, name: str) -> Path:
-    return lake.root / ".stages" / f"{name}.json"
+    return lake.stage_stamp(name)
 
 
 def _fingerprint(cfg: Config, stage: Stage, extra: dict[str, Any]) -> str:

@@ -19,8 +19,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from saviorrec.config import Config
-from saviorrec.lake import Lake, atomic_path
+from saviorrec.lake import Lake, atomic_path, read_table
 from saviorrec.metrics import read_metrics, update_metrics
+from saviorrec.schema import EMBEDDINGS, OFF_THE_SHELF, SPLITS, TEST
 
 log = logging.getLogger("saviorrec.report")
 
@@ -62,7 +63,7 @@ def data_summary(cfg: Config, lake: Lake) -> dict[str, Any]:
     """Share of test samples, clicks and items per PV bucket, and overall counts."""
     labels = cfg.stats.bucket_labels()
     out: dict[str, Any] = {"buckets": {}}
-    test_path = lake.training("test")
+    test_path = lake.training(TEST)
     if not test_path.exists():
         return out
     test = pq.read_table(test_path, columns=["item_id", "label", "eval_pv_bucket"])
@@ -78,7 +79,7 @@ def data_summary(cfg: Config, lake: Lake) -> dict[str, Any]:
             "items_pct": 100 * len(np.unique(item[m])) / items,
             "ctr": float(label[m].mean()) if m.any() else None,
         }
-    for split in ("train", "valid", "test"):
+    for split in SPLITS:
         path = lake.training(split)
         if path.exists():
             t = pq.read_table(path, columns=["label"])
@@ -288,15 +289,14 @@ def figure_mba_norms(metrics: dict[str, Any], path: Path) -> bool:
 
 def figure_embedding_map(cfg: Config, lake: Lake, path: Path, franchise: str) -> bool:
     """Fig. 5: t-SNE of item embeddings before (off-the-shelf) and after alignment."""
-    before_path = lake.encoder_dir / "off_the_shelf.parquet"
-    after_path = lake.encoder_dir / "embeddings.parquet"
+    before_path, after_path = lake.off_the_shelf_embeddings, lake.encoder_embeddings
     if not (before_path.exists() and after_path.exists() and lake.items.exists()):
         return False
     from sklearn.manifold import TSNE
 
     items = pq.read_table(lake.items, columns=["item_id", "title"]).to_pandas()
-    before = pq.read_table(before_path).to_pandas().set_index("item_id")
-    after = pq.read_table(after_path).to_pandas().set_index("item_id")
+    before = read_table(before_path, OFF_THE_SHELF).to_pandas().set_index("item_id")
+    after = read_table(after_path, EMBEDDINGS).to_pandas().set_index("item_id")
     ids = items["item_id"][items["item_id"].isin(before.index) & items["item_id"].isin(after.index)]
     rng = np.random.default_rng(0)
     highlight = items.set_index("item_id").loc[ids, "title"].str.contains(franchise, case=False)
@@ -336,9 +336,9 @@ def model_versions(lake: Lake) -> dict[str, str]:
         f"synthetic-seed-{prepared['seed']}" if "seed" in prepared else None)
     found = {
         "data": data,
-        "encoder": read(lake.encoder_dir / "version.json").get("encoder_version"),
-        "rqvae": read(lake.rqvae_dir / "version.json").get("rqvae_version"),
-        "ranker_export": read(lake.export_dir / "meta.json").get("model_version"),
+        "encoder": read(lake.encoder_version).get("encoder_version"),
+        "rqvae": read(lake.rqvae_version).get("rqvae_version"),
+        "ranker_export": read(lake.export.meta).get("model_version"),
     }
     return {k: v for k, v in found.items() if v is not None}
 

@@ -131,6 +131,9 @@ ORACLE = _t(
 )
 
 # --- Spark job outputs --------------------------------------------------------------------------
+SPLITS: tuple[str, ...] = ("train", "valid", "test")  # values of SAMPLES.split, in time order
+TRAIN, VALID, TEST = SPLITS
+
 SAMPLES = _t(
     "samples",
     "Labelled samples, one per event, with the per-user temporal split.",
@@ -139,7 +142,7 @@ SAMPLES = _t(
     C("label", "int64"),
     C("rating", "float32"),
     C("event_timestamp", "timestamp"),
-    C("split", "string", doc="train | valid | test"),
+    C("split", "string", doc="one of SPLITS: train | valid | test"),
 )
 
 COCLICK = _t(
@@ -190,6 +193,22 @@ SEQUENCES = _t(
 )
 
 # --- encoder outputs ----------------------------------------------------------------------------
+EMBEDDINGS = _t(
+    "encoder_embeddings",
+    "SaviorEnc z of every item (written by the encoder, read by the RQ-VAE and the report).",
+    C("item_id", "int64"),
+    C("embedding", "list<float32>"),
+    C("encoder_version", "string"),
+)
+
+OFF_THE_SHELF = _t(
+    "off_the_shelf_embeddings",
+    "Every item's embedding from the frozen towers before alignment (the report's Fig. 5; "
+    "neither served nor versioned).",
+    C("item_id", "int64"),
+    C("embedding", "list<float32>"),
+)
+
 ITEM_MULTIMODAL = _t(
     "item_multimodal",
     "Behaviour-aligned multimodal embedding and semantic ids of each item.",
@@ -250,10 +269,21 @@ TRAINING_ITEMS = _t(
     C("semantic_ids", "list<int64>", doc="as in item_multimodal"),
 )
 
+# --- ranker outputs -----------------------------------------------------------------------------
+PREDICTIONS = _t(
+    "predictions",
+    "A trained ranker's score of every test row, in the test split's order (read by evaluation).",
+    C("user_id", "int64"),
+    C("item_id", "int64"),
+    C("label", "int64"),
+    C("eval_pv_bucket", "int64"),
+    C("score", "float32"),
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
     for t in (
-        EVENTS, ITEMS, ORACLE, SAMPLES, COCLICK, ITEM_STATS, ITEM_PV, SEQUENCES, ITEM_MULTIMODAL,
-        TRAINING_SAMPLES, TRAINING_ITEMS,
+        EVENTS, ITEMS, ORACLE, SAMPLES, COCLICK, ITEM_STATS, ITEM_PV, SEQUENCES, EMBEDDINGS,
+        OFF_THE_SHELF, ITEM_MULTIMODAL, TRAINING_SAMPLES, TRAINING_ITEMS, PREDICTIONS,
     )
 }

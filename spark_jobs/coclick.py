@@ -33,7 +33,7 @@ from pyspark.sql import functions as F
 
 from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path
-from saviorrec.schema import COCLICK, ITEM_PV, SAMPLES
+from saviorrec.schema import COCLICK, ITEM_PV, SAMPLES, TRAIN
 from spark_jobs.tables import read_table, write_table
 
 STATS_DDL = (
@@ -44,7 +44,7 @@ STATS_DDL = (
 
 def train_clicks(samples: DataFrame) -> DataFrame:
     """(user_id, item_id, event_timestamp) of every train click."""
-    return samples.filter((F.col("split") == "train") & (F.col("label") == 1)).select(
+    return samples.filter((F.col("split") == TRAIN) & (F.col("label") == 1)).select(
         "user_id", "item_id", "event_timestamp"
     )
 

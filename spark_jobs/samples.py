@@ -29,7 +29,7 @@ from pyspark.sql import functions as F
 
 from saviorrec.config import Config
 from saviorrec.lake import Lake
-from saviorrec.schema import EVENTS, ITEM_PV, ITEMS, SAMPLES
+from saviorrec.schema import EVENTS, ITEM_PV, ITEMS, SAMPLES, TEST, TRAIN, VALID
 from spark_jobs.columns import pv_bucket
 from spark_jobs.tables import read_table, write_table
 
@@ -66,9 +66,9 @@ def with_split(events: DataFrame, valid_fraction: float, test_fraction: float) -
     n_valid = F.floor(n * F.lit(valid_fraction) + F.lit(_SLACK))
     position = F.row_number().over(order) - 1  # 0-based
     split = (
-        F.when(position >= n - n_test, "test")
-        .when(position >= n - n_test - n_valid, "valid")
-        .otherwise("train")
+        F.when(position >= n - n_test, TEST)
+        .when(position >= n - n_test - n_valid, VALID)
+        .otherwise(TRAIN)
     )
     return events.withColumn("split", split)
 
@@ -76,7 +76,7 @@ def with_split(events: DataFrame, valid_fraction: float, test_fraction: float) -
 def item_pv(samples: DataFrame, items: DataFrame, pv_buckets: Sequence[int]) -> DataFrame:
     """Every item of ``items`` with its number of train samples and that number's bucket."""
     train_pv = (
-        samples.filter(F.col("split") == "train").groupBy("item_id").agg(F.count(F.lit(1)).alias("train_pv"))
+        samples.filter(F.col("split") == TRAIN).groupBy("item_id").agg(F.count(F.lit(1)).alias("train_pv"))
     )
     return (
         items.select("item_id")

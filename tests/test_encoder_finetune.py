@@ -23,12 +23,12 @@ from encoder_torch.cache import text_states_id, text_tower_id, tower_features
 from encoder_torch.data import coclick_pairs, read_items
 from encoder_torch.finetune import TunedFeatures, tune_inputs
 from encoder_torch.fusion import MODALITIES, SaviorEnc, SaviorEncConfig
-from encoder_torch.outputs import EMBEDDINGS
 from encoder_torch.pipeline import run_encoder
 from encoder_torch.towers import ImageTail, ImageTower, TextTail, TextTower
 from encoder_torch.train_encoder import embed_items, train_saviorenc
 from saviorrec.config import Config
 from saviorrec.lake import Lake, read_table
+from saviorrec.schema import EMBEDDINGS
 
 torch.set_num_threads(1)
 CPU = torch.device("cpu")
@@ -144,9 +144,9 @@ def test_pipeline_fine_tunes_the_text_tower(tiny: tuple[Config, Lake],  # noqa: 
     out = run_encoder(cfg)
     assert set(out["hit_at_3"]) == {"off_the_shelf", "aligned", "text_only", "image_only", "both"}
     assert all(0.0 <= v <= 1.0 for v in out["hit_at_3"].values())
-    emb = read_table(lake.encoder_dir / "embeddings.parquet", EMBEDDINGS).to_pandas()
+    emb = read_table(lake.encoder_embeddings, EMBEDDINGS).to_pandas()
     assert len(emb) == N and len(emb["embedding"][0]) == 8
-    ckpt = torch.load(lake.encoder_dir / "saviorenc.pt", weights_only=True)
+    ckpt = torch.load(lake.encoder_checkpoint, weights_only=True)
     assert ckpt["towers"]["finetune_text_layers"] == 1 and not ckpt["towers"]["finetune_image"]
     assert {k.split(".")[0] for k in ckpt["towers"]["state_dict"]} == {"text_tail"}
     assert (lake.tower_cache / f"{text_states_id(16, 1)}.npz").is_file()

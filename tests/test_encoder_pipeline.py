@@ -14,12 +14,12 @@ import torch
 from PIL import Image
 
 from encoder_torch import cache as cache_module
-from encoder_torch.outputs import EMBEDDINGS, load_rqvae
+from encoder_torch.outputs import load_rqvae
 from encoder_torch.pipeline import run_encoder, run_rqvae
 from saviorrec.config import Config
 from saviorrec.lake import Lake, read_table, write_table
 from saviorrec.metrics import read_metrics
-from saviorrec.schema import COCLICK, ITEM_MULTIMODAL, ITEMS, SAMPLES, Table
+from saviorrec.schema import COCLICK, EMBEDDINGS, ITEM_MULTIMODAL, ITEMS, SAMPLES, Table
 
 torch.set_num_threads(1)
 N = 12
@@ -81,9 +81,9 @@ def test_encoder_and_rqvae_end_to_end(tiny: tuple[Config, Lake], monkeypatch: py
     assert set(hits) == {"off_the_shelf", "aligned", "text_only", "image_only", "both"}
     assert all(0.0 <= v <= 1.0 for v in hits.values()) and hits["both"] == hits["aligned"]
     assert out["coclick_pairs"] == N  # the 2N symmetric rows are N unordered pairs
-    emb = read_table(lake.encoder_dir / "embeddings.parquet", EMBEDDINGS).to_pandas()
+    emb = read_table(lake.encoder_embeddings, EMBEDDINGS).to_pandas()
     assert len(emb) == N and len(emb["embedding"][0]) == 8
-    before = pq.read_table(lake.encoder_dir / "off_the_shelf.parquet").to_pandas()
+    before = pq.read_table(lake.off_the_shelf_embeddings).to_pandas()
     assert before["item_id"].tolist() == emb["item_id"].tolist()
     vectors = np.stack(before["embedding"].to_numpy())
     assert vectors.shape == (N, 384 + 1280)  # text + image towers, pooled (Fig. 5's "before")
@@ -104,10 +104,10 @@ def test_encoder_and_rqvae_end_to_end(tiny: tuple[Config, Lake], monkeypatch: py
     ids = np.stack(table["semantic_ids"].to_numpy())
     assert ids.shape == (N, 3) and ids[:, :2].max() < 4
     assert len({tuple(r) for r in ids}) == N  # unique after the disambiguation level
-    version = json.loads((lake.rqvae_dir / "version.json").read_text())["rqvae_version"]
+    version = json.loads(lake.rqvae_version.read_text())["rqvae_version"]
     assert set(table["rqvae_version"]) == {version} == {summary["version"]}
-    codebooks = np.load(lake.rqvae_dir / "codebooks.npy")
-    model = load_rqvae(lake.rqvae_dir / "rqvae.pt")
+    codebooks = np.load(lake.rqvae_codebooks)
+    model = load_rqvae(lake.rqvae_checkpoint)
     assert codebooks.dtype == np.float32 and codebooks.shape == (2, 4, 4)
     assert np.array_equal(codebooks, model.codebooks.detach().numpy())
     z = torch.tensor(np.stack(table["embedding"].to_numpy()), dtype=torch.float32)

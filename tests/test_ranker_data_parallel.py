@@ -136,7 +136,7 @@ def test_data_parallel_on_two_devices_matches_one_device(tmp_path: Path) -> None
     scores = {}
     for name, cfg in configs.items():
         if name != "bad_batch":
-            path = Lake.from_config(cfg).ranker_dir("full", 0) / "predictions_test.parquet"
+            path = Lake.from_config(cfg).ranker("full", 0).predictions
             scores[name] = pq.read_table(path)["score"].to_numpy()
     assert scores["none"].shape == (48,)  # every test row, none of the padding
     np.testing.assert_allclose(scores["data_parallel"], scores["none"], atol=1e-6)

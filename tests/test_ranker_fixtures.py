@@ -105,8 +105,8 @@ def write_training_set(cfg: Config, *, n_users: int = 12, n_items: int = 30, dim
 
     lake.rqvae_dir.mkdir(parents=True, exist_ok=True)
     codebook = rng.standard_normal((levels, codebook_size, latent)).astype("float32")
-    np.save(lake.rqvae_dir / "codebooks.npy", codebook)
-    (lake.rqvae_dir / "version.json").write_text(json.dumps({"rqvae_version": RQVAE_VERSION}))
+    np.save(lake.rqvae_codebooks, codebook)
+    lake.rqvae_version.write_text(json.dumps({"rqvae_version": RQVAE_VERSION}))
     return {"embedding": embedding, "semantic_ids": codes, "codebook": codebook, "topic": topic}
 
 

@@ -13,8 +13,9 @@ import pytest
 from test_ranker_fixtures import training_world
 
 from saviorrec.lake import Lake
+from saviorrec.ranker_inputs import ITEM_TABLE_INPUTS
 from tf_ranker.batches import RankerBatches
-from tf_ranker.data import ITEM_TABLE_INPUTS, ItemLookup, load_items, load_samples
+from tf_ranker.data import ItemLookup, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.packed import PackLayout
 from tf_ranker.train import run_train

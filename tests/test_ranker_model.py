@@ -8,8 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from saviorrec.ranker_inputs import BY_NAME, CANDIDATE
 from tf_ranker.export import per_sample_inputs
-from tf_ranker.features import SEQUENCE_INPUTS, USER_INPUTS
 from tf_ranker.models import SaviorRanker
 from tf_ranker.synthetic import synthetic_inputs
 from tf_ranker.variants import VARIANTS, get_variant
@@ -71,7 +71,7 @@ def test_one_sequence_many_candidates_equals_per_sample(variant: str, normalizat
         x = {k: v * 0.1 if v.dtype == np.float32 else v for k, v in x.items()}
     m = model(variant, attention_normalization=normalization)
     assert m.attention.normalization == normalization
-    request = {k: (v[:1] if k in USER_INPUTS or k in SEQUENCE_INPUTS else v) for k, v in x.items()}
+    request = {k: (v if BY_NAME[k].side == CANDIDATE else v[:1]) for k, v in x.items()}
     served = np.asarray(m(request)).reshape(-1)
     tiled = np.asarray(m(per_sample_inputs(request))).reshape(-1)
     np.testing.assert_allclose(served, tiled, atol=1e-6)

@@ -163,14 +163,14 @@ def test_evaluate_writes_metrics(trained: Config) -> None:
     result = run_evaluate(trained, ["base", "full"])
     lake = Lake.from_config(trained)
     metrics = read_metrics(lake.metrics)
-    preds = pq.read_table(lake.ranker_dir("full", 0) / "predictions_test.parquet")
+    preds = pq.read_table(lake.ranker("full", 0).predictions)
     labels, scores = preds["label"].to_numpy(), preds["score"].to_numpy()
     buckets = preds["eval_pv_bucket"].to_numpy()
     full = metrics["ranker"]["full"]
     assert full["auc"]["mean"] == pytest.approx(auc(labels, scores))
     assert list(full["auc"]["seeds"]) == ["0"]  # seed 1 has no predictions
     # validation AUC beside test: what training recorded (checked against the model above)
-    meta = json.loads((lake.ranker_dir("full", 0) / "meta.json").read_text())
+    meta = json.loads(lake.ranker("full", 0).meta.read_text())
     assert full["valid_auc"] == {"mean": pytest.approx(meta["val_auc"]), "seeds": {"0": meta["val_auc"]}}
     lo, hi = full["auc"]["ci95"]
     assert lo <= full["auc"]["mean"] <= hi
@@ -179,7 +179,7 @@ def test_evaluate_writes_metrics(trained: Config) -> None:
     in_bucket = buckets == 2
     assert full["auc_by_bucket"][labels_by_bucket[2]]["mean"] == pytest.approx(
         auc(labels[in_bucket], scores[in_bucket]))
-    base_preds = pq.read_table(lake.ranker_dir("base", 0) / "predictions_test.parquet")
+    base_preds = pq.read_table(lake.ranker("base", 0).predictions)
     gap = metrics["ranker"]["full_minus_base"]
     assert gap["diff"] == pytest.approx(auc(labels, scores) - auc(labels, base_preds["score"].to_numpy()))
     assert gap["ci95"][0] <= gap["diff"] <= gap["ci95"][1]
@@ -231,7 +231,7 @@ def test_export_savedmodel_serves_one_user_against_many_candidates(trained: Conf
     feed = {k: tf.constant(np.asarray(v), dtype=specs[k].dtype) for k, v in request["inputs"].items()}
     served = signature(**feed)["score"].numpy()
     assert served.shape == (len(request["inputs"]["item_id"]),) and served.shape[0] > 1
-    model = keras.saving.load_model(Lake.from_config(trained).ranker_dir("full", 0) / "model.keras",
+    model = keras.saving.load_model(Lake.from_config(trained).ranker("full", 0).model,
                                     compile=False)
     expected = np.asarray(model(per_sample_inputs(request["inputs"]))).reshape(-1)
     np.testing.assert_allclose(served, expected, atol=1e-5)

@@ -152,7 +152,7 @@ def test_grid_variants_train_evaluate_and_export(grid: Config) -> None:
     for variant in NEW:
         assert 0.0 <= metrics["ranker"][variant]["auc"]["mean"] <= 1.0
         assert set(metrics["ranker"][variant]["auc_by_bucket"]) == set(grid.stats.bucket_labels())
-    meta = json.loads((lake.ranker_dir("full_mba8", 0) / "meta.json").read_text())
+    meta = json.loads(lake.ranker("full_mba8", 0).meta.read_text())
     assert meta["model_config"]["mba_dim"] == 8
     # Importance only where there is an MBA; no_mm (= base) has none.
     assert "mba_level_importance" in result["ranker"]["no_id"]
@@ -172,13 +172,13 @@ def test_full_writes_fig3_level_importance(grid: Config, tmp_path: Path) -> None
     lake = Lake.from_config(grid)
     run_evaluate(grid, ["full"])
     value = read_metrics(lake.metrics)["ranker"]["full"]["mba_level_importance"]
-    metas = [json.loads((lake.ranker_dir("full", s) / "meta.json").read_text()) for s in (0, 1)]
+    metas = [json.loads(lake.ranker("full", s).meta.read_text()) for s in (0, 1)]
     per_seed = [m["mba_level_importance"] for m in metas]
     assert value["levels"] == 2 and set(value["seeds"]) == {"0", "1"}
     for key in ("codebook", "fusion"):
         np.testing.assert_allclose(value[key], np.mean([p[key] for p in per_seed], axis=0))
     # Recompute seed 0 from the saved model: the codebook rows of the train split's items.
-    saved = keras.saving.load_model(lake.ranker_dir("full", 0) / "model.keras", compile=False)
+    saved = keras.saving.load_model(lake.ranker("full", 0).model, compile=False)
     train, items = load_samples(lake.training("train")), load_items(lake.training_items)
     seen = np.unique(np.concatenate([train.item_id, train.seq_item_ids.ravel()]))
     codes = items.semantic_ids[seen[seen > 0]][:, :2]

@@ -207,7 +207,7 @@ def save_ranker(world: World, *, rqvae_version: str = RQVAE_VERSION, seed: int =
     rng = np.random.default_rng(seed)
     for weight in model.weights:  # random everywhere (the MBA codebook starts at zero otherwise)
         weight.assign(rng.normal(0.0, 0.15, weight.shape).astype(weight.dtype))
-    path = Lake.from_config(cfg).ranker_dir("full", 0) / "model.keras"
+    path = Lake.from_config(cfg).ranker("full", 0).model
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)
     return keras.saving.load_model(path, compile=False)

@@ -20,6 +20,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from saviorrec.lake import read_table
+from saviorrec.ranker_inputs import (
+    BASE_SCORE,
+    CANDIDATE,
+    ITEM,
+    ITEM_ID,
+    ITEM_PV_BUCKET,
+    ITEM_STATS,
+    SEQ_ITEM_IDS,
+    SEQ_PV_BUCKET,
+    SEQ_STATS,
+    USER_ID,
+    USER_STATS,
+    inputs,
+)
 from saviorrec.schema import (
     ITEM_STAT_NUMERIC,
     SEQ_STAT_PREFIX,
@@ -27,7 +41,6 @@ from saviorrec.schema import (
     TRAINING_SAMPLES,
     USER_STAT_NUMERIC,
 )
-from tf_ranker.features import BASE_SCORE
 
 
 def _fixed_lists(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
@@ -53,6 +66,10 @@ class ItemLookup:
     def num_rows(self) -> int:
         return int(self.embedding.shape[0])
 
+    def column(self, feature: str) -> np.ndarray:
+        """The table of a per-item feature of source ITEM: embedding or semantic_ids."""
+        return {"embedding": self.embedding, "semantic_ids": self.semantic_ids}[feature]
+
 
 @dataclass(frozen=True)
 class Samples:
@@ -70,6 +87,13 @@ class Samples:
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
+
+    def input(self, name: str) -> np.ndarray | None:
+        """The ranker input ``name`` (saviorrec.ranker_inputs, source SAMPLE) of every row."""
+        return {USER_ID: self.user_id, USER_STATS: self.user_stats, ITEM_ID: self.item_id,
+                ITEM_STATS: self.stats, ITEM_PV_BUCKET: self.pv_bucket,
+                SEQ_ITEM_IDS: self.seq_item_ids, SEQ_STATS: self.seq_stats,
+                SEQ_PV_BUCKET: self.seq_pv_bucket, BASE_SCORE: self.base_score}[name]
 
 
 def load_items(path: Path, num_rows: int | None = None) -> ItemLookup:
@@ -110,36 +134,24 @@ def load_samples(path: Path) -> Samples:
     )
 
 
-# The inputs make_inputs gathers from the item table (the rest come from the sample rows).
-ITEM_TABLE_INPUTS = ("item_embedding", "item_semantic_ids", "seq_embedding", "seq_semantic_ids")
-
-
 def make_inputs(samples: Samples, items: ItemLookup, rows: np.ndarray | slice,
                 use_base_score: bool = False, gather_items: bool = True) -> dict[str, np.ndarray]:
-    """Model inputs of the selected sample rows; item features gathered from the lookup, unless
-    ``gather_items=False`` (the model gathers them on the device: tf_ranker.item_tables)."""
-    item_id = samples.item_id[rows]
-    seq_ids = samples.seq_item_ids[rows]
-    out = {
-        "user_id": samples.user_id[rows],
-        "user_stats": samples.user_stats[rows],
-        "item_id": item_id,
-        "item_stats": samples.stats[rows],
-        "item_pv_bucket": samples.pv_bucket[rows],
-        "seq_item_ids": seq_ids,
-        "seq_stats": samples.seq_stats[rows],
-        "seq_pv_bucket": samples.seq_pv_bucket[rows],
-    }
-    if gather_items:
-        # Ids beyond the lookup (never in the item table) read row 0: zeros, like padding.
-        item_row = np.where(item_id < items.num_rows, item_id, 0)
-        seq_row = np.where(seq_ids < items.num_rows, seq_ids, 0)
-        out["item_embedding"] = items.embedding[item_row]
-        out["item_semantic_ids"] = items.semantic_ids[item_row]
-        out["seq_embedding"] = items.embedding[seq_row]
-        out["seq_semantic_ids"] = items.semantic_ids[seq_row]
-    if use_base_score:
-        if samples.base_score is None:
-            raise ValueError(f"the model reads {BASE_SCORE!r} but the training set has no such column")
-        out[BASE_SCORE] = samples.base_score[rows]
+    """Model inputs of the selected sample rows; item features (source ITEM) gathered from the
+    lookup, unless ``gather_items=False`` (the model gathers them on the device:
+    tf_ranker.item_tables)."""
+    out: dict[str, np.ndarray] = {}
+    item_rows: dict[str, np.ndarray] = {}
+    for spec in inputs(use_base_score):
+        if spec.source != ITEM:
+            column = samples.input(spec.name)
+            if column is None:
+                raise ValueError(f"the model reads {spec.name!r} but the training set has no "
+                                 "such column")
+            out[spec.name] = column[rows]
+        elif gather_items:
+            ids = out[ITEM_ID if spec.side == CANDIDATE else SEQ_ITEM_IDS]
+            if spec.side not in item_rows:
+                # Ids beyond the lookup (never in the item table) read row 0: zeros, like padding.
+                item_rows[spec.side] = np.where(ids < items.num_rows, ids, 0)
+            out[spec.name] = items.column(spec.feature)[item_rows[spec.side]]
     return out

@@ -9,10 +9,10 @@ of full minus each other variant on the same test rows (per seed, averaged over 
 variants have); for base also per PV bucket.
 
 Fig. 3: for variants with MBA, the per-level importance that training wrote into each seed's
-meta.json (mean L2 norm of the used MBA codebook rows and of the fusion weights per level),
+meta (mean L2 norm of the used MBA codebook rows and of the fusion weights per level),
 averaged over the seeds.
 
-Beside them, the VALIDATION AUC each seed's training recorded (meta.json val_auc): what every
+Beside them, the VALIDATION AUC each seed's training recorded (the meta's val_auc): what every
 choice was made on, so a reader sees how far test moves from it.
 
 Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bucket>.{mean,ci95},
@@ -47,7 +47,7 @@ from saviorrec.metrics import (
     paired_bootstrap_diff,
     update_metrics,
 )
-from saviorrec.schema import ITEM_STAT_NUMERIC, ORACLE
+from saviorrec.schema import ITEM_STAT_NUMERIC, ORACLE, PREDICTIONS, TEST, TRAIN
 from tf_ranker.data import Samples, load_samples
 
 
@@ -83,7 +83,7 @@ def oracle_scores(lake: Lake) -> np.ndarray | None:
     run has no oracle (MovieLens). Every test row must find exactly one oracle row."""
     if not lake.oracle.is_file():
         return None
-    test = pq.read_table(lake.training("test"), columns=list(ORACLE_KEYS)).to_pandas()
+    test = pq.read_table(lake.training(TEST), columns=list(ORACLE_KEYS)).to_pandas()
     oracle = read_table(lake.oracle, ORACLE).to_pandas()
     duplicated = oracle.duplicated(list(ORACLE_KEYS))
     if duplicated.any():
@@ -101,21 +101,21 @@ def oracle_scores(lake: Lake) -> np.ndarray | None:
 def _read_predictions(lake: Lake, variant: str, seeds: tuple[int, ...]) -> dict[int, dict[str, np.ndarray]]:
     out = {}
     for seed in seeds:
-        path = lake.ranker_dir(variant, seed) / "predictions_test.parquet"
+        path = lake.ranker(variant, seed).predictions
         if path.is_file():
-            table = pq.read_table(path)
+            table = read_table(path, PREDICTIONS)
             out[seed] = {c: table[c].to_numpy() for c in table.column_names}
     return out
 
 
 def _metas(lake: Lake, variant: str, seeds: list[int]) -> dict[str, dict[str, Any]]:
-    """meta.json of each of ``seeds`` that has one, by seed (as a string)."""
-    paths = {str(seed): lake.ranker_dir(variant, seed) / "meta.json" for seed in seeds}
+    """The meta of each of ``seeds`` that has one, by seed (as a string)."""
+    paths = {str(seed): lake.ranker(variant, seed).meta for seed in seeds}
     return {seed: json.loads(path.read_text()) for seed, path in paths.items() if path.is_file()}
 
 
 def level_importance(metas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
-    """Mean over the seeds of meta.json's mba_level_importance; None if a seed has none."""
+    """Mean over the seeds of the metas' mba_level_importance; None if a seed has none."""
     per_seed = {seed: meta.get("mba_level_importance") for seed, meta in metas.items()}
     if not per_seed or any(v is None for v in per_seed.values()):
         return None
@@ -187,7 +187,7 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
             for key, value in results["ranker"][v].items():
                 update_metrics(lake.metrics, f"ranker.{v}.{key}", value)
 
-    train, test = load_samples(lake.training("train")), load_samples(lake.training("test"))
+    train, test = load_samples(lake.training(TRAIN)), load_samples(lake.training(TEST))
     ref = smoothed_mean_scores(train.user_id, train.item_id, train.label.astype("float64"),
                                test.user_id, test.item_id, cfg.stats.ctr_prior_strength)
     n = cfg.ranker.bootstrap_samples

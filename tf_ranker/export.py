@@ -1,16 +1,17 @@
 """Export a trained ranker as a TensorFlow SavedModel for TF-Serving.
 
-``run_export(cfg, variant="full", seed=0)`` reloads ``model.keras`` under TensorFlow
-(``compile=False``; train anywhere, e.g. JAX on a GPU, export here) and writes Lake.export_dir
-atomically: the SavedModel, ``meta.json`` (model version, variant, rqvae_version, inputs) and
-``sample_request.json`` (a TF-Serving REST body built from real test rows).
+``run_export(cfg, variant="full", seed=0)`` reloads the trained ``.keras`` model under
+TensorFlow (``compile=False``; train anywhere, e.g. JAX on a GPU, export here) and writes
+Lake.export atomically: the SavedModel, its meta (model version, variant, rqvae_version, inputs)
+and a sample request (a TF-Serving REST body built from real test rows).
 
-The ``serving_default`` signature scores N candidates for ONE user: ``user_id`` [1],
-``seq_*`` [1, S, ...] once per request, ``item_*`` [N, ...], output ``score`` float32 [N]. The
+The ``serving_default`` signature (saviorrec.ranker_inputs) scores N candidates for ONE user:
+the user side [1, ...] and the sequence side [1, S, ...] once per request, the candidate side
+[N, ...], output ``score`` float32 [N]. The
 sequence side (MBA of the sequence items, attention keys and values) is computed once and
 broadcast over the candidates. Item features (ids, statistics, embeddings, semantic ids) are
 inputs: the serving app reads them from the Feast online store; the SavedModel holds no item
-table. Serving must refuse semantic ids of another RQ-VAE version than meta.json's.
+table. Serving must refuse semantic ids of another RQ-VAE version than the meta's.
 
 Serve it with the TF-Serving container (the folder holds ``saved_model.pb`` of version 1)::
 
@@ -31,60 +32,53 @@ from typing import Any
 import keras
 import numpy as np
 
+from saviorrec import ranker_inputs
 from saviorrec.config import Config
-from saviorrec.lake import Lake, atomic_path
-from tf_ranker.data import load_items, load_samples, make_inputs
-from tf_ranker.features import (
+from saviorrec.lake import ExportFiles, Lake, atomic_path
+from saviorrec.ranker_inputs import (
     BASE_SCORE,
+    CANDIDATE,
     DTYPES,
-    SEQUENCE_INPUTS,
-    USER_INPUTS,
-    input_names,
-    trailing_shapes,
+    ITEM_ID,
+    OUTPUT,
+    SIGNATURE,
+    inputs,
 )
+from saviorrec.schema import PADDING_ITEM_ID, TEST
+from tf_ranker.data import load_items, load_samples, make_inputs
 from tf_ranker.models import SaviorRanker
 
-SIGNATURE = "serving_default"
-OUTPUT = "score"
 TOLERANCE = 1e-5
 
 
 def serving_shapes(model: SaviorRanker) -> dict[str, list[int | None]]:
     """Input shapes of the serving signature (None = any size: N candidates, S positions)."""
-    trailing = trailing_shapes(model.embedding_dim, model.semantic_id_width)
-    shapes: dict[str, list[int | None]] = {}
-    for name in input_names(model.use_base_score):
-        if name in USER_INPUTS:
-            shapes[name] = [1, *trailing[name]]
-        elif name in SEQUENCE_INPUTS:
-            shapes[name] = [1, None, *trailing[name]]
-        else:
-            shapes[name] = [None, *trailing[name]]
-    return shapes
+    return ranker_inputs.serving_shapes(model.embedding_dim, model.semantic_id_width, model.use_base_score)
 
 
 def sample_request(model: SaviorRanker, cfg: Config, max_candidates: int = 5) -> dict[str, Any]:
     """TF-Serving REST body: the first test user with a sequence, and a few test candidates."""
     lake = Lake.from_config(cfg)
-    test = load_samples(lake.training("test"))
+    test = load_samples(lake.training(TEST))
     items = load_items(lake.training_items)
-    nonempty = np.flatnonzero((test.seq_item_ids != 0).any(axis=1))
+    nonempty = np.flatnonzero((test.seq_item_ids != PADDING_ITEM_ID).any(axis=1))
     first = int(nonempty[0]) if nonempty.size else 0
     rows = np.arange(first, min(first + max_candidates, len(test)))
     batch = make_inputs(test, items, rows, model.use_base_score)
-    inputs = {}
-    for name in input_names(model.use_base_score):
-        value = batch[name][:1] if name in USER_INPUTS or name in SEQUENCE_INPUTS else batch[name]
-        inputs[name] = value.tolist()
-    return {"signature_name": SIGNATURE, "inputs": inputs}
+    request = {}
+    for spec in inputs(model.use_base_score):
+        value = batch[spec.name] if spec.side == CANDIDATE else batch[spec.name][:1]
+        request[spec.name] = value.tolist()
+    return {"signature_name": SIGNATURE, "inputs": request}
 
 
 def per_sample_inputs(request_inputs: dict[str, Any]) -> dict[str, np.ndarray]:
     """The request tiled to one row per candidate (what the training-time model sees)."""
     arrays = {k: np.asarray(v, dtype=DTYPES[k]) for k, v in request_inputs.items()}
-    n = arrays["item_id"].shape[0]
-    for name in (*USER_INPUTS, *SEQUENCE_INPUTS):
-        arrays[name] = np.repeat(arrays[name], n, axis=0)
+    n = arrays[ITEM_ID].shape[0]
+    for spec in inputs(True):
+        if spec.side != CANDIDATE and spec.name in arrays:
+            arrays[spec.name] = np.repeat(arrays[spec.name], n, axis=0)
     return arrays
 
 
@@ -119,7 +113,7 @@ def run_export(cfg: Config, *, variant: str = "full", seed: int = 0) -> dict[str
         raise RuntimeError(f"export needs KERAS_BACKEND=tensorflow (got {keras.backend.backend()!r});"
                            " train under any backend, then export under TensorFlow")
     lake = Lake.from_config(cfg)
-    source = lake.ranker_dir(variant, seed) / "model.keras"
+    source = lake.ranker(variant, seed).model
     if not source.is_file():
         raise FileNotFoundError(f"{source} not found: run `saviorrec train --variant {variant}`")
     model = keras.saving.load_model(source, compile=False)
@@ -143,6 +137,7 @@ def run_export(cfg: Config, *, variant: str = "full", seed: int = 0) -> dict[str
         if not meta["check_max_abs_diff"] <= TOLERANCE:
             raise RuntimeError(f"SavedModel scores differ from the Keras model by "
                                f"{meta['check_max_abs_diff']:.3g} > {TOLERANCE}")
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-        (tmp / "sample_request.json").write_text(json.dumps(request))
+        files = ExportFiles(tmp)
+        files.meta.write_text(json.dumps(meta, indent=2))
+        files.sample_request.write_text(json.dumps(request))
     return meta

@@ -20,10 +20,11 @@ from typing import Any
 import keras
 from keras import ops
 
-from tf_ranker.data import ITEM_TABLE_INPUTS, ItemLookup
+from saviorrec.ranker_inputs import CANDIDATE, INPUTS, ITEM, ITEM_ID, SEQ_ITEM_IDS, SEQUENCE
+from tf_ranker.data import ItemLookup
 from tf_ranker.packed import FLOATS, INTS, PackLayout
 
-__all__ = ["ITEM_TABLE_INPUTS", "ItemTableRanker"]
+__all__ = ["ItemTableRanker"]
 
 
 class ItemTableRanker(keras.Model):
@@ -57,12 +58,10 @@ class ItemTableRanker(keras.Model):
             if self.packing is None:
                 raise ValueError("packed inputs, but this ItemTableRanker has no packing layout")
             inputs = self.packing.unpack(inputs[FLOATS], inputs[INTS])
-        item, seq = self._rows(inputs["item_id"]), self._rows(inputs["seq_item_ids"])
-        full = {
-            **inputs,
-            "item_embedding": ops.take(self.embedding_table, item, axis=0),
-            "item_semantic_ids": ops.take(self.semantic_table, item, axis=0),
-            "seq_embedding": ops.take(self.embedding_table, seq, axis=0),
-            "seq_semantic_ids": ops.take(self.semantic_table, seq, axis=0),
-        }
+        rows = {CANDIDATE: self._rows(inputs[ITEM_ID]), SEQUENCE: self._rows(inputs[SEQ_ITEM_IDS])}
+        tables = {"embedding": self.embedding_table, "semantic_ids": self.semantic_table}
+        full = dict(inputs)
+        for spec in INPUTS:
+            if spec.source == ITEM:
+                full[spec.name] = ops.take(tables[spec.feature], rows[spec.side], axis=0)
         return self.ranker(full, training=training)

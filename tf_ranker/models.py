@@ -25,7 +25,24 @@ import keras
 import numpy as np
 from keras import ops
 
-from tf_ranker.features import BASE_SCORE, NUM_STATS, NUM_USER_STATS, USER_STAT_COUNTS
+from saviorrec.ranker_inputs import (
+    BASE_SCORE,
+    ITEM_EMBEDDING,
+    ITEM_ID,
+    ITEM_PV_BUCKET,
+    ITEM_SEMANTIC_IDS,
+    ITEM_STATS,
+    NUM_STATS,
+    NUM_USER_STATS,
+    SEQ_EMBEDDING,
+    SEQ_ITEM_IDS,
+    SEQ_PV_BUCKET,
+    SEQ_SEMANTIC_IDS,
+    SEQ_STATS,
+    USER_ID,
+    USER_STAT_COUNTS,
+    USER_STATS,
+)
 from tf_ranker.layers import (
     BidirectionalTargetAttention,
     ItemIdMask,
@@ -48,7 +65,7 @@ def _in_vocab(ids: Any, size: int) -> Any:
 
 @keras.saving.register_keras_serializable(package="saviorrec")
 class SaviorRanker(keras.Model):
-    """``call(inputs: dict) -> pCTR [B, 1]`` (float32); inputs as in :mod:`tf_ranker.features`."""
+    """``call(inputs: dict) -> pCTR [B, 1]`` (float32); inputs as in :mod:`saviorrec.ranker_inputs`."""
 
     def __init__(
         self,
@@ -243,27 +260,27 @@ class SaviorRanker(keras.Model):
 
     def encode_sequence(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """The sequence side: mask, h_seq/z_seq projected to attention keys and values."""
-        ids = inputs["seq_item_ids"]
+        ids = inputs[SEQ_ITEM_IDS]
         state: dict[str, Any] = {"mask": ops.not_equal(ids, 0)}
-        h_seq = self._behaviour(ids, inputs["seq_stats"], inputs["seq_pv_bucket"])
+        h_seq = self._behaviour(ids, inputs[SEQ_STATS], inputs[SEQ_PV_BUCKET])
         if self.spec.multimodal:
-            z_seq = self._modal(inputs["seq_embedding"], inputs["seq_semantic_ids"])
+            z_seq = self._modal(inputs[SEQ_EMBEDDING], inputs[SEQ_SEMANTIC_IDS])
             state["projected"] = self.attention.project_sequence(h_seq, z_seq)
         else:
             state["projected"] = self.attention.project_sequence(h_seq, h_seq)
         if self.spec.simtier:
-            state["seq_embedding"] = inputs["seq_embedding"]
+            state[SEQ_EMBEDDING] = inputs[SEQ_EMBEDDING]
         return state
 
     def score(self, inputs: dict[str, Any], state: dict[str, Any],
               training: bool | None = None) -> Any:
         """pCTR [N, 1] of N candidates against an encoded sequence of batch N or 1. In training,
         ``id_dropout`` of the candidates read the "unknown" id row (sequence items never do)."""
-        h_cand = self._behaviour(inputs["item_id"], inputs["item_stats"], inputs["item_pv_bucket"],
+        h_cand = self._behaviour(inputs[ITEM_ID], inputs[ITEM_STATS], inputs[ITEM_PV_BUCKET],
                                  training=training)
         n = ops.shape(h_cand)[0]
-        user_ids = ops.reshape(_in_vocab(inputs["user_id"], self.num_users), (-1,))
-        user_stats = ops.reshape(inputs["user_stats"], (-1, NUM_USER_STATS))
+        user_ids = ops.reshape(_in_vocab(inputs[USER_ID], self.num_users), (-1,))
+        user_stats = ops.reshape(inputs[USER_STATS], (-1, NUM_USER_STATS))
         user = ops.concatenate([
             self.user_embedding(user_ids),
             ops.cast(self.user_stat_transform(user_stats), self.compute_dtype),
@@ -272,12 +289,12 @@ class SaviorRanker(keras.Model):
         parts = [user, h_cand]
         mask = state["mask"]
         if self.spec.multimodal:
-            z_cand = self._modal(inputs["item_embedding"], inputs["item_semantic_ids"])
+            z_cand = self._modal(inputs[ITEM_EMBEDDING], inputs[ITEM_SEMANTIC_IDS])
             parts += [z_cand, self.attention.attend(h_cand, z_cand, state["projected"], mask)]
         else:
             parts.append(self.attention.attend(h_cand, *state["projected"], mask))
         if self.spec.simtier:
-            hist = self.simtier(inputs["item_embedding"], state["seq_embedding"], mask)
+            hist = self.simtier(inputs[ITEM_EMBEDDING], state[SEQ_EMBEDDING], mask)
             parts.append(ops.cast(hist, self.compute_dtype))
         if self.use_base_score:
             parts.append(ops.cast(ops.reshape(inputs[BASE_SCORE], (-1, 1)), self.compute_dtype))

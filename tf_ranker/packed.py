@@ -8,7 +8,8 @@ with batches prebuilt, fit ran 1.42 ms per batch against 1.88 ms); packed once p
 one float32 and one int32 matrix, a batch is two row gathers (0.27 ms on the same CPU), and
 the device unpacks them with slices inside the compiled step.
 
-Layout, per sample row:
+Layout, per sample row: the inputs of source SAMPLE (saviorrec.ranker_inputs), in the
+specification's order, each flattened; float32 inputs in one matrix, int64 ones in the other:
 - floats: user_stats [U] | item_stats [C] | seq_stats [S * C] | base_score [1] (optional);
 - ints (int32): user_id | item_id | item_pv_bucket | seq_item_ids [S] | seq_pv_bucket [S].
 Ids must fit int32 (checked); the model maps every id to int32 anyway (models._in_vocab).
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from saviorrec.ranker_inputs import ITEM, SEQUENCE, RankerInput, inputs
 from tf_ranker.data import Samples
-from tf_ranker.features import BASE_SCORE, NUM_STATS, NUM_USER_STATS
 
 if TYPE_CHECKING:
     from saviorrec.config import RankerConfig
@@ -36,11 +37,23 @@ class PackLayout:
     seq_len: int
     base_score: bool = False
 
+    def columns(self, dtype: str) -> list[tuple[RankerInput, int, int]]:
+        """(input, first column, width) of each packed input of ``dtype`` (float32 | int64)."""
+        out, start = [], 0
+        for spec in inputs(self.base_score):
+            if spec.source == ITEM or spec.dtype != dtype:
+                continue
+            trailing = spec.trailing(0, 0)  # inputs of source SAMPLE have a fixed width
+            width = int(np.prod(trailing, dtype=np.int64)) * \
+                (self.seq_len if spec.side == SEQUENCE else 1)
+            out.append((spec, start, width))
+            start += width
+        return out
+
     @property
     def widths(self) -> tuple[int, int]:
         """(float columns, int columns) of one packed row."""
-        s = self.seq_len
-        return NUM_USER_STATS + NUM_STATS + s * NUM_STATS + int(self.base_score), 3 + 2 * s
+        return tuple(sum(w for *_, w in self.columns(t)) for t in ("float32", "int64"))  # type: ignore[return-value]
 
     def pack(self, samples: Samples) -> tuple[np.ndarray, np.ndarray]:
         """(floats [n, F] float32, ints [n, I] int32) of every sample row, in that row order."""
@@ -48,37 +61,37 @@ class PackLayout:
         if samples.seq_item_ids.shape[1] != s:
             raise ValueError(f"samples have sequences of {samples.seq_item_ids.shape[1]}, "
                              f"the layout {s}")
-        floats = [samples.user_stats, samples.stats, samples.seq_stats.reshape(n, s * NUM_STATS)]
-        if self.base_score:
-            if samples.base_score is None:
-                raise ValueError(f"the layout packs {BASE_SCORE!r} but the samples have none")
-            floats.append(samples.base_score.reshape(n, 1))
-        ints = np.concatenate([samples.user_id[:, None], samples.item_id[:, None],
-                               samples.pv_bucket[:, None], samples.seq_item_ids,
-                               samples.seq_pv_bucket], axis=1)
+
+        def matrix(dtype: str) -> np.ndarray:
+            parts = []
+            for spec, _, width in self.columns(dtype):
+                column = samples.input(spec.name)
+                if column is None:
+                    raise ValueError(f"the layout packs {spec.name!r} but the samples have none")
+                parts.append(column.reshape(n, width))
+            return np.concatenate(parts, axis=1)
+
+        ints = matrix("int64")
         if ints.size and (ints.max() > _INT32_MAX or ints.min() < 0):
             raise ValueError(f"ids or buckets outside 0..{_INT32_MAX} cannot be packed as int32 "
                              "(set ranker.packed_inputs: false)")
-        return (np.concatenate(floats, axis=1).astype(np.float32, copy=False),
-                ints.astype(np.int32))
+        return matrix("float32").astype(np.float32, copy=False), ints.astype(np.int32)
 
     def unpack(self, floats: Any, ints: Any) -> dict[str, Any]:
         """The model's named inputs from a packed batch (keras.ops: runs on the device)."""
         from keras import ops
 
-        s, c, u = self.seq_len, NUM_STATS, NUM_USER_STATS
-        out = {
-            "user_stats": floats[:, :u],
-            "item_stats": floats[:, u:u + c],
-            "seq_stats": ops.reshape(floats[:, u + c:u + c + s * c], (-1, s, c)),
-            "user_id": ints[:, 0],
-            "item_id": ints[:, 1],
-            "item_pv_bucket": ints[:, 2],
-            "seq_item_ids": ints[:, 3:3 + s],
-            "seq_pv_bucket": ints[:, 3 + s:3 + 2 * s],
-        }
-        if self.base_score:
-            out[BASE_SCORE] = floats[:, u + c + s * c]
+        out = {}
+        for dtype, packed in (("float32", floats), ("int64", ints)):
+            for spec, start, width in self.columns(dtype):
+                trailing = spec.trailing(0, 0)
+                if spec.side == SEQUENCE and trailing:
+                    out[spec.name] = ops.reshape(packed[:, start:start + width],
+                                                 (-1, self.seq_len, *trailing))
+                elif spec.side != SEQUENCE and not trailing:
+                    out[spec.name] = packed[:, start]
+                else:
+                    out[spec.name] = packed[:, start:start + width]
         return out
 
 

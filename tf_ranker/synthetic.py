@@ -8,7 +8,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from tf_ranker.features import NUM_STATS, NUM_USER_STATS
+from saviorrec.ranker_inputs import (
+    ITEM_EMBEDDING,
+    ITEM_ID,
+    ITEM_PV_BUCKET,
+    ITEM_SEMANTIC_IDS,
+    ITEM_STATS,
+    NUM_STATS,
+    NUM_USER_STATS,
+    SEQ_EMBEDDING,
+    SEQ_ITEM_IDS,
+    SEQ_PV_BUCKET,
+    SEQ_SEMANTIC_IDS,
+    SEQ_STATS,
+    USER_ID,
+    USER_STATS,
+)
 
 
 def synthetic_inputs(
@@ -40,18 +55,18 @@ def synthetic_inputs(
     seq_ids = rng.integers(1, num_items, (b, s)).astype("int64")
     seq_ids[rng.random((b, s)) < 0.2] = 0
     inputs = {
-        "user_id": rng.integers(1, num_users, b).astype("int64"),
-        "user_stats": stats(b)[:, :NUM_USER_STATS],
-        "item_id": rng.integers(1, num_items, b).astype("int64"),
-        "item_stats": stats(b),
-        "item_pv_bucket": rng.integers(0, num_pv_buckets, b).astype("int64"),
-        "item_embedding": rng.standard_normal((b, embedding_dim), dtype="float32"),
-        "item_semantic_ids": semantic_ids(b),
-        "seq_item_ids": seq_ids,
-        "seq_stats": stats(b, s),
-        "seq_pv_bucket": rng.integers(0, num_pv_buckets, (b, s)).astype("int64"),
-        "seq_embedding": rng.standard_normal((b, s, embedding_dim), dtype="float32"),
-        "seq_semantic_ids": semantic_ids(b, s),
+        USER_ID: rng.integers(1, num_users, b).astype("int64"),
+        USER_STATS: stats(b)[:, :NUM_USER_STATS],
+        ITEM_ID: rng.integers(1, num_items, b).astype("int64"),
+        ITEM_STATS: stats(b),
+        ITEM_PV_BUCKET: rng.integers(0, num_pv_buckets, b).astype("int64"),
+        ITEM_EMBEDDING: rng.standard_normal((b, embedding_dim), dtype="float32"),
+        ITEM_SEMANTIC_IDS: semantic_ids(b),
+        SEQ_ITEM_IDS: seq_ids,
+        SEQ_STATS: stats(b, s),
+        SEQ_PV_BUCKET: rng.integers(0, num_pv_buckets, (b, s)).astype("int64"),
+        SEQ_EMBEDDING: rng.standard_normal((b, s, embedding_dim), dtype="float32"),
+        SEQ_SEMANTIC_IDS: semantic_ids(b, s),
     }
     labels = (rng.random((b, 1)) < 0.3).astype("float32")
     return inputs, labels

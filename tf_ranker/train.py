@@ -15,9 +15,9 @@ over the sample weights, so the padding changes neither loss, gradients nor AUC)
 padded predictions are dropped. The distribution and the dtype policy are set for the run only
 and restored afterwards, so later runs in the same process start clean.
 
-Writes to Lake.ranker_dir(variant, seed): model.keras, meta.json, predictions_test.parquet,
-history.csv, checkpoints/best.weights.h5, logs/ (TensorBoard). meta.json of a variant with MBA holds
-``mba_level_importance`` (Fig. 3, :func:`mba_level_importance`).
+Writes Lake.ranker(variant, seed): the model (.keras), its meta (JSON), the test predictions
+(schema.PREDICTIONS), the history (CSV), the best weights and TensorBoard logs. The meta of a
+variant with MBA holds ``mba_level_importance`` (Fig. 3, :func:`mba_level_importance`).
 """
 
 from __future__ import annotations
@@ -34,26 +34,24 @@ from typing import Any
 import keras
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from saviorrec.config import Config
-from saviorrec.lake import Lake, atomic_path
+from saviorrec.lake import Lake, RankerFiles, atomic_path, write_table
 from saviorrec.metrics import auc
+from saviorrec.ranker_inputs import USER_STAT_COUNTS
+from saviorrec.schema import PREDICTIONS, SPLITS
 from tf_ranker.batches import RankerBatches, data_placement
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
-from tf_ranker.features import USER_STAT_COUNTS
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.layers.stat_transform import DEFAULT_COUNT_COLUMNS, fit_standardization
 from tf_ranker.models import SaviorRanker
 from tf_ranker.packed import training_layout
 from tf_ranker.variants import get_variant
 
-SPLITS = ("train", "valid", "test")
 
-
-def read_rqvae(rqvae_dir: Path) -> tuple[np.ndarray | None, str | None]:
+def read_rqvae(lake: Lake) -> tuple[np.ndarray | None, str | None]:
     """(codebooks [L, K, latent] or None, rqvae_version or None) written by the encoder stage."""
-    codebook_path, version_path = rqvae_dir / "codebooks.npy", rqvae_dir / "version.json"
+    codebook_path, version_path = lake.rqvae_codebooks, lake.rqvae_version
     codebook = np.load(codebook_path) if codebook_path.is_file() else None
     version = json.loads(version_path.read_text())["rqvae_version"] if version_path.is_file() else None
     return codebook, version
@@ -83,11 +81,14 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
             raise ValueError(f"RQ codebook has {levels} levels but items carry {width} semantic ids")
     else:
         if spec.uses_semantic_ids and spec.mba == "rq":
-            raise FileNotFoundError("variant no_raw_mm needs codebooks.npy in Lake.rqvae_dir")
+            raise FileNotFoundError(f"variant no_raw_mm needs the RQ codebooks: "
+                                    f"{Lake.from_config(cfg).rqvae_codebooks} does not exist "
+                                    "(run `saviorrec rqvae`)")
         levels, size, latent = max(width - 1, 1), int(items.semantic_ids.max(initial=0)) + 1, r.mba_dim
     if spec.uses_semantic_ids and rqvae_version is None:
-        raise FileNotFoundError(f"variant {variant!r} reads semantic ids: version.json with "
-                                "rqvae_version missing in Lake.rqvae_dir")
+        raise FileNotFoundError(f"variant {variant!r} reads semantic ids: the RQ-VAE version "
+                                f"{Lake.from_config(cfg).rqvae_version} does not exist "
+                                "(run `saviorrec rqvae`)")
     moments = None
     if r.standardize_stats:
         if train is None:
@@ -159,8 +160,7 @@ def _write_predictions(path: Path, samples: Samples, scores: np.ndarray) -> None
         "eval_pv_bucket": pa.array(samples.eval_pv_bucket, pa.int64()),
         "score": pa.array(scores.astype("float32"), pa.float32()),
     })
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+    write_table(table, path, PREDICTIONS)
 
 
 class TrainingCollapsed(RuntimeError):
@@ -190,24 +190,24 @@ def check_not_collapsed(scores: np.ndarray, history: dict[str, list[float]], *, 
     losses = ", ".join(f"{x:.4g}" for x in history.get("loss", []))
     raise TrainingCollapsed(
         f"{variant} seed {seed}: training collapsed, {what} (training loss by epoch: {losses}); "
-        "model.keras, predictions and meta.json were not written. Lower ranker.lr or raise "
+        "the model, predictions and meta were not written. Lower ranker.lr or raise "
         "ranker.adagrad_initial_accumulator.")
 
 
-def _callbacks(out: Path, patience: int) -> list[keras.callbacks.Callback]:
+def _callbacks(out: RankerFiles, patience: int) -> list[keras.callbacks.Callback]:
     callbacks: list[keras.callbacks.Callback] = [
         keras.callbacks.TerminateOnNaN(),  # no more epochs on NaN: check_not_collapsed reports
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
         # Weights only: the model that trains may be the ItemTableRanker wrapper (not saved).
-        keras.callbacks.ModelCheckpoint(str(out / "checkpoints" / "best.weights.h5"),
+        keras.callbacks.ModelCheckpoint(str(out.best_weights),
                                         save_weights_only=True, monitor="val_auc",
                                         mode="max", save_best_only=True),
-        keras.callbacks.CSVLogger(str(out / "history.csv")),
+        keras.callbacks.CSVLogger(str(out.history)),
     ]
     # Keras writes TensorBoard events through tf.summary, which needs both packages.
     if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out / "logs")))
+        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out.logs)))
     return callbacks
 
 
@@ -259,7 +259,7 @@ def _run_scope(cfg: Config, distribution: keras.distribution.Distribution | None
 
 
 def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
-    """Train ``variant`` with ``seed``; returns (and writes) meta.json's content."""
+    """Train ``variant`` with ``seed``; returns (and writes) the run's meta."""
     distribution = make_distribution(cfg)
     with _run_scope(cfg, distribution):
         return _train(cfg, variant=variant, seed=seed, distribution=distribution)
@@ -274,7 +274,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
     pad = distribution is not None
     train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
     items = load_items(lake.training_items)
-    codebook, rqvae_version = read_rqvae(lake.rqvae_dir)
+    codebook, rqvae_version = read_rqvae(lake)
     config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version,
                           train=train)
     model = SaviorRanker(**config)
@@ -300,8 +300,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     optimizer = make_optimizer(cfg, len(train_batches) * r.epochs)
     fitted.compile(optimizer=optimizer, loss=loss, metrics=[keras.metrics.AUC(name="auc")],
                    steps_per_execution=spe)
-    out = lake.ranker_dir(variant, seed)
-    out.mkdir(parents=True, exist_ok=True)
+    out = lake.ranker(variant, seed)
+    out.root.mkdir(parents=True, exist_ok=True)
     history = fitted.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
                          callbacks=_callbacks(out, r.early_stopping_patience), verbose="auto")
 
@@ -337,8 +337,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     }
     if importance is not None:
         meta["mba_level_importance"] = importance
-    save_model_atomic(model, out / "model.keras")
-    _write_predictions(out / "predictions_test.parquet", test, test_scores)
-    with atomic_path(out / "meta.json") as tmp:
+    save_model_atomic(model, out.model)
+    _write_predictions(out.predictions, test, test_scores)
+    with atomic_path(out.meta) as tmp:
         tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     return meta

@@ -81,7 +81,7 @@ def _redis_url(cfg: Config) -> str:
 
 def open_store(cfg: Config) -> FeatureStore:
     """The run's FeatureStore with a registry cache that never expires (no per-request reload)."""
-    registry = Lake.from_config(cfg).feast_data / "registry.db"
+    registry = Lake.from_config(cfg).feast_registry
     if not registry.is_file():
         raise FileNotFoundError(f"Feast registry {registry} not found: run "
                                 "`saviorrec features apply` and `saviorrec features materialize`")

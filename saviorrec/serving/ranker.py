@@ -1,9 +1,10 @@
 """The exported ranker: a TF SavedModel loaded once with ``tf.saved_model.load``.
 
-The ``serving_default`` signature (tf_ranker/export.py) takes ONE user's sequence (``user_id``
-[1], ``seq_*`` [1, S, ...]) and N candidates (``item_*`` [N, ...]) and returns ``score`` [N].
-Its concrete function is called directly with tensors of the dtypes it declares; ``meta.json``
-beside it gives the model version, variant and the RQ-VAE version of its semantic ids.
+The ``serving_default`` signature (saviorrec.ranker_inputs) takes ONE user and sequence (the
+user side [1, ...], the sequence side [1, S, ...]) and N candidates ([N, ...]) and returns
+``score`` [N]. Its concrete function is called directly with tensors of the dtypes it declares;
+the export's meta (saviorrec.lake.ExportFiles) gives the model version, variant and the RQ-VAE
+version of its semantic ids.
 
 With ``xla=True`` the signature is wrapped in a ``tf.function(jit_compile=True)`` at load time:
 the export stays a plain graph (TF-Serving runs it without XLA flags) and this service gets the
@@ -26,10 +27,19 @@ from typing import Any
 
 import numpy as np
 
+from saviorrec.lake import ExportFiles
+from saviorrec.ranker_inputs import (
+    BY_NAME,
+    CANDIDATE,
+    ITEM_ID,
+    OUTPUT,
+    SEQ_ITEM_IDS,
+    SEQUENCE,
+    SIGNATURE,
+)
+
 log = logging.getLogger(__name__)
 
-SIGNATURE = "serving_default"
-CANDIDATE_INPUTS_PREFIX = "item_"  # inputs with one row per candidate (padded under XLA)
 SMALLEST_BUCKET = 8
 
 
@@ -75,11 +85,11 @@ class Ranker:
         if threads:
             set_tf_threads(tf, threads)
         self.export_dir = Path(export_dir)
-        meta_path = self.export_dir / "meta.json"
-        if not (self.export_dir / "saved_model.pb").is_file() or not meta_path.is_file():
-            raise ModelError(f"no SavedModel with meta.json in {self.export_dir}: "
+        files = ExportFiles(self.export_dir)
+        if not files.saved_model.is_file() or not files.meta.is_file():
+            raise ModelError(f"no SavedModel with {files.meta.name} in {self.export_dir}: "
                              "run `saviorrec export` first")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.meta: dict[str, Any] = json.loads(files.meta.read_text())
         self._tf = tf
         self._loaded = tf.saved_model.load(str(self.export_dir))  # keeps the variables alive
         signatures = self._loaded.signatures
@@ -92,7 +102,7 @@ class Ranker:
             for name, spec in self._fn.structured_input_signature[1].items()
         }
         outputs = list(self._fn.structured_outputs)
-        self.output = "score" if "score" in outputs else outputs[0]
+        self.output = OUTPUT if OUTPUT in outputs else outputs[0]
         self.xla = xla
         self.buckets = candidate_buckets(max_candidates) if xla else []
         self._call = self._fn
@@ -119,14 +129,14 @@ class Ranker:
     def trailing(self, name: str) -> tuple[int, ...]:
         """Fixed trailing shape of an input after its batch (and sequence) axes."""
         shape = self.inputs[name].shape
-        skip = 2 if name.startswith("seq_") else 1
+        skip = 2 if BY_NAME[name].side == SEQUENCE else 1
         if any(d is None for d in shape[skip:]):
             raise ModelError(f"input {name!r} has an unknown trailing dimension: {shape}")
         return tuple(int(d) for d in shape[skip:])  # type: ignore[arg-type]
 
     def sequence_length(self) -> int | None:
         """S when the signature fixes it, else None (any length)."""
-        return self.inputs["seq_item_ids"].shape[1]
+        return self.inputs[SEQ_ITEM_IDS].shape[1]
 
     def bucket(self, n: int) -> int:
         """Rows the model is called with for ``n`` candidates (n itself without XLA)."""
@@ -134,12 +144,12 @@ class Ranker:
 
     def predict(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         tf = self._tf
-        n = len(inputs["item_id"])
+        n = len(inputs[ITEM_ID])
         pad = self.bucket(n) - n
         feed = {}
         for name, spec in self.inputs.items():
             value = inputs[name]
-            if pad and name.startswith(CANDIDATE_INPUTS_PREFIX):
+            if pad and BY_NAME[name].side == CANDIDATE:
                 value = np.concatenate([value, np.repeat(value[-1:], pad, axis=0)])
             feed[name] = tf.convert_to_tensor(value, spec.dtype)
         return self._call(**feed)[self.output].numpy().reshape(-1)[:n]

@@ -17,6 +17,7 @@ import numpy as np
 
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
+from saviorrec.ranker_inputs import INPUTS, ITEM_EMBEDDING, ITEM_SEMANTIC_IDS, inputs
 from saviorrec.schema import PADDING_ITEM_ID
 from saviorrec.serving.counters import Counters
 from saviorrec.serving.features import FeatureReader, StoreUnavailable
@@ -31,7 +32,8 @@ from saviorrec.serving.versions import (
 
 log = logging.getLogger(__name__)
 
-UNSERVABLE_INPUTS = ("base_score",)  # inputs the online store does not hold
+# inputs the online store does not hold (base_score)
+UNSERVABLE_INPUTS = tuple(sorted({i.name for i in INPUTS} - {i.name for i in inputs()}))
 
 
 def model_dir(cfg: Config) -> Path:
@@ -43,8 +45,8 @@ def model_dir(cfg: Config) -> Path:
 
 
 def layout_of(ranker: Ranker, cfg: Config) -> Layout:
-    return Layout(embedding_dim=ranker.trailing("item_embedding")[0],
-                  semantic_id_width=ranker.trailing("item_semantic_ids")[0],
+    return Layout(embedding_dim=ranker.trailing(ITEM_EMBEDDING)[0],
+                  semantic_id_width=ranker.trailing(ITEM_SEMANTIC_IDS)[0],
                   sequence_length=ranker.sequence_length() or cfg.sequences.max_len,
                   user_ctr_prior=cfg.stats.ctr_prior)
 

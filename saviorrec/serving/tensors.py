@@ -1,4 +1,4 @@
-"""Online features -> the SavedModel's input arrays, numpy-vectorised.
+"""Online features -> the SavedModel's input arrays (saviorrec.ranker_inputs), numpy-vectorised.
 
 The distinct items of a request (candidates and sequence items) become one small table, row k
 for the k-th item plus a last row for padding; the candidate and sequence inputs are then plain
@@ -16,6 +16,15 @@ from typing import Any
 
 import numpy as np
 
+from saviorrec.ranker_inputs import (
+    CANDIDATE,
+    ITEM_ID,
+    SEQ_ITEM_IDS,
+    USER_ID,
+    USER_STATS,
+    RankerInput,
+    inputs,
+)
 from saviorrec.schema import (
     ITEM_STAT_DEFAULTS,
     ITEM_STAT_NUMERIC,
@@ -79,7 +88,8 @@ def _item_table(items: Mapping[int, Mapping[str, Any]], layout: Layout
 def build_inputs(user_id: int, item_ids: Sequence[int], sequence: Sequence[int],
                  items: Mapping[int, Mapping[str, Any]], layout: Layout,
                  user_stats: Sequence[float] | None = None) -> dict[str, np.ndarray]:
-    """The signature's inputs: ``user_*`` [1, ...], ``item_*`` [N, ...], ``seq_*`` [1, S, ...].
+    """The signature's inputs: the user side [1, ...], the candidates [N, ...], the sequence
+    [1, S, ...] (every input but base_score, which the online store does not hold).
 
     ``items`` holds every candidate and sequence item (defaults already filled in by the
     feature reader); ``sequence`` is the user's stored, left-padded sequence ([] if unknown);
@@ -93,11 +103,16 @@ def build_inputs(user_id: int, item_ids: Sequence[int], sequence: Sequence[int],
                             for i in seq_ids), np.int64, seq_ids.size)
     stats = layout.new_user_stats() if user_stats is None else \
         np.asarray(user_stats, dtype=np.float32)
-    out = {"user_id": np.array([user_id], dtype=np.int64),
-           "user_stats": stats.reshape(1, len(USER_STAT_NUMERIC)),
-           "item_id": np.asarray(item_ids, dtype=np.int64),
-           "seq_item_ids": seq_ids[None, :]}
-    for name, column in table.items():
-        out[f"item_{name}"] = column[cand_rows]
-        out[f"seq_{name}"] = column[seq_rows][None, ...]
-    return out
+    ids = {USER_ID: np.array([user_id], dtype=np.int64),
+           USER_STATS: stats.reshape(1, len(USER_STAT_NUMERIC)),
+           ITEM_ID: np.asarray(item_ids, dtype=np.int64),
+           SEQ_ITEM_IDS: seq_ids[None, :]}
+
+    def value(spec: RankerInput) -> np.ndarray:
+        if spec.name in ids:
+            return ids[spec.name]
+        if spec.side == CANDIDATE:
+            return table[spec.feature][cand_rows]
+        return table[spec.feature][seq_rows][None, ...]
+
+    return {spec.name: value(spec).astype(spec.dtype, copy=False) for spec in inputs()}

@@ -16,6 +16,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from saviorrec.lake import ExportFiles
+from saviorrec.ranker_inputs import ITEM_ID, SEQ_ITEM_IDS
+
 log = logging.getLogger(__name__)
 
 
@@ -41,10 +44,10 @@ def check_items(model_version: str | None, items: Mapping[int, Mapping[str, Any]
 def probe_item_ids(export_dir: Path, item_multimodal: Path, limit: int) -> list[int]:
     """Items whose version to check: the sample request's, then the lake's first ``limit``."""
     ids: list[int] = []
-    sample = export_dir / "sample_request.json"
+    sample = ExportFiles(export_dir).sample_request
     if sample.is_file():
         inputs = json.loads(sample.read_text()).get("inputs", {})
-        for name in ("item_id", "seq_item_ids"):
+        for name in (ITEM_ID, SEQ_ITEM_IDS):
             ids += [int(i) for i in _flatten(inputs.get(name, []))]
     if item_multimodal.is_file():
         table = pq.ParquetFile(item_multimodal)
