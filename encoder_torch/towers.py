@@ -103,10 +103,13 @@ def _drop_connect_rate(model: nn.Module, idx: int) -> float:
 
 def field_texts(*, title: str | None, genres: str | None, tags: str | None,
                 overview: str | None) -> list[str]:
-    """[title, genres, tags, overview] as the text tower reads them; '' where a field is missing."""
-    genre_names = [g for g in (genres or "").split("|") if g and g != "(no genres listed)"]
-    return [(title or "").strip(), ", ".join(genre_names), (tags or "").strip(),
-            (overview or "").strip()]
+    """[title, genres, tags, overview] as the text tower reads them; '' where a field is missing
+    (None, or the NaN some pandas versions put in a string column for a null)."""
+    def text(value: object) -> str:
+        return value.strip() if isinstance(value, str) else ""
+
+    genre_names = [g for g in text(genres).split("|") if g and g != "(no genres listed)"]
+    return [text(title), ", ".join(genre_names), text(tags), text(overview)]
 
 
 class TextTower(nn.Module):
