@@ -29,7 +29,7 @@ from saviorrec.lake import Lake
 
 __all__ = [
     "UNKNOWN_ENTITIES", "OnlineFeatures", "OnlineStoreUnavailable", "UserSequence", "apply",
-    "get_store", "materialize", "online_features", "training_set",
+    "apply_and_materialize", "get_store", "materialize", "online_features", "training_set",
 ]
 
 
@@ -49,6 +49,11 @@ def apply(cfg: Config) -> dict[str, Any]:
         "feature_views": sorted(v.name for v in store.list_feature_views()),
         "feature_services": sorted(s.name for s in store.list_feature_services()),
     }
+
+
+def apply_and_materialize(cfg: Config) -> dict[str, Any]:
+    """The pipeline's features stage: apply the definitions, then materialize first event..now."""
+    return {"apply": apply(cfg), "materialize": materialize(cfg, None, None)}
 
 
 def _source_paths(cfg: Config) -> dict[str, tuple[Path, str, str]]:

@@ -1,13 +1,13 @@
 """``saviorrec``: the command line over every stage.
 
-Each command is a thin shell: it loads the config, imports its stage lazily (TensorFlow, torch
-and Spark start slowly and a GPU host may lack TensorFlow) and calls one function.
+Each command is a thin shell: it loads the config and calls one function, the registry stage's
+(saviorrec.stages, bound by saviorrec.pipeline.entry_point) or the service's, imported only then
+(TensorFlow, torch and Spark start slowly and a GPU host may lack TensorFlow).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -15,17 +15,13 @@ from collections.abc import Callable
 from typing import Any
 
 from saviorrec.config import REPO_ROOT, Config, ConfigError, ServingConfig, load_config
+from saviorrec.pipeline import entry_point
+from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
 log = logging.getLogger("saviorrec")
 
 DEFAULT_CONFIG = str(REPO_ROOT / "configs" / "movielens.yaml")
 QUICK_OVERLAY = str(REPO_ROOT / "configs" / "quick.yaml")
-SPARK_JOBS = ("samples", "coclick", "item_stats", "sequences")
-
-
-def _call(target: str, *args: Any, **kwargs: Any) -> Any:
-    module, _, func = target.rpartition(".")
-    return getattr(importlib.import_module(module), func)(*args, **kwargs)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -46,65 +42,62 @@ def _print(result: Any) -> None:
 
 # --- command handlers ---------------------------------------------------------------------------
 def cmd_data(args: argparse.Namespace) -> Any:
-    return _call("saviorrec.datasets.prepare.prepare", _config(args))
+    return entry_point("prepare")(_config(args))
 
 
 def cmd_spark(args: argparse.Namespace) -> Any:
-    jobs = list(SPARK_JOBS) if args.job == "all" else [args.job]
-    return _call("spark_jobs.runner.run_jobs", _config(args), jobs, master=args.master)
+    jobs = list(SPARK_JOB_NAMES) if args.job == "all" else [args.job]
+    return entry_point("spark")(_config(args), jobs, master=args.master)
 
 
 def cmd_features(args: argparse.Namespace) -> Any:
     cfg = _config(args)
-    if args.action == "apply":
-        return _call("feature_repo.store.apply", cfg)
-    if args.action == "materialize":
-        return _call("feature_repo.store.materialize", cfg, args.start, args.end)
-    return _call("feature_repo.store.training_set", cfg)
+    if args.action == "training-set":
+        return entry_point("training_set")(cfg)
+    from feature_repo.store import apply, materialize  # the features stage, one step at a time
+
+    return apply(cfg) if args.action == "apply" else materialize(cfg, args.start, args.end)
 
 
 def cmd_encode(args: argparse.Namespace) -> Any:
-    return _call("encoder_torch.pipeline.run_encoder", _config(args))
+    return entry_point("encode")(_config(args))
 
 
 def cmd_rqvae(args: argparse.Namespace) -> Any:
-    return _call("encoder_torch.pipeline.run_rqvae", _config(args))
+    return entry_point("rqvae")(_config(args))
 
 
 def cmd_train(args: argparse.Namespace) -> Any:
     cfg = _config(args)
     variants = args.variant or list(cfg.ranker.variants)
     seeds = args.seed if args.seed is not None else list(cfg.ranker.seeds)
-    return [
-        _call("tf_ranker.train.run_train", cfg, variant=v, seed=s) for v in variants for s in seeds
-    ]
+    train = entry_point("train")
+    return [train(cfg, variant=v, seed=s) for v in variants for s in seeds]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> Any:
-    return _call("tf_ranker.evaluate.run_evaluate", _config(args), variants=args.variant)
+    return entry_point("evaluate")(_config(args), variants=args.variant)
 
 
 def cmd_export(args: argparse.Namespace) -> Any:
-    return _call("tf_ranker.export.run_export", _config(args), variant=args.variant, seed=args.seed)
+    return entry_point("export")(_config(args), variant=args.variant, seed=args.seed)
 
 
 def cmd_serve(args: argparse.Namespace) -> Any:
-    return _call("saviorrec.serving.app.serve", _config(args), host=args.host, port=args.port)
+    from saviorrec.serving.app import serve
+
+    return serve(_config(args), host=args.host, port=args.port)
 
 
 def cmd_run(args: argparse.Namespace) -> Any:
-    return _call(
-        "saviorrec.pipeline.run_pipeline",
-        _config(args),
-        full_grid=args.full_grid,
-        backend=args.backend,
-        force=args.force,
-        only=args.only,
-    )
+    from saviorrec.pipeline import run_pipeline
+
+    return run_pipeline(_config(args), full_grid=args.full_grid, backend=args.backend,
+                        force=args.force, only=args.only)
 
 
 def cmd_report(args: argparse.Namespace) -> Any:
-    return _call("saviorrec.report.write_report", _config(args))
+    return entry_point("report")(_config(args))
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -129,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["prepare"])
 
     p = add("spark", cmd_spark, "run a PySpark feature job (samples, coclick, item_stats, sequences) or all")
-    p.add_argument("job", choices=[*SPARK_JOBS, "all"])
+    p.add_argument("job", choices=[*SPARK_JOB_NAMES, "all"])
     p.add_argument("--master", default=None, help="Spark master URL (default: from config)")
 
     p = add("features", cmd_features, "Feast: apply the repo, materialize online, build the training set")
@@ -171,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Keras backend for the ranker stage")
     p.add_argument("--profile", choices=["local", "production"], default=None)
     p.add_argument("--force", action="store_true", help="re-run every stage")
-    p.add_argument("--only", action="append", help="run only these stages (repeatable)")
+    p.add_argument("--only", action="append", choices=STAGE_NAMES, metavar="STAGE",
+                   help=f"run only these stages (repeatable): {', '.join(STAGE_NAMES)}")
 
     add("report", cmd_report, "write report/ (report.md, figures, metrics.json) from a finished run")
     return parser

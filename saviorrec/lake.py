@@ -117,15 +117,20 @@ class Lake:
         """JSON {"rqvae_version", "encoder_version", "levels", "codebook_size", "latent_dim"}."""
         return self.rqvae_dir / "version.json"
 
+    @property
+    def ranker_root(self) -> Path:
+        """Every variant's and seed's ranker_dir: <variant>/seed<seed>."""
+        return self.root / "models" / "ranker"
+
     def ranker_dir(self, variant: str, seed: int) -> Path:
-        return self.root / "models" / "ranker" / variant / f"seed{seed}"
+        return self.ranker_root / variant / f"seed{seed}"
 
     def ranker(self, variant: str, seed: int) -> RankerFiles:
         return RankerFiles(self.ranker_dir(variant, seed))
 
     def ranker_metas(self) -> list[Path]:
         """The meta of every variant and seed trained in this run."""
-        return sorted((self.root / "models" / "ranker").glob(f"*/seed*/{RankerFiles.META}"))
+        return sorted(self.ranker_root.glob(f"*/seed*/{RankerFiles.META}"))
 
     @property
     def export_dir(self) -> Path:

@@ -1,6 +1,8 @@
-"""``saviorrec run``: every stage in order, resumable.
+"""``saviorrec run``: every stage of the registry (saviorrec.stages) in order, resumable.
 
-A stage is skipped when its stamp says it already ran with the same configuration and after
+:func:`entry_point` binds each registry stage to its function with an ordinary import, made
+when the stage runs (TensorFlow, torch and Spark start slowly, and a GPU host may lack
+TensorFlow); the CLI calls stages through it too. A stage is skipped when its stamp says it already ran with the same configuration and after
 every stage it depends on; otherwise it runs and writes a new stamp. A failure names the stage
 and its cause. Per-stage seconds go to metrics.json (``timings.<stage>_s``).
 """
@@ -8,7 +10,6 @@ and its cause. Per-stage seconds go to metrics.json (``timings.<stage>_s``).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from saviorrec import stages as registry
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake, atomic_path
 from saviorrec.metrics import update_metrics
@@ -34,22 +36,57 @@ class StageError(RuntimeError):
 
 @dataclass(frozen=True)
 class Stage:
-    name: str
+    """A registry stage (what it is) with the call that runs it in this pipeline."""
+
+    spec: registry.Stage
     run: Callable[[Config], Any]
-    # config sections whose values decide whether the stage's outputs are current
-    sections: tuple[str, ...]
-    after: tuple[str, ...] = ()
-    doc: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def sections(self) -> tuple[str, ...]:
+        return self.spec.sections
+
+    @property
+    def after(self) -> tuple[str, ...]:
+        return self.spec.after
 
 
-def _call(target: str) -> Callable[..., Any]:
-    """The function at a dotted path, imported only when it is called (stages are heavy)."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        module, _, func = target.rpartition(".")
-        return getattr(importlib.import_module(module), func)(*args, **kwargs)
-
-    return call
+def entry_point(stage: str) -> Callable[..., Any]:
+    """The function that runs registry stage ``stage`` (its ``entry``), imported now."""
+    if stage == "prepare":
+        from saviorrec.datasets.prepare import prepare
+        return prepare
+    if stage == "spark":
+        from spark_jobs.runner import run_jobs
+        return run_jobs
+    if stage == "encode":
+        from encoder_torch.pipeline import run_encoder
+        return run_encoder
+    if stage == "rqvae":
+        from encoder_torch.rq_stage import run_rqvae
+        return run_rqvae
+    if stage == "features":
+        from feature_repo.store import apply_and_materialize
+        return apply_and_materialize
+    if stage == "training_set":
+        from feature_repo.store import training_set
+        return training_set
+    if stage == "train":
+        from tf_ranker.train import run_train
+        return run_train
+    if stage == "evaluate":
+        from tf_ranker.evaluate import run_evaluate
+        return run_evaluate
+    if stage == "export":
+        from tf_ranker.export import run_export
+        return run_export
+    if stage == "report":
+        from saviorrec.report import write_report
+        return write_report
+    raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(registry.STAGE_NAMES)}")
 
 
 def _train_all(cfg: Config, *, variants: tuple[str, ...], backend: str | None) -> Any:
@@ -63,7 +100,7 @@ def _train_all(cfg: Config, *, variants: tuple[str, ...], backend: str | None) -
         env = {**os.environ, "KERAS_BACKEND": backend}
         subprocess.run(cmd, check=True, env=env)
         return {"backend": backend, "variants": list(variants)}
-    train = _call("tf_ranker.train.run_train")
+    train = entry_point("train")
     return [train(cfg, variant=v, seed=s) for v in variants for s in cfg.ranker.seeds]
 
 
@@ -78,53 +115,17 @@ def build_stages(
         extra = ("full_mba32", "full_mba16", "full_mba8", "no_id", "no_stats", "no_mm")
         return tuple(cfg.ranker.variants) + (extra if full_grid else ())
 
-    return [
-        Stage("prepare", _call("saviorrec.datasets.prepare.prepare"), ("data", "synthetic")),
-        Stage(
-            "spark",
-            lambda cfg: _call("spark_jobs.runner.run_jobs")(
-                cfg, ["samples", "coclick", "item_stats", "sequences"]
-            ),
-            ("labels", "split", "spark", "coclick", "stats", "sequences"),
-            after=("prepare",),
-        ),
-        Stage("encode", _call("encoder_torch.pipeline.run_encoder"), ("encoder",), after=("spark",)),
-        Stage("rqvae", _call("encoder_torch.pipeline.run_rqvae"), ("rqvae",), after=("encode",)),
-        Stage(
-            "features",
-            lambda cfg: {
-                "apply": _call("feature_repo.store.apply")(cfg),
-                "materialize": _call("feature_repo.store.materialize")(cfg, None, None),
-            },
-            ("feast",),
-            after=("spark", "rqvae"),
-        ),
-        Stage(
-            "training_set",
-            _call("feature_repo.store.training_set"),
-            ("feast", "sequences"),
-            after=("features",),
-        ),
-        Stage(
-            "train",
-            lambda cfg: _train_all(cfg, variants=variants_of(cfg), backend=backend),
-            ("ranker",),
-            after=("training_set",),
-        ),
-        Stage(
-            "evaluate",
-            lambda cfg: _call("tf_ranker.evaluate.run_evaluate")(cfg, list(variants_of(cfg))),
-            ("ranker",),
-            after=("train",),
-        ),
-        Stage(
-            "export",
-            lambda cfg: _call("tf_ranker.export.run_export")(cfg, variant="full", seed=cfg.ranker.seeds[0]),
-            ("ranker",),
-            after=("train",),
-        ),
-        Stage("report", _call("saviorrec.report.write_report"), (), after=("evaluate", "export")),
-    ]
+    calls: dict[str, Callable[[Config], Any]] = {
+        "spark": lambda cfg: entry_point("spark")(cfg, list(registry.SPARK_JOB_NAMES)),
+        "train": lambda cfg: _train_all(cfg, variants=variants_of(cfg), backend=backend),
+        "evaluate": lambda cfg: entry_point("evaluate")(cfg, list(variants_of(cfg))),
+        "export": lambda cfg: entry_point("export")(cfg, variant="full", seed=cfg.ranker.seeds[0]),
+    }
+
+    def plain(name: str) -> Callable[[Config], Any]:
+        return lambda cfg: entry_point(name)(cfg)
+
+    return [Stage(spec, calls.get(spec.name) or plain(spec.name)) for spec in registry.STAGES]
 
 
 # --- stamps -------------------------------------------------------------------------------------

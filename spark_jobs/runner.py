@@ -1,8 +1,9 @@
 """Run Spark jobs in pipeline order on one session: ``run_jobs(cfg, ["samples", ...])``.
 
-samples runs first (the other jobs read its output), then coclick, item_stats, sequences. Each
-job is a module of this package with ``run(spark, cfg) -> dict``; the result of ``run_jobs``
-holds, per job, its seconds, output row counts and bad-row counts.
+The jobs and their order come from the stage registry (saviorrec.stages.SPARK_JOBS): samples
+runs first (the other jobs read its output), then coclick, item_stats, sequences. Each job is a
+module of this package with ``run(spark, cfg) -> dict``; the result of ``run_jobs`` holds, per
+job, its seconds, output row counts and bad-row counts.
 """
 
 from __future__ import annotations
@@ -14,20 +15,28 @@ if __package__ in (None, ""):  # run as a script by spark-submit: import from th
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import argparse
-import importlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pyspark.sql import SparkSession
 
 from saviorrec.config import Config, load_config
+from saviorrec.stages import SPARK_JOB_NAMES
+from spark_jobs import coclick, item_stats, samples, sequences
 from spark_jobs.session import build_session, configure
 
 log = logging.getLogger(__name__)
 
-JOBS: tuple[str, ...] = ("samples", "coclick", "item_stats", "sequences")
+JOBS: tuple[str, ...] = SPARK_JOB_NAMES
+# Each registry job's run function, by job name (= module name; tests check the registry's
+# entry points name these functions).
+JOB_RUNS: dict[str, Callable[[SparkSession, Config], dict[str, Any]]] = {
+    module.__name__.rpartition(".")[2]: module.run
+    for module in (samples, coclick, item_stats, sequences)
+}
 RUNTIME_KEYS = ("spark.sql.session.timeZone", "spark.sql.shuffle.partitions",
                 "spark.sql.parquet.outputTimestampType")
 
@@ -61,7 +70,7 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
         for job in (j for j in JOBS if j in jobs):
             t0 = time.perf_counter()
             log.info("spark job %s on %s", job, result["master"])
-            out = importlib.import_module(f"spark_jobs.{job}").run(spark, cfg)
+            out = JOB_RUNS[job](spark, cfg)
             out = {"seconds": round(time.perf_counter() - t0, 3), **out}
             out.setdefault("bad_rows", {})
             result["jobs"][job] = out
