@@ -117,9 +117,9 @@ def request_bodies(n: int, count: int, seed: int) -> list[dict[str, Any]]:
 def floors(cfg: Any, repeats: int) -> dict[str, Any]:
     """The Feast online read alone and the SavedModel call alone, in this process."""
     from feature_repo.online import online_features
-    from saviorrec.serving.ranker import Ranker
-    from saviorrec.serving.service import RankingService, model_dir
-    from saviorrec.serving.tensors import build_inputs
+    from serving.ranker import Ranker
+    from serving.service import RankingService, model_dir
+    from serving.tensors import build_inputs
 
     service = RankingService.start(cfg)
     graph = Ranker(model_dir(cfg), xla=False)  # the SavedModel's plain graph, no padding

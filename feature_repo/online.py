@@ -1,5 +1,10 @@
 """Online reads for serving: one user's sequence and one batched read of all its items.
 
+The serving app reaches Feast only through this module's public functions (and
+:mod:`feature_repo.redis_reader`): :func:`open_online_store`, :func:`online_features`,
+:func:`read_sequence`, :func:`read_items`, :func:`item_defaults`, :func:`ping`,
+:func:`rqvae_versions` and :func:`sqlite_file`.
+
 Unknown entities get documented defaults and are counted in :data:`UNKNOWN_ENTITIES`:
 an unknown user has an empty sequence (``item_ids`` [], ``seq_len`` 0, ``known`` False,
 ``stats`` None: the serving tensors give it a new user's statistics); an item without statistics gets
@@ -16,13 +21,19 @@ from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import redis.exceptions
 from feast import FeatureStore
+from feast.infra.online_stores.helpers import compute_table_id
+from feast.repo_config import RepoConfig
 
 from feature_repo.definitions import ITEM_KEY, TAG_EMBEDDING_DIM, TAG_SEMANTIC_IDS_LEN, USER_KEY
 from feature_repo.fields import feature_names
+from feature_repo.profiles import redis_connection_string, repo_dir, store_settings
+from saviorrec.config import Config
+from saviorrec.lake import Lake
 from saviorrec.schema import (
     ITEM_MULTIMODAL,
     ITEM_STAT_DEFAULTS,
@@ -62,6 +73,48 @@ class OnlineFeatures(NamedTuple):
     sequence: UserSequence
     items: dict[int, dict[str, Any]]  # every requested and sequence item, defaults filled in
     missing: list[int]  # items without a row in item_stats or item_multimodal (sorted)
+
+
+def open_online_store(cfg: Config, redis_url: str | None = None) -> FeatureStore:
+    """The run's store for online reads, its registry loaded once and never refreshed (no reload
+    on the request path); in production, Redis at ``redis_url`` (default: $feast.redis_env)."""
+    registry = Lake.from_config(cfg).feast_registry
+    if not registry.is_file():
+        raise FileNotFoundError(f"Feast registry {registry} not found: run "
+                                "`saviorrec features apply` and `saviorrec features materialize`")
+    settings = store_settings(cfg)
+    settings["registry"]["cache_ttl_seconds"] = 0  # 0 = load once, never refresh
+    if cfg.feast.profile == "production" and redis_url is not None:
+        settings["online_store"]["connection_string"] = redis_connection_string(
+            redis_url, cfg.feast.redis_timeout_s)
+    return FeatureStore(config=RepoConfig(repo_path=repo_dir(cfg), **settings))
+
+
+def sqlite_file(store: FeatureStore) -> tuple[Path, str] | None:
+    """(path, table of the user_sequence view) of a sqlite online store; None for Redis."""
+    config = store.config
+    if config.online_store.type != "sqlite":
+        return None
+    table = compute_table_id(config.project, store.get_feature_view("user_sequence"),
+                             config.registry.enable_online_feature_view_versioning)
+    path = Path(config.online_store.path)  # Feast resolves a relative path from the repo
+    return (path if path.is_absolute() else Path(config.repo_path) / path), table
+
+
+def ping(store: FeatureStore) -> None:
+    """One real round trip to the online store (raises its error)."""
+    store.get_online_features(features=["user_sequence:seq_len"], entity_rows=[{USER_KEY: 0}])
+
+
+def rqvae_versions(store: FeatureStore, item_ids: list[int]) -> set[str]:
+    """Distinct rqvae_version of those items that have a multimodal row online."""
+    if not item_ids:
+        return set()
+    rows = store.get_online_features(
+        features=["item_multimodal:rqvae_version"],
+        entity_rows=[{ITEM_KEY: int(i)} for i in dict.fromkeys(item_ids)],
+    ).to_dict()
+    return {v for v in rows["rqvae_version"] if v}
 
 
 def _redis_params(store: FeatureStore) -> tuple[str, str | None]:

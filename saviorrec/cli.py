@@ -84,7 +84,7 @@ def cmd_export(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> Any:
-    from saviorrec.serving.app import serve
+    from serving.app import serve
 
     return serve(_config(args), host=args.host, port=args.port)
 

@@ -21,7 +21,7 @@ from test_serving_fixture import (  # noqa: F401 (fixtures)
 )
 
 from saviorrec.config import ServingConfig
-from saviorrec.serving.app import create_app
+from serving.app import create_app
 
 BODY = {"user_id": 1, "item_ids": [5, 1, 12, 3]}
 LIMIT = 4096  # serving.max_body_bytes of the small client: 8 candidates fit (64 + 21 * 8)

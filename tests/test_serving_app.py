@@ -21,7 +21,7 @@ from test_serving_fixture import (  # noqa: F401 (fixtures)
 )
 
 from feature_repo.online import online_features
-from saviorrec.serving.app import create_app
+from serving.app import create_app
 
 N_ITEMS = 40
 COLD, UNKNOWN = [N_ITEMS - 3, N_ITEMS - 2], [N_ITEMS - 1, N_ITEMS, 777]
@@ -204,7 +204,7 @@ def test_counters_of_two_apps_stay_apart_after_feast_is_imported() -> None:
     # feast.metrics turns prometheus_client's own metrics into per-process shared files.
     import feast.metrics  # noqa: F401
 
-    from saviorrec.serving.counters import Counters
+    from serving.counters import Counters
 
     first, second = Counters(), Counters()
     first.candidates.inc(5)

@@ -24,8 +24,8 @@ from test_serving_fixture import (  # noqa: F401
 
 from feature_repo.store import get_store
 from saviorrec.config import Config
-from saviorrec.serving.app import create_app
-from saviorrec.serving.versions import VersionMismatch
+from serving.app import create_app
+from serving.versions import VersionMismatch
 from tf_ranker.export import run_export
 
 BODY = {"user_id": 1, "item_ids": [1, 2, 3]}

@@ -22,9 +22,9 @@ from test_serving_fixture import (  # noqa: F401 (fixtures)
 )
 
 from feature_repo.store import get_store
-from saviorrec.serving.app import create_app
-from saviorrec.serving.features import FeatureReader, StoreUnavailable
-from saviorrec.serving.item_cache import CachedItem, ItemCache
+from serving.app import create_app
+from serving.features import FeatureReader, StoreUnavailable
+from serving.item_cache import CachedItem, ItemCache
 
 ITEM = 5  # has statistics and a multimodal row in the world
 

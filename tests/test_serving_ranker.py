@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 from test_serving_fixture import Served, served_fixture  # noqa: F401 (fixtures)
 
-from saviorrec.serving.ranker import Ranker, candidate_buckets
-from saviorrec.serving.service import RankingService, model_dir
-from saviorrec.serving.tensors import build_inputs
+from serving.ranker import Ranker, candidate_buckets
+from serving.service import RankingService, model_dir
+from serving.tensors import build_inputs
 
 
 def test_candidate_buckets_are_powers_of_two_up_to_the_limit() -> None:
@@ -45,7 +45,7 @@ def test_tf_threads_are_set_before_the_model_loads(served: Served) -> None:
 
     child = (
         "import sys, logging, tensorflow as tf\n"
-        "from saviorrec.serving.ranker import Ranker\n"
+        "from serving.ranker import Ranker\n"
         "logging.basicConfig(level=logging.WARNING)\n"
         "if sys.argv[2] == 'late': tf.constant(1.0) + 1.0\n"
         "r = Ranker(sys.argv[1], threads=1)\n"

@@ -19,11 +19,11 @@ from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
 from saviorrec.ranker_inputs import INPUTS, ITEM_EMBEDDING, ITEM_SEMANTIC_IDS, inputs
 from saviorrec.schema import PADDING_ITEM_ID
-from saviorrec.serving.counters import Counters
-from saviorrec.serving.features import FeatureReader, StoreUnavailable
-from saviorrec.serving.ranker import ModelError, Ranker
-from saviorrec.serving.tensors import FeatureShapeError, Layout, build_inputs
-from saviorrec.serving.versions import (
+from serving.counters import Counters
+from serving.features import FeatureReader, StoreUnavailable
+from serving.ranker import ModelError, Ranker
+from serving.tensors import FeatureShapeError, Layout, build_inputs
+from serving.versions import (
     VersionMismatch,
     check_items,
     mismatch_message,

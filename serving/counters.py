@@ -21,7 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from saviorrec.serving.item_cache import ItemCache
+from serving.item_cache import ItemCache
 
 PREFIX = "saviorrec_serving"
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.5, 1.0, 5.0)

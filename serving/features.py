@@ -1,14 +1,15 @@
 """The serving side of the Feast online store: open it once, read per request, name it on failure.
 
-The store is the run's (feature_repo.profiles): sqlite in the local profile, Redis from
-``$feast.redis_env`` in production, with the password optionally in ``$serving.redis_password_env``.
-The registry is loaded once at start-up and never refreshed on the request path (re-apply and
-restart to serve new definitions). In production the item and sequence reads go through
-:mod:`saviorrec.serving.redis_reader` (``serving.online_reader: auto``), Feast's own read path
-with ``feast``. Connections are redis-py's pool: a request after the store
+The store is the run's (feature_repo.profiles), reached only through feature_repo's public
+functions (feature_repo.online, feature_repo.redis_reader): sqlite in the local profile, Redis
+from ``$feast.redis_env`` in production, with the password optionally in
+``$serving.redis_password_env``. The registry is loaded once at start-up and never refreshed on
+the request path (re-apply and restart to serve new definitions). In production the item and
+sequence reads go through :mod:`feature_repo.redis_reader` (``serving.online_reader: auto``),
+Feast's own read path with ``feast``. Connections are redis-py's pool: a request after the store
 comes back simply reconnects, so the service recovers without a restart.
 
-Item features go through an in-process :class:`~saviorrec.serving.item_cache.ItemCache`
+Item features go through an in-process :class:`~serving.item_cache.ItemCache`
 (``serving.item_cache_ttl_s`` > 0 and ``serving.item_cache_items`` > 0): only the items not
 cached or older than the TTL are read from the store. The user's sequence is read from the store
 on every request and never cached, so a store outage still fails every request with
@@ -27,32 +28,27 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 import numpy as np
 import redis.exceptions
-from feast import FeatureStore
-from feast.infra.online_stores.helpers import compute_table_id
-from feast.repo_config import RepoConfig
 
 from feature_repo.online import (
+    FeatureStore,
     OnlineFeatures,
     OnlineStoreUnavailable,
     UserSequence,
     item_defaults,
     online_features,
+    open_online_store,
+    ping,
     read_items,
     read_sequence,
+    rqvae_versions,
+    sqlite_file,
 )
-from feature_repo.profiles import (
-    redis_address,
-    redis_connection_string,
-    redis_url,
-    repo_dir,
-    store_settings,
-)
+from feature_repo.profiles import redis_address, redis_url, store_settings
+from feature_repo.redis_reader import RedisDirectReader, redis_client
 from saviorrec.config import Config
-from saviorrec.lake import Lake
 from saviorrec.schema import PADDING_ITEM_ID
-from saviorrec.serving.item_cache import CachedItem, ItemCache
-from saviorrec.serving.redact import redact
-from saviorrec.serving.redis_reader import RedisDirectReader, redis_client
+from serving.item_cache import CachedItem, ItemCache
+from serving.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +77,8 @@ def _redis_url(cfg: Config) -> str:
 
 def open_store(cfg: Config) -> FeatureStore:
     """The run's FeatureStore with a registry cache that never expires (no per-request reload)."""
-    registry = Lake.from_config(cfg).feast_registry
-    if not registry.is_file():
-        raise FileNotFoundError(f"Feast registry {registry} not found: run "
-                                "`saviorrec features apply` and `saviorrec features materialize`")
-    settings = store_settings(cfg)
-    settings["registry"]["cache_ttl_seconds"] = 0  # 0 = load once, never refresh
-    if cfg.feast.profile == "production":
-        settings["online_store"]["connection_string"] = redis_connection_string(
-            _redis_url(cfg), cfg.feast.redis_timeout_s)
-    return FeatureStore(config=RepoConfig(repo_path=repo_dir(cfg), **settings))
+    url = _redis_url(cfg) if cfg.feast.profile == "production" else None
+    return open_online_store(cfg, redis_url=url)
 
 
 def store_name(cfg: Config) -> str:
@@ -156,15 +144,10 @@ class SqliteFile:
                                    "restart the service to serve the new file")
 
 
-def sqlite_file(cfg: Config, store: FeatureStore, name: str) -> SqliteFile | None:
+def sqlite_check(store: FeatureStore, name: str) -> SqliteFile | None:
     """The local profile's sqlite file check; None for Redis."""
-    if cfg.feast.profile == "production":
-        return None
-    config = store.config
-    table = compute_table_id(config.project, store.get_feature_view("user_sequence"),
-                             config.registry.enable_online_feature_view_versioning)
-    path = Path(config.online_store.path)  # Feast resolves a relative path from the repo
-    return SqliteFile(name, path if path.is_absolute() else Path(config.repo_path) / path, table)
+    found = sqlite_file(store)
+    return None if found is None else SqliteFile(name, *found)
 
 
 class FeatureReader:
@@ -174,13 +157,13 @@ class FeatureReader:
     def __init__(self, cfg: Config, store: FeatureStore | None = None) -> None:
         self.name = store_name(cfg)
         self.store = store if store is not None else open_store(cfg)
-        self.store.get_feature_view("item_multimodal")  # load the registry now, fail early
+        item_defaults(self.store)  # load the registry now, fail early
         self.direct: RedisDirectReader | None = None
         if cfg.feast.profile == "production" and cfg.serving.online_reader == "auto":
             client = redis_client(_redis_url(cfg), cfg.feast.redis_timeout_s)
             self.direct = RedisDirectReader(self.store, client)
         self.item_cache = item_cache(cfg)
-        self.sqlite_file = sqlite_file(cfg, self.store, self.name)
+        self.sqlite_file = sqlite_check(self.store, self.name)
 
     def _unavailable(self, error: BaseException) -> StoreUnavailable:
         detail = redact(f"{type(error).__name__}: {error}")
@@ -233,8 +216,7 @@ class FeatureReader:
             if self.direct is not None:
                 self.direct.client.ping()
                 return
-            self.store.get_online_features(features=["user_sequence:seq_len"],
-                                           entity_rows=[{"user_id": 0}])
+            ping(self.store)
         except _STORE_ERRORS as e:
             raise self._unavailable(e) from None
         if self.sqlite_file is not None:
@@ -242,13 +224,7 @@ class FeatureReader:
 
     def rqvae_versions(self, item_ids: list[int]) -> set[str]:
         """Distinct rqvae_version of those items that have a multimodal row online."""
-        if not item_ids:
-            return set()
         try:
-            rows = self.store.get_online_features(
-                features=["item_multimodal:rqvae_version"],
-                entity_rows=[{"item_id": int(i)} for i in dict.fromkeys(item_ids)],
-            ).to_dict()
+            return rqvae_versions(self.store, item_ids)
         except _STORE_ERRORS as e:
             raise self._unavailable(e) from None
-        return {v for v in rows["rqvae_version"] if v}

@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from saviorrec.config import Config
-from saviorrec.serving.api import (
+from serving.api import (
     BODY_SHAPE,
     Health,
     InvalidRequest,
@@ -44,12 +44,12 @@ from saviorrec.serving.api import (
     request_body,
     request_model,
 )
-from saviorrec.serving.body_limit import BodyLimit, BodyTooLarge
-from saviorrec.serving.features import StoreUnavailable
-from saviorrec.serving.redact import install_log_redaction, redact, secrets_of
-from saviorrec.serving.service import RankingService
-from saviorrec.serving.tensors import FeatureShapeError
-from saviorrec.serving.versions import VersionMismatch
+from serving.body_limit import BodyLimit, BodyTooLarge
+from serving.features import StoreUnavailable
+from serving.redact import install_log_redaction, redact, secrets_of
+from serving.service import RankingService
+from serving.tensors import FeatureShapeError
+from serving.versions import VersionMismatch
 
 log = logging.getLogger(__name__)
 

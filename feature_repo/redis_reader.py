@@ -8,7 +8,8 @@ serialized ``ValueProto``), with Feast's own key and hash helpers, in two round 
 user's sequence, then ONE pipeline of HMGETs over every candidate and sequence item, both item
 views at once (Feast keeps all views of an entity in one hash). Missing rows get the defaults
 of :func:`feature_repo.online.item_defaults`, exactly as ``online_features`` gives them;
-``tests/test_serving_redis_reader.py`` checks the two readers agree value for value.
+``tests/test_serving_app.py::test_direct_redis_reader_equals_feast`` checks the two readers
+agree value for value.
 """
 
 from __future__ import annotations
