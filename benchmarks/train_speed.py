@@ -274,9 +274,9 @@ def build_world(root: Path, sizes: WorldSizes, *, din_fit_rows: int, step_rows: 
                           "semantic_ids": _fixed_list(codes[1:])}),
                 lake.training_items, TRAINING_ITEMS)
     lake.rqvae_dir.mkdir(parents=True, exist_ok=True)
-    np.save(lake.rqvae_dir / "codebooks.npy", rng.standard_normal(
+    np.save(lake.rqvae_codebooks, rng.standard_normal(
         (sizes.levels, sizes.codebook_size, sizes.latent_dim), dtype="float32"))
-    (lake.rqvae_dir / "version.json").write_text(json.dumps({
+    lake.rqvae_version.write_text(json.dumps({
         "rqvae_version": "train-speed", "encoder_version": "train-speed", "levels": sizes.levels,
         "codebook_size": sizes.codebook_size, "latent_dim": sizes.latent_dim}))
 

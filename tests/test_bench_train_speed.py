@@ -49,8 +49,8 @@ def test_lake_follows_the_contract_as_the_stages_write_it(world: Path) -> None:
     np.testing.assert_allclose(np.linalg.norm(items.embedding[1:], axis=1), 1.0, rtol=1e-5)
     assert items.semantic_ids.shape == (400, 3) and (items.semantic_ids[:, -1] == 0).all()
     np.testing.assert_array_equal(items.semantic_ids[1:, 0], np.arange(1, 400) % ts.N_TOPICS)
-    assert np.load(lake.rqvae_dir / "codebooks.npy").shape == (2, 32, 4)
-    assert json.loads((lake.rqvae_dir / "version.json").read_text())["rqvae_version"]
+    assert np.load(lake.rqvae_codebooks).shape == (2, 32, 4)
+    assert json.loads(lake.rqvae_version.read_text())["rqvae_version"]
 
     # Learnable: a candidate of the user's favourite topic is clicked at 0.5, others at 0.1.
     favourite = train.item_id % ts.N_TOPICS == train.user_id % ts.N_TOPICS
