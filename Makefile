@@ -35,7 +35,7 @@ test-fast: venv
 	$(BIN)/pytest -q -m "not slow and not spark_cluster"
 
 lint: venv
-	$(BIN)/ruff check saviorrec spark_jobs encoder_torch tf_ranker feature_repo serving tests benchmarks
+	$(BIN)/ruff check saviorrec spark_jobs encoder_torch tf_ranker feature_repo serving tests benchmarks tools
 	$(BIN)/lint-imports --no-logo
 
 clean:

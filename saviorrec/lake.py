@@ -56,8 +56,13 @@ class Lake:
 
     # encoder outputs
     @property
+    def cache(self) -> Path:
+        """Caches keyed by content (safe to share between runs)."""
+        return self.root / "lake" / "cache"
+
+    @property
     def tower_cache(self) -> Path:
-        return self.root / "lake" / "cache" / "towers"
+        return self.cache / "towers"
 
     @property
     def item_multimodal(self) -> Path:

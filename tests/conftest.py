@@ -20,15 +20,15 @@ from saviorrec.config import REPO_ROOT, Config, load_config
 MOVIELENS_DIR = (REPO_ROOT / ".." / "shared" / "data" / "ml-latest-small").resolve()
 
 
-def load_benchmark(name: str) -> ModuleType:
-    """benchmarks/<name>.py as module ``bench_<name>`` (benchmarks/ is not a package). Its
-    scripts put their folder on sys.path; restored after, or benchmarks/spark_jobs.py would
-    shadow the spark_jobs package for later tests."""
+def load_benchmark(name: str, folder: str = "benchmarks") -> ModuleType:
+    """<folder>/<name>.py (benchmarks/ or tools/) as module ``bench_<name>`` (neither folder is a
+    package). Its scripts put their folder on sys.path; restored after, or
+    benchmarks/spark_jobs.py would shadow the spark_jobs package for later tests."""
     saved = list(sys.path)
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    sys.path.insert(0, str(REPO_ROOT / folder))
     try:
         spec = importlib.util.spec_from_file_location(f"bench_{name}",
-                                                      REPO_ROOT / "benchmarks" / f"{name}.py")
+                                                      REPO_ROOT / folder / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up there

@@ -1,4 +1,4 @@
-"""benchmarks/make_sweep.py: one config per value over a shared training set, trained for real,
+"""tools/make_sweep.py: one config per value over a shared training set, trained for real,
 and the summary's choice by validation AUC."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from tf_ranker.train import run_train
 @pytest.mark.timeout(600)
 def test_sweep_configs_share_the_training_set_and_the_summary_picks_by_validation(
         tmp_path: Path) -> None:
-    sweep = load_benchmark("make_sweep")
+    sweep = load_benchmark("make_sweep", "tools")
     base_cfg = training_world(tmp_path / "base", epochs=1, batch_size=64, heads=2,
                               attention_dim=8, mba_dim=8, id_dim=4, stat_dim=4, dnn_units=[8])
     base = tmp_path / "base.yaml"
@@ -80,7 +80,7 @@ def _runs(*vals_by_value: list[float]) -> dict[str, dict]:
 
 
 def test_choice_needs_a_paired_gain_beyond_two_standard_errors() -> None:
-    sweep = load_benchmark("make_sweep")
+    sweep = load_benchmark("make_sweep", "tools")
     # v1: +0.20, +0.30, +0.10 points: mean 0.2, sd 0.1, se 0.0577, t 3.46 -> beats the incumbent.
     # v2: higher mean (+0.30) but +1.0, -0.1, 0.0: se 0.351, t 0.85 -> noise, not chosen.
     runs = _runs([0.780, 0.781, 0.779], [0.782, 0.784, 0.780], [0.790, 0.780, 0.779])
@@ -99,7 +99,7 @@ def test_choice_needs_a_paired_gain_beyond_two_standard_errors() -> None:
 
 
 def test_upstream_key_builds_its_own_lake_and_reports_its_encoder(tmp_path: Path) -> None:
-    sweep = load_benchmark("make_sweep")
+    sweep = load_benchmark("make_sweep", "tools")
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"run": {"name": "b", "root": str(tmp_path / "base")}}))
     with pytest.raises(SystemExit, match="lake/cache missing"):
@@ -138,7 +138,7 @@ def test_upstream_key_builds_its_own_lake_and_reports_its_encoder(tmp_path: Path
 
 def test_a_run_shares_the_base_training_set_exactly_when_its_config_leaves_it_unchanged(
         tmp_path: Path) -> None:
-    sweep = load_benchmark("make_sweep")
+    sweep = load_benchmark("make_sweep", "tools")
     base = tmp_path / "base.yaml"
     base.write_text(yaml.safe_dump({"run": {"name": "b", "root": str(tmp_path / "base")}}))
     for shared in ("lake/cache", "lake/training", "models/rqvae"):

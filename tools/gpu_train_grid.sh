@@ -3,7 +3,7 @@
 # from a run's training set; the CPU machine then evaluates, exports and reports:
 #
 #   # on the GPU host, from the repository root, with the run's lake/training and models/rqvae:
-#   OUT=/path/out SEEDS="0 1 2" PER_GPU=4 bash benchmarks/gpu_train_grid.sh CONFIG VARIANT...
+#   OUT=/path/out SEEDS="0 1 2" PER_GPU=4 bash tools/gpu_train_grid.sh CONFIG VARIANT...
 #   # back on the CPU machine, with OUT/ranker.tar unpacked into the repository root:
 #   saviorrec run --config CONFIG --full-grid --only evaluate --only export --only report
 #
@@ -12,11 +12,13 @@
 # `saviorrec train` process (compilation is CPU-bound, so processes in parallel keep the GPUs
 # busy); jobs go round-robin over the visible GPUs, PER_GPU at a time on each, with JAX's memory
 # preallocation off so they share a GPU. Writes OUT/ranker.tar (each run's models/ranker with
-# what evaluation reads: meta.json, history.csv, predictions; model.keras only for KEEP_MODEL,
-# default full/seed<first seed>, the one the export stage reads; no checkpoints), OUT/train_grid.json
-# (per-job seconds and exit codes) and logs. SPLIT_MB=N splits ranker.tar into parts of N MiB
-# (OUT/ranker.tar.part.aa, ...; join them with `cat ranker.tar.part.* > ranker.tar`) for hosts
-# that return files up to a size.
+# what evaluation reads: each run's meta, history and predictions (saviorrec.lake.RankerFiles);
+# the model only for KEEP_MODEL, default full/seed<first seed>, the one the export stage reads;
+# no checkpoints), OUT/train_grid.json (per-job seconds and exit codes) and logs. SPLIT_MB=N
+# splits ranker.tar into parts of N MiB (OUT/ranker.tar.part.aa, ...; join them with
+# `cat ranker.tar.part.* > ranker.tar`) for hosts that return files up to a size.
+# The host needs the project with its [ranker] extra and a JAX build
+# (pip install ".[ranker]" "jax[cuda12]"); PY is the Python that has them (default: python3).
 set -uo pipefail
 
 IFS=, read -r -a CONFIGS <<<"$1"; shift
@@ -24,8 +26,7 @@ VARIANTS=("$@")
 OUT="${OUT:-/tmp/train_grid}"
 SEEDS="${SEEDS:-0 1 2}"
 PER_GPU="${PER_GPU:-4}"
-PY="${PY:-/opt/torch/.venv/bin/python3}"
-[ -x "$PY" ] || PY="$(command -v python3)"
+PY="${PY:-python3}"
 mkdir -p "$OUT/logs"
 NGPU="$(nvidia-smi -L 2>/dev/null | wc -l)"
 [ "$NGPU" -ge 1 ] || NGPU=1
@@ -61,13 +62,25 @@ xargs -P "$((NGPU * PER_GPU))" -L 1 bash -c 'run_job "$0" "$1" "$2" "$3"' <"$job
 
 KEEP_MODEL="${KEEP_MODEL:-full/seed${SEEDS%% *}}"
 files=()
-for c in "${CONFIGS[@]}"; do
-  root="$("$PY" -c "import sys; from saviorrec.config import load_config; \
-print(load_config(sys.argv[1]).run_dir().relative_to(__import__('pathlib').Path.cwd()))" "$c")"
-  while IFS= read -r f; do files+=("$f"); done < <(
-    find "$root/models/ranker" -type f \( -name meta.json -o -name history.csv \
-      -o -name 'predictions_*.parquet' -o -path "*/ranker/$KEEP_MODEL/model.keras" \))
-done
+while IFS= read -r f; do files+=("$f"); done < <("$PY" - "$KEEP_MODEL" "${CONFIGS[@]}" <<'EOF'
+import sys
+from pathlib import Path
+
+from saviorrec.config import load_config
+from saviorrec.lake import Lake, RankerFiles
+
+keep, *configs = sys.argv[1:]
+for config in configs:
+    lake = Lake.from_config(load_config(config))
+    for meta in lake.ranker_metas():
+        run = RankerFiles(meta.parent)
+        wanted = [run.meta, run.history, run.predictions]
+        wanted += [run.model] if meta.parent == lake.ranker_root / keep else []
+        for path in wanted:
+            if path.is_file():
+                print(path.relative_to(Path.cwd()))
+EOF
+)
 tar -cf "$OUT/ranker.tar" "${files[@]}"
 if [ -n "${SPLIT_MB:-}" ]; then
   split -b "${SPLIT_MB}m" "$OUT/ranker.tar" "$OUT/ranker.tar.part." && rm "$OUT/ranker.tar"

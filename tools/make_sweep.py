@@ -2,9 +2,9 @@
 
     # write runs/sweep/<name>.yaml, one per value, each with its own run.root sharing the base
     # run's training set and RQ-VAE (symbolic links), and print their paths joined by commas:
-    python benchmarks/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10
-    # train them (e.g. on a GPU host: benchmarks/gpu_train_grid.sh takes the comma list), then:
-    python benchmarks/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10 \\
+    python tools/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10
+    # train them (e.g. on a GPU host: tools/gpu_train_grid.sh takes the comma list), then:
+    python tools/make_sweep.py configs/movielens.yaml ranker.mba_codebook_scale 1,3,10 \\
         --summarize --out sweep.json
 
 A key upstream of the ranker (any section but ``ranker``, e.g. ``coclick.min_support``) changes
@@ -20,7 +20,7 @@ differs from the base run's only in keys the training set does not depend on
 builds nothing (and has no encoder figures of its own), and a ranker sweep with an upstream
 ``--set`` builds its own lakes. The command prints the runs that must build theirs.
 
-The summary holds each value's validation and test AUC per variant and seed (meta.json) and the
+The summary holds each value's validation and test AUC per variant and seed (the metas) and the
 value chosen, by VALIDATION AUC only (test AUC is shown for the record, never used to choose),
 and, for a run that `saviorrec evaluate --config P` evaluated, full's paired test gap over each
 other variant (``test_full_minus_points``, also for the record).
@@ -48,10 +48,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from saviorrec.config import Config, load_config
 from saviorrec.lake import Lake
 
-SHARED = ("lake/training", "models/rqvae")  # read by `saviorrec train`, never written
+# Lake folders (attributes of saviorrec.lake.Lake) a value's run links to the base run's.
+SHARED = ("training_dir", "rqvae_dir")  # read by `saviorrec train`, never written
 # Shared by sweeps of upstream keys: frozen-tower features, keyed by tower id and item content
 # (encoder_torch/cache.py), so a run computes only what the base run lacks.
-SHARED_UPSTREAM = ("lake/cache",)
+SHARED_UPSTREAM = ("cache",)
 # Sections and keys that change what a run reports or how it trains, not its training set and
 # RQ-VAE. encoder.ablations only adds the text-only and image-only encoders, each trained after
 # reseeding (encoder_torch/pipeline.py): with it off, the lake's items.parquet was byte-identical.
@@ -85,6 +86,11 @@ def is_upstream(key: str) -> bool:
     return split_key(key)[0] != "ranker"
 
 
+def shared(run_dir: Path, name: str) -> Path:
+    """The Lake folder ``name`` (e.g. ``training_dir``) of the run in ``run_dir``."""
+    return getattr(Lake(run_dir), name)
+
+
 def shared_paths(key: str) -> tuple[str, ...]:
     """What the base run must have for a sweep of ``key``: the training set for a ranker key,
     the tower-feature cache for a key upstream of it."""
@@ -99,10 +105,11 @@ def write_configs(base: Path, key: str, values: list[Any], root: Path,
     base_cfg = load_config(base)
     base_root = base_cfg.run_dir()
     shared_here = shared_paths(key)  # validates the key
-    missing = [p for p in shared_here if not (base_root / p).exists()]
+    missing = [str(shared(base_root, p).relative_to(base_root)) for p in shared_here
+               if not shared(base_root, p).exists()]
     if missing:
         raise SystemExit(f"{base_root}: {', '.join(missing)} missing (run the pipeline first)")
-    base_has_lake = all((base_root / p).exists() for p in SHARED)
+    base_has_lake = all(shared(base_root, p).exists() for p in SHARED)
     if key in (fixed or {}):
         raise SystemExit(f"--set {key}: that is the swept key")
     paths = []
@@ -119,11 +126,11 @@ def write_configs(base: Path, key: str, values: list[Any], root: Path,
         run_dir = cfg.run_dir()
         # Its training set is the base run's unless the key or a --set key changes it.
         same_lake = base_has_lake and training_set_keys(cfg) == training_set_keys(base_cfg)
-        for shared in SHARED if same_lake else SHARED_UPSTREAM:
-            link = run_dir / shared
+        for name in SHARED if same_lake else SHARED_UPSTREAM:
+            link, target = shared(run_dir, name), shared(base_root, name)
             link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.exists() and (base_root / shared).exists():
-                link.symlink_to((base_root / shared).resolve(), target_is_directory=True)
+            if not link.exists() and target.exists():
+                link.symlink_to(target.resolve(), target_is_directory=True)
         paths.append(path)
     return paths
 
@@ -142,7 +149,7 @@ def training_set_keys(cfg: Config) -> dict[str, Any]:
 
 def needs_lake(path: Path) -> bool:
     """Whether a value's run must build its lake before training (it shares no training set)."""
-    return not (load_config(path).run_dir() / "lake" / "training").exists()
+    return not Lake.from_config(load_config(path)).training_dir.exists()
 
 
 def summarize(paths: list[Path], key: str, values: list[Any]) -> dict[str, Any]:
