@@ -38,6 +38,7 @@ import pyarrow as pa
 from saviorrec.config import Config
 from saviorrec.lake import Lake, RankerFiles, atomic_path, write_table
 from saviorrec.metrics import auc
+from saviorrec.progress import fit_verbose
 from saviorrec.ranker_inputs import USER_STAT_COUNTS
 from saviorrec.schema import PREDICTIONS, SPLITS
 from tf_ranker.batches import RankerBatches, data_placement
@@ -303,7 +304,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
     out = lake.ranker(variant, seed)
     out.root.mkdir(parents=True, exist_ok=True)
     history = fitted.fit(train_batches, validation_data=valid_batches, epochs=r.epochs,
-                         callbacks=_callbacks(out, r.early_stopping_patience), verbose="auto")
+                         callbacks=_callbacks(out, r.early_stopping_patience), verbose=fit_verbose())
 
     def predict(samples: Samples, batches: RankerBatches | None = None) -> np.ndarray:
         # predict reads the inputs of (inputs, labels[, weights]) batches: the validation
