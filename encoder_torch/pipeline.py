@@ -108,8 +108,6 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
                               "encoder_version": [version] * len(item_ids)})
             write_table(table, lake.encoder_embeddings, EMBEDDINGS)
             write_json(lake.encoder_version, {"encoder_version": version})
-    for split_hits in hits.values():
-        split_hits["both"] = split_hits["aligned"]
     key = f"hit_at_{ec.hit_k}"
     update_metrics(lake.metrics, f"encoder.{key}", hits[TEST])
     update_metrics(lake.metrics, f"encoder.{key}_valid", hits[VALID])

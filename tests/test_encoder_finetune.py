@@ -142,7 +142,7 @@ def test_pipeline_fine_tunes_the_text_tower(tiny: tuple[Config, Lake],  # noqa: 
     cfg, lake = tiny
     cfg = cfg.with_overrides(encoder={"finetune_text_layers": 1})
     out = run_encoder(cfg)
-    assert set(out["hit_at_3"]) == {"off_the_shelf", "aligned", "text_only", "image_only", "both"}
+    assert set(out["hit_at_3"]) == {"off_the_shelf", "aligned", "text_only", "image_only"}
     assert all(0.0 <= v <= 1.0 for v in out["hit_at_3"].values())
     emb = read_table(lake.encoder_embeddings, EMBEDDINGS).to_pandas()
     assert len(emb) == N and len(emb["embedding"][0]) == 8
