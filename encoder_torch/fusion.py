@@ -23,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from saviorrec.config import EncoderConfig
+
 if TYPE_CHECKING:
     from saviorrec.config import Config
 
 MODALITIES = ("text", "image")
+_ENCODER = EncoderConfig()
 
 
 @dataclass(frozen=True)
@@ -36,10 +39,11 @@ class SaviorEncConfig:
     text_tokens: int = 4  # title, genres, tags, overview
     image_tokens: int = 5  # global average + 2x2 grid
     modalities: tuple[str, ...] = MODALITIES  # ("text",) / ("image",): unimodal ablations
-    width: int = 256  # transformer width
-    layers: int = 3  # paper: a 3-layer multimodal transformer
-    heads: int = 4
-    dim: int = 64  # d of z (paper: 64)
+    # defaults of the run config (encoder.fusion_width, fusion_layers, fusion_heads, dim)
+    width: int = _ENCODER.fusion_width  # transformer width
+    layers: int = _ENCODER.fusion_layers  # paper: a 3-layer multimodal transformer
+    heads: int = _ENCODER.fusion_heads
+    dim: int = _ENCODER.dim  # d of z (paper: 64)
     dropout: float = 0.1
 
     def __post_init__(self) -> None:

@@ -39,8 +39,8 @@ import tf_ranker.train as train
 models = []
 
 class Recorded(train.SaviorRanker):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         models.append(self)
 
 train.SaviorRanker = Recorded

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import zipfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import keras
 import numpy as np
 import pytest
 
+from saviorrec.config import RankerConfig
 from saviorrec.ranker_inputs import BY_NAME, CANDIDATE
 from tf_ranker.export import per_sample_inputs
+from tf_ranker.model_config import CONFIG_VERSION, RankerModelConfig
 from tf_ranker.models import SaviorRanker
 from tf_ranker.synthetic import synthetic_inputs
 from tf_ranker.variants import VARIANTS, get_variant
@@ -167,3 +175,61 @@ def test_items_unseen_in_training_share_the_unknown_id_row(tmp_path: Path) -> No
     m.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
     np.testing.assert_allclose(np.asarray(loaded(x)).reshape(-1), after, rtol=1e-6)
+
+
+def _rewrite_saved_config(path: Path, edit: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    """Replace the model config inside a .keras file (a zip holding config.json)."""
+    with zipfile.ZipFile(path) as src:
+        files = {name: src.read(name) for name in src.namelist()}
+    saved = json.loads(files["config.json"])
+    saved["config"] = edit(saved["config"])
+    files["config.json"] = json.dumps(saved).encode()
+    with zipfile.ZipFile(path, "w") as dst:
+        for name, data in files.items():
+            dst.writestr(name, data)
+
+
+def test_one_frozen_config_is_taken_and_saved() -> None:
+    m = model("full", rqvae_version="rq-7")
+    config = m.model_config
+    assert isinstance(config, RankerModelConfig) and config.mba_dim == 4
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.heads = 4  # type: ignore[misc]
+    assert SaviorRanker(config).get_config() == {**m.get_config(), "name": ANY}
+    assert m.get_config()["config_version"] == CONFIG_VERSION
+    saved = {k: v for k, v in m.get_config().items() if k != "name"}
+    assert RankerModelConfig.from_dict(saved) == config
+    with pytest.raises(ValueError, match="a config or its fields, not both"):
+        SaviorRanker(config, heads=2)
+    # a width left out takes ranker's default, from saviorrec.config alone
+    default = RankerConfig()
+    assert model("base").model_config.stat_dim == 4
+    small = SaviorRanker(variant="base", num_users=3, num_items=3, num_pv_buckets=2,
+                         embedding_dim=4, levels=1, codebook_size=2).model_config
+    assert (small.heads, small.semantic_id_width) == (default.heads, 2)
+
+
+def test_a_keras_file_saved_before_the_config_class_loads(tmp_path: Path) -> None:
+    """Version 1: the flat keyword arguments the model saved before RankerModelConfig."""
+    x, _ = batch()
+    m = model("full", rqvae_version="rq-7")
+    m.save(tmp_path / "v1.keras")
+    _rewrite_saved_config(tmp_path / "v1.keras",
+                          lambda c: {k: v for k, v in c.items() if k != "config_version"})
+    loaded = keras.saving.load_model(tmp_path / "v1.keras", compile=False)
+    assert loaded.model_config == m.model_config
+    np.testing.assert_allclose(np.asarray(loaded(x)), np.asarray(m(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize(("edit", "message"), [
+    (lambda c: {k: v for k, v in c.items() if k not in ("config_version", "id_dropout")},
+     r"version 1 without \['id_dropout'\].*retrain"),
+    (lambda c: {**c, "config_version": 3}, r"config version 3: this saviorrec reads versions 1, 2"),
+    (lambda c: {**c, "width": 3}, r"unknown fields \['width'\]"),
+])
+def test_a_keras_file_of_another_version_names_the_version_it_needs(
+        tmp_path: Path, edit: Callable[[dict[str, Any]], dict[str, Any]], message: str) -> None:
+    model("full").save(tmp_path / "other.keras")
+    _rewrite_saved_config(tmp_path / "other.keras", edit)
+    with pytest.raises(ValueError, match=message):
+        keras.saving.load_model(tmp_path / "other.keras", compile=False)

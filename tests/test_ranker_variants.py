@@ -13,7 +13,7 @@ import pytest
 from test_ranker_fixtures import training_world
 from test_ranker_model import DIMS, batch, model
 
-from saviorrec.config import Config
+from saviorrec.config import Config, RankerConfig
 from saviorrec.lake import Lake
 from saviorrec.metrics import read_metrics
 from tf_ranker.data import load_items, load_samples
@@ -40,7 +40,8 @@ def test_table5_variants_narrow_only_the_mba_codebook() -> None:
         others = {k: v for k, v in narrow.items() if not k.startswith("mba/")}
         assert others == {k: v for k, v in full.items() if not k.startswith("mba/")}
     assert model("full_mba16").get_config()["mba_dim"] == 16
-    assert model("full", mba_dim=None).mba_dim == 64  # no argument, no variant width: the paper's
+    # no argument, no variant width: ranker.mba_dim's default, the paper's 64
+    assert model("full", mba_dim=None).model_config.mba_dim == RankerConfig().mba_dim == 64
     with pytest.raises(ValueError, match="mba_dim=16, got 4"):
         SaviorRanker(variant="full_mba16", **DIMS)
 

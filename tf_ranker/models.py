@@ -51,11 +51,8 @@ from tf_ranker.layers import (
     SimTier,
     TargetAttention,
 )
+from tf_ranker.model_config import CONFIG_VERSION, RankerModelConfig
 from tf_ranker.variants import get_variant
-
-# ranker.standardize_stats: per-column mean and std of the log1p'd item and user statistics
-# (tf_ranker.train.stat_moments, measured on the training split).
-STAT_MOMENT_KEYS = ("item_mean", "item_std", "user_mean", "user_std")
 
 
 def _in_vocab(ids: Any, size: int) -> Any:
@@ -65,100 +62,61 @@ def _in_vocab(ids: Any, size: int) -> Any:
 
 @keras.saving.register_keras_serializable(package="saviorrec")
 class SaviorRanker(keras.Model):
-    """``call(inputs: dict) -> pCTR [B, 1]`` (float32); inputs as in :mod:`saviorrec.ranker_inputs`."""
+    """``call(inputs: dict) -> pCTR [B, 1]`` (float32); inputs as in :mod:`saviorrec.ranker_inputs`.
 
-    def __init__(
-        self,
-        *,
-        variant: str = "full",
-        num_users: int,
-        num_items: int,
-        num_pv_buckets: int,
-        embedding_dim: int,
-        levels: int,
-        codebook_size: int,
-        semantic_id_width: int | None = None,
-        id_dim: int = 16,
-        stat_dim: int = 16,
-        heads: int = 8,
-        attention_dim: int = 64,
-        mba_dim: int | None = None,
-        mba_norm_epsilon: float = 1e-2,
-        dnn_units: tuple[int, ...] | list[int] = (256, 128, 64),
-        feature_cross: bool = False,
-        simtier_bins: int = 10,
-        use_base_score: bool = False,
-        rqvae_version: str | None = None,
-        stat_moments: dict[str, list[float]] | None = None,
-        attention_normalization: str = "softmax",
-        id_dropout: float = 0.0,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.spec = get_variant(variant)
-        for name, value in (("num_users", num_users), ("num_items", num_items),
-                            ("num_pv_buckets", num_pv_buckets), ("embedding_dim", embedding_dim),
-                            ("levels", levels), ("codebook_size", codebook_size)):
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if mba_dim is not None and self.spec.mba_dim is not None and mba_dim != self.spec.mba_dim:
-            raise ValueError(f"variant {variant!r} has mba_dim={self.spec.mba_dim}, got {mba_dim}")
-        if len(dnn_units) < 1 or min(dnn_units) < 1:
-            raise ValueError(f"dnn_units={list(dnn_units)} must be non-empty positive widths")
-        self.variant = variant
-        self.num_users, self.num_items, self.num_pv_buckets = num_users, num_items, num_pv_buckets
-        self.embedding_dim, self.levels, self.codebook_size = embedding_dim, levels, codebook_size
-        self.semantic_id_width = levels + 1 if semantic_id_width is None else semantic_id_width
-        self.id_dim, self.stat_dim, self.heads = id_dim, stat_dim, heads
-        # d_mba: the argument, else the variant's (Table 5), else the paper's 64.
-        self.attention_dim = attention_dim
-        self.mba_dim = mba_dim if mba_dim is not None else (self.spec.mba_dim or 64)
-        self.mba_norm_epsilon = mba_norm_epsilon
-        self.dnn_units = tuple(int(u) for u in dnn_units)
-        self.feature_cross, self.simtier_bins = feature_cross, simtier_bins
-        self.use_base_score, self.rqvae_version = use_base_score, rqvae_version
-        self.attention_normalization = attention_normalization  # checked by TargetAttention
-        self.id_dropout = id_dropout  # checked by ItemIdMask
-        if stat_moments is not None and set(stat_moments) != set(STAT_MOMENT_KEYS):
-            raise ValueError(f"stat_moments has keys {sorted(stat_moments)}, expected "
-                             f"{list(STAT_MOMENT_KEYS)}")
-        self.stat_moments = None if stat_moments is None else \
-            {k: [float(x) for x in stat_moments[k]] for k in STAT_MOMENT_KEYS}
+    Built from one :class:`~tf_ranker.model_config.RankerModelConfig`: ``SaviorRanker(config)``,
+    or ``SaviorRanker(**fields)`` for the same fields (the rest take their defaults).
+    """
+
+    def __init__(self, config: RankerModelConfig | None = None, *, name: str | None = None,
+                 **fields: Any) -> None:
+        super().__init__(name=name)
+        if config is None:
+            config = RankerModelConfig.from_dict({"config_version": CONFIG_VERSION, **fields})
+        elif fields:
+            raise ValueError(f"SaviorRanker takes a config or its fields, not both: {sorted(fields)}")
+        self.model_config = config
+        self.spec = get_variant(config.variant)
         self.build()
 
     def get_config(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "variant": self.variant,
-            "num_users": self.num_users,
-            "num_items": self.num_items,
-            "num_pv_buckets": self.num_pv_buckets,
-            "embedding_dim": self.embedding_dim,
-            "levels": self.levels,
-            "codebook_size": self.codebook_size,
-            "semantic_id_width": self.semantic_id_width,
-            "id_dim": self.id_dim,
-            "stat_dim": self.stat_dim,
-            "heads": self.heads,
-            "attention_dim": self.attention_dim,
-            "mba_dim": self.mba_dim,
-            "mba_norm_epsilon": self.mba_norm_epsilon,
-            "dnn_units": list(self.dnn_units),
-            "feature_cross": self.feature_cross,
-            "simtier_bins": self.simtier_bins,
-            "use_base_score": self.use_base_score,
-            "rqvae_version": self.rqvae_version,
-            "stat_moments": self.stat_moments,
-            "attention_normalization": self.attention_normalization,
-            "id_dropout": self.id_dropout,
-        }
+        return {"name": self.name, "config_version": CONFIG_VERSION,
+                **self.model_config.to_dict()}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SaviorRanker:
+        """A saved config of any readable version (tf_ranker.model_config)."""
+        fields = dict(config)
+        name = fields.pop("name", None)
+        return cls(RankerModelConfig.from_dict(fields), name=name)
+
+    # what export and serving read of the config
+    @property
+    def variant(self) -> str:
+        return self.model_config.variant
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.model_config.embedding_dim
+
+    @property
+    def semantic_id_width(self) -> int:
+        return self.model_config.semantic_id_width
+
+    @property
+    def use_base_score(self) -> bool:
+        return self.model_config.use_base_score
+
+    @property
+    def rqvae_version(self) -> str | None:
+        return self.model_config.rqvae_version
 
     # ---- weights -------------------------------------------------------------------------
     def build(self, input_shape: Any = None) -> None:
         """Create every weight from the config alone (input shapes are implied by it)."""
         if self.built:
             return
-        spec, d = self.spec, self.embedding_dim
+        spec, c, d = self.spec, self.model_config, self.embedding_dim
         h_dim = self.behaviour_dim
 
         def embedding(size: int, width: int, name: str) -> keras.layers.Embedding:
@@ -166,44 +124,44 @@ class SaviorRanker(keras.Model):
             layer.build((None,))
             return layer
 
-        self.user_embedding = embedding(self.num_users, self.id_dim, "user_embedding")
+        self.user_embedding = embedding(c.num_users, c.id_dim, "user_embedding")
         # P_u of eq. 1: the user's point-in-time counts (log1p) and click rate, in every variant.
-        moments = self.stat_moments or {}
+        moments = {k: list(v) for k, v in (c.stat_moments or {}).items()}
         self.user_stat_transform = LogCountTransform(
             USER_STAT_COUNTS, moments.get("user_mean"), moments.get("user_std"),
             name="user_stat_transform")
         self.user_stat_transform.build((None, NUM_USER_STATS))
         if spec.use_id:
-            self.item_embedding = embedding(self.num_items, self.id_dim, "item_embedding")
-            self.item_id_mask = ItemIdMask(self.num_items, self.id_dropout, name="item_id_mask")
+            self.item_embedding = embedding(c.num_items, c.id_dim, "item_embedding")
+            self.item_id_mask = ItemIdMask(c.num_items, c.id_dropout, name="item_id_mask")
             self.item_id_mask.build((None,))
         if spec.use_stats:
-            self.pv_bucket_embedding = embedding(self.num_pv_buckets, self.stat_dim,
+            self.pv_bucket_embedding = embedding(c.num_pv_buckets, c.stat_dim,
                                                  "pv_bucket_embedding")
             self.stat_transform = LogCountTransform(
                 mean=moments.get("item_mean"), std=moments.get("item_std"), name="stat_transform")
             self.stat_transform.build((None, NUM_STATS))
         if spec.mba is not None:
-            self.mba = ModalBehaviorAlignment(self.levels, self.codebook_size, self.mba_dim,
+            self.mba = ModalBehaviorAlignment(c.levels, c.codebook_size, c.mba_dim,
                                               skip=spec.skip,
-                                              norm_epsilon=self.mba_norm_epsilon, name="mba")
+                                              norm_epsilon=c.mba_norm_epsilon, name="mba")
             self.mba.build((None, d), (None, self.semantic_id_width))
         if spec.multimodal:
             self.attention = BidirectionalTargetAttention(
-                self.heads, self.attention_dim, blocks=spec.blocks,
-                normalization=self.attention_normalization, name="attention")
+                c.heads, c.attention_dim, blocks=spec.blocks,
+                normalization=c.attention_normalization, name="attention")
             self.attention.build((None, h_dim), (None, None, h_dim), (None, d), (None, None, d))
         else:
-            self.attention = TargetAttention(self.heads, self.attention_dim,
-                                             normalization=self.attention_normalization,
+            self.attention = TargetAttention(c.heads, c.attention_dim,
+                                             normalization=c.attention_normalization,
                                              name="attention")
             self.attention.build((None, h_dim), (None, None, h_dim), (None, None, h_dim))
-        width = self.user_dim + h_dim + len(spec.blocks) * self.attention_dim
+        width = self.user_dim + h_dim + len(spec.blocks) * c.attention_dim
         width += (d if spec.multimodal else 0) + int(self.use_base_score)
         if spec.simtier:
-            self.simtier = SimTier(self.simtier_bins, name="simtier")
-            width += self.simtier_bins
-        if self.feature_cross:
+            self.simtier = SimTier(c.simtier_bins, name="simtier")
+            width += c.simtier_bins
+        if c.feature_cross:
             import keras_rs  # optional DCN-v2 cross layer over the DNN inputs
 
             self.cross = keras_rs.layers.FeatureCross(name="feature_cross")
@@ -212,7 +170,7 @@ class SaviorRanker(keras.Model):
             # build it now, or load_model finds no weights to restore and keeps random ones.
             self.cross.dense.build((None, width))
         self.dnn = []
-        for i, units in enumerate(self.dnn_units):
+        for i, units in enumerate(c.dnn_units):
             layer = keras.layers.Dense(units, activation="leaky_relu", name=f"dnn_{i}")
             layer.build((None, width))
             self.dnn.append(layer)
@@ -236,13 +194,13 @@ class SaviorRanker(keras.Model):
     @property
     def user_dim(self) -> int:
         """Width of the user part: id embedding and statistics."""
-        return self.id_dim + NUM_USER_STATS
+        return self.model_config.id_dim + NUM_USER_STATS
 
     @property
     def behaviour_dim(self) -> int:
         """Width of h: item id embedding and/or statistics + pv_bucket embedding."""
-        return (self.id_dim if self.spec.use_id else 0) + \
-            (NUM_STATS + self.stat_dim if self.spec.use_stats else 0)
+        return (self.model_config.id_dim if self.spec.use_id else 0) + \
+            (NUM_STATS + self.model_config.stat_dim if self.spec.use_stats else 0)
 
     # ---- forward -------------------------------------------------------------------------
     def _behaviour(self, ids: Any, stats: Any, pv_bucket: Any, training: bool | None = None) -> Any:
@@ -251,7 +209,7 @@ class SaviorRanker(keras.Model):
             parts.append(self.item_embedding(self.item_id_mask(ids, training=training)))
         if self.spec.use_stats:
             parts += [ops.cast(self.stat_transform(stats), self.compute_dtype),
-                      self.pv_bucket_embedding(_in_vocab(pv_bucket, self.num_pv_buckets))]
+                      self.pv_bucket_embedding(_in_vocab(pv_bucket, self.model_config.num_pv_buckets))]
         return ops.concatenate(parts, axis=-1) if len(parts) > 1 else parts[0]
 
     def _modal(self, embedding: Any, semantic_ids: Any) -> Any:
@@ -279,7 +237,7 @@ class SaviorRanker(keras.Model):
         h_cand = self._behaviour(inputs[ITEM_ID], inputs[ITEM_STATS], inputs[ITEM_PV_BUCKET],
                                  training=training)
         n = ops.shape(h_cand)[0]
-        user_ids = ops.reshape(_in_vocab(inputs[USER_ID], self.num_users), (-1,))
+        user_ids = ops.reshape(_in_vocab(inputs[USER_ID], self.model_config.num_users), (-1,))
         user_stats = ops.reshape(inputs[USER_STATS], (-1, NUM_USER_STATS))
         user = ops.concatenate([
             self.user_embedding(user_ids),
@@ -299,7 +257,7 @@ class SaviorRanker(keras.Model):
         if self.use_base_score:
             parts.append(ops.cast(ops.reshape(inputs[BASE_SCORE], (-1, 1)), self.compute_dtype))
         x = ops.concatenate(parts, axis=-1)
-        if self.feature_cross:
+        if self.model_config.feature_cross:
             x = self.cross(x, x)
         for layer in self.dnn:
             x = layer(x)

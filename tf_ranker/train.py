@@ -45,6 +45,7 @@ from tf_ranker.batches import RankerBatches, data_placement
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.layers.stat_transform import DEFAULT_COUNT_COLUMNS, fit_standardization
+from tf_ranker.model_config import RankerModelConfig
 from tf_ranker.models import SaviorRanker
 from tf_ranker.packed import training_layout
 from tf_ranker.variants import get_variant
@@ -60,19 +61,19 @@ def read_rqvae(lake: Lake) -> tuple[np.ndarray | None, str | None]:
 
 def stat_moments(train: Samples) -> dict[str, list[float]]:
     """Mean and std of the log1p'd candidate and user statistics of the training split, per
-    column (models.STAT_MOMENT_KEYS); sequence positions share the candidates' moments."""
+    column (model_config.STAT_MOMENT_KEYS); sequence positions share the candidates' moments."""
     item_mean, item_std = fit_standardization(train.stats, DEFAULT_COUNT_COLUMNS)
     user_mean, user_std = fit_standardization(train.user_stats, USER_STAT_COUNTS)
     return {"item_mean": item_mean, "item_std": item_std,
             "user_mean": user_mean, "user_std": user_std}
 
 
-def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLookup,
+def model_config(cfg: Config, variant: str, splits: list[Samples], items: ItemLookup,
                  codebook: np.ndarray | None, rqvae_version: str | None, *,
-                 train: Samples | None = None) -> dict[str, Any]:
-    """The model config: vocabularies and code sizes from the data (``splits``), widths from
-    cfg.ranker; with ranker.standardize_stats, the statistics' moments of ``train`` (required
-    then: the training split, never a split the model is evaluated on)."""
+                 train: Samples | None = None) -> RankerModelConfig:
+    """The model config, built once: vocabularies and code sizes from the data (``splits``),
+    widths from cfg.ranker; with ranker.standardize_stats, the statistics' moments of ``train``
+    (required then: the training split, never a split the model is evaluated on)."""
     r = cfg.ranker
     spec = get_variant(variant)
     width = int(items.semantic_ids.shape[1])
@@ -99,32 +100,37 @@ def model_kwargs(cfg: Config, variant: str, splits: list[Samples], items: ItemLo
     max_user = max(int(s.user_id.max(initial=0)) for s in splits)
     max_item = max(max(int(s.item_id.max(initial=0)), int(s.seq_item_ids.max(initial=0)))
                    for s in splits)
-    return {
-        "variant": variant,
-        "num_users": r.hash_buckets_user or max_user + 1,
-        "num_items": max(max_item + 1, items.num_rows),
-        "num_pv_buckets": len(cfg.stats.pv_buckets),
-        "embedding_dim": int(items.embedding.shape[1]),
-        "levels": levels,
-        "codebook_size": size,
-        "semantic_id_width": width,
-        "id_dim": r.id_dim,
-        "stat_dim": r.stat_dim,
-        "heads": r.heads,
-        "attention_dim": r.attention_dim,
+    return RankerModelConfig(
+        variant=variant,
+        num_users=r.hash_buckets_user or max_user + 1,
+        num_items=max(max_item + 1, items.num_rows),
+        num_pv_buckets=len(cfg.stats.pv_buckets),
+        embedding_dim=int(items.embedding.shape[1]),
+        levels=levels,
+        codebook_size=size,
+        semantic_id_width=width,
+        use_base_score=all(s.base_score is not None for s in splits),
+        rqvae_version=rqvae_version,
+        stat_moments=moments,
         # no_raw_mm copies the RQ codebook, so its width is the RQ latent width; full_mba32/16/8
         # fix their own (Table 5).
-        "mba_dim": latent if spec.mba == "rq" else (spec.mba_dim or r.mba_dim),
-        "mba_norm_epsilon": r.mba_norm_epsilon,
-        "dnn_units": list(r.dnn_units),
-        "feature_cross": r.feature_cross,
-        "simtier_bins": r.simtier_bins,
-        "use_base_score": all(s.base_score is not None for s in splits),
-        "rqvae_version": rqvae_version,
-        "stat_moments": moments,
-        "attention_normalization": r.attention_normalization,
-        "id_dropout": r.id_dropout,
-    }
+        mba_dim=latent if spec.mba == "rq" else (spec.mba_dim or r.mba_dim),
+        id_dim=r.id_dim,
+        stat_dim=r.stat_dim,
+        heads=r.heads,
+        attention_dim=r.attention_dim,
+        mba_norm_epsilon=r.mba_norm_epsilon,
+        dnn_units=r.dnn_units,
+        feature_cross=r.feature_cross,
+        simtier_bins=r.simtier_bins,
+        attention_normalization=r.attention_normalization,
+        id_dropout=r.id_dropout,
+    )
+
+
+def model_kwargs(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    """:func:`model_config` as the dict the model saves (``RankerModelConfig.to_dict``)."""
+    return model_config(*args, **kwargs).to_dict()
 
 
 def learning_rate_schedule(cfg: Config, total_steps: int) -> keras.optimizers.schedules.LearningRateSchedule:
@@ -276,15 +282,15 @@ def _train(cfg: Config, *, variant: str, seed: int,
     train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
     items = load_items(lake.training_items)
     codebook, rqvae_version = read_rqvae(lake)
-    config = model_kwargs(cfg, variant, [train, valid, test], items, codebook, rqvae_version,
+    config = model_config(cfg, variant, [train, valid, test], items, codebook, rqvae_version,
                           train=train)
-    model = SaviorRanker(**config)
+    model = SaviorRanker(config)
     if r.unseen_item_ids == "shared":
         model.set_known_items(train_item_ids(train))
     if spec.mba == "rq":
         model.set_rq_codebook(codebook)  # type: ignore[arg-type]
 
-    base = config["use_base_score"]
+    base = config.use_base_score
     on_device = r.item_tables == "device"
     # The model that trains: the ranker itself, or the ranker behind on-device item tables.
     packing = training_layout(r, train, base_score=base)
@@ -333,7 +339,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
         "val_auc": auc(valid.label, valid_scores),  # best weights, sklearn on all valid rows
         "test_auc": auc(test.label, test_scores),
         "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
-        "model_config": config,
+        "model_config": config.to_dict(),
         "history": {k: [float(x) for x in v] for k, v in history.history.items()},
     }
     if importance is not None:

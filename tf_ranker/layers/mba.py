@@ -24,6 +24,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from saviorrec.config import RankerConfig
+
+_RANKER = RankerConfig()  # the defaults: ranker.mba_dim (d_mba) and ranker.mba_norm_epsilon
+
 
 @keras.saving.register_keras_serializable(package="saviorrec")
 class ModalBehaviorAlignment(keras.layers.Layer):
@@ -37,9 +41,9 @@ class ModalBehaviorAlignment(keras.layers.Layer):
         self,
         levels: int,
         codebook_size: int,
-        codebook_dim: int = 64,
+        codebook_dim: int = _RANKER.mba_dim,
         skip: bool = True,
-        norm_epsilon: float = 1e-2,
+        norm_epsilon: float = _RANKER.mba_norm_epsilon,
         **kwargs: Any,
     ) -> None:
         kwargs.setdefault("dtype", "float32")
