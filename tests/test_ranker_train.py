@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_ranker_fixtures import RQVAE_VERSION, training_world
@@ -267,3 +268,31 @@ def test_trained_under_jax_reloads_under_tensorflow(trained: Config) -> None:
     tf_scores = model.predict(RankerBatches(test, items, batch_size=64, with_labels=False), verbose=0)
     jax_scores = pq.read_table(out / "predictions_test.parquet")["score"].to_numpy()
     np.testing.assert_allclose(tf_scores.reshape(-1), jax_scores, atol=1e-5)
+
+
+def test_evaluate_scores_the_synthetic_oracle_on_the_test_rows(trained: Config) -> None:
+    """With Lake.oracle present (synthetic data), reference.oracle is the AUC of the true click
+    probabilities joined to the test rows by (user_id, item_id, event_timestamp); a test row
+    without its oracle row is an error naming the count."""
+    from saviorrec.lake import write_table
+    from saviorrec.schema import ORACLE
+
+    lake = Lake.from_config(trained)
+    test = pq.read_table(lake.training("test"),
+                         columns=["user_id", "item_id", "event_timestamp", "label"])
+    rng = np.random.default_rng(0)
+    truth = np.clip(0.6 * test["label"].to_numpy() + rng.uniform(0, 0.5, test.num_rows), 0, 1)
+    order = rng.permutation(test.num_rows)  # the join, not the row order, must match them up
+    oracle = pa.table({"user_id": test["user_id"], "item_id": test["item_id"],
+                       "event_timestamp": test["event_timestamp"],
+                       "click_probability": truth}).take(order)
+    try:
+        write_table(oracle, lake.oracle, ORACLE)
+        run_evaluate(trained, ["base", "full"])
+        got = read_metrics(lake.metrics)["reference"]["oracle"]
+        assert got["auc"] == pytest.approx(auc(test["label"].to_numpy(), truth))
+        write_table(oracle.slice(0, oracle.num_rows - 3), lake.oracle, ORACLE)
+        with pytest.raises(ValueError, match=r"3 of \d+ test rows have no oracle row"):
+            run_evaluate(trained, ["base", "full"])
+    finally:
+        lake.oracle.unlink(missing_ok=True)
