@@ -171,13 +171,10 @@ def _get(tree: dict[str, Any], dotted: str) -> Any:
     return tree
 
 
-def run_results(config: str) -> dict[str, Any]:
-    """One evaluated run: AUC overall and per PV bucket of the reference, base, full and the
-    oracle on the same test rows, full - base per bucket with its paired interval, the gap
-    closed on PV 0, the encoder's Hit@K and the semantic ids, beside the probes."""
-    cfg = load_config(config)
-    lake = Lake.from_config(cfg)
-    m = json.loads(lake.metrics.read_text())
+def metric_results(m: dict[str, Any], buckets: list[str]) -> dict[str, Any]:
+    """From one metrics.json: AUC overall and per PV bucket of the reference, base, full and the
+    oracle on the same test rows, full - base per bucket with its paired interval, the share of
+    the reference-to-oracle gap full closes on PV 0, and the validation AUCs."""
     models = {"reference": "reference.smoothed_mean", "oracle": "reference.oracle",
               "base": "ranker.base", "full": "ranker.full"}
 
@@ -186,7 +183,7 @@ def run_results(config: str) -> dict[str, Any]:
 
     overall = {name: value(_get(m, f"{key}.auc")) for name, key in models.items()}
     by_bucket: dict[str, Any] = {}
-    for bucket in cfg.stats.bucket_labels():
+    for bucket in buckets:
         row = {name: value(_get(m, f"{key}.auc_by_bucket.{bucket}"))
                for name, key in models.items()}
         gap = _get(m, f"ranker.full_minus_base.by_bucket.{bucket}") or {}
@@ -197,16 +194,52 @@ def run_results(config: str) -> dict[str, Any]:
     closed = None
     if None not in (pv0.get("full"), pv0.get("reference"), pv0.get("oracle")):
         closed = (pv0["full"] - pv0["reference"]) / (pv0["oracle"] - pv0["reference"])
-    probes = probe(config)
     return {
-        "config": config,
-        "events": _get(m, "data.events") or json.loads(lake.prepare_summary.read_text())["events"],
-        "seeds": list(cfg.ranker.seeds),
         "overall": overall,
         "by_bucket": by_bucket,
         "pv0_gap_closed": closed,
         "full_minus_base": _get(m, "ranker.full_minus_base"),
-        "valid_auc": {v: _get(m, f"ranker.{v}.valid_auc.mean") for v in ("base", "full")},
+        "seeds": {v: sorted((_get(m, f"ranker.{v}.auc.seeds") or {}).keys()) for v in ("base", "full")},
+        "valid_auc": {v: _get(m, f"ranker.{v}.valid_auc") for v in ("base", "full")},
+    }
+
+
+def compare_validation(incumbent: Path, challenger: Path) -> dict[str, Any]:
+    """Validation AUC of two runs' rankers (their models/ranker folders), paired by variant and
+    seed: challenger - incumbent per pair, and the mean, standard error and t of the gains over
+    all pairs and per variant (tools/make_sweep.py's rule keeps the incumbent unless t > 2)."""
+    pairs: dict[str, dict[str, float]] = {}
+    for meta in sorted(challenger.glob("*/seed*/meta.json")):
+        other = incumbent / meta.parent.parent.name / meta.parent.name / "meta.json"
+        if other.is_file():
+            key = f"{meta.parent.parent.name}/{meta.parent.name}"
+            a, b = (json.loads(p.read_text())["val_auc"] for p in (other, meta))
+            pairs[key] = {"incumbent": a, "challenger": b, "gain": b - a}
+
+    def stats(gains: list[float]) -> dict[str, Any]:
+        g = np.array(gains)
+        se = float(g.std(ddof=1) / np.sqrt(len(g))) if len(g) > 1 else None
+        return {"runs": len(g), "mean_gain": float(g.mean()), "se": se,
+                "t": float(g.mean() / se) if se else None}
+
+    out: dict[str, Any] = {"incumbent": str(incumbent), "challenger": str(challenger),
+                           "pairs": pairs, "all": stats([p["gain"] for p in pairs.values()])}
+    for variant in sorted({k.split("/")[0] for k in pairs}):
+        out[variant] = stats([p["gain"] for k, p in pairs.items() if k.startswith(variant + "/")])
+    return out
+
+
+def run_results(config: str) -> dict[str, Any]:
+    """One built (and, for the rankers, evaluated) run: metric_results beside the encoder's
+    Hit@K, the semantic ids and the probes."""
+    cfg = load_config(config)
+    lake = Lake.from_config(cfg)
+    m = json.loads(lake.metrics.read_text())
+    probes = probe(config)
+    return {
+        "config": config,
+        "events": json.loads(lake.prepare_summary.read_text())["events"],
+        **metric_results(m, cfg.stats.bucket_labels()),
         "encoder_hit": _get(m, "encoder"),
         "rqvae": _get(m, "rqvae"),
         "topic_probe": probes["topic_probe"],
@@ -221,6 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True)
     s = sub.add_parser("summarize", help="results of evaluated runs -> JSON")
     s.add_argument("--run", action="append", required=True, metavar="LABEL=CONFIG")
+    s.add_argument("--step", action="append", default=[], metavar="LABEL=METRICS_JSON",
+                   help="an earlier step's metrics.json (e.g. before a fix), AUCs only")
+    s.add_argument("--compare", action="append", default=[],
+                   metavar="LABEL=INCUMBENT_RANKER_DIR,CHALLENGER_RANKER_DIR",
+                   help="paired validation AUC of two settings (what a choice was made on)")
     s.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" /
                                         "synthetic_coldstart.json"))
     args = parser.parse_args(argv)
@@ -235,6 +273,19 @@ def main(argv: list[str] | None = None) -> int:
         if not config:
             parser.error(f"--run {spec!r}: expected LABEL=CONFIG")
         result[label] = run_results(config)
+    buckets = load_config(args.run[0].partition("=")[2]).stats.bucket_labels()
+    steps = {}
+    for spec in args.step:
+        label, _, path = spec.partition("=")
+        steps[label] = {"metrics": path,
+                        **metric_results(json.loads(Path(path).read_text()), buckets)}
+    if steps:
+        result["steps"] = steps
+    for spec in args.compare:
+        label, _, dirs = spec.partition("=")
+        incumbent, _, challenger = dirs.partition(",")
+        result.setdefault("choice", {})[label] = compare_validation(Path(incumbent),
+                                                                    Path(challenger))
     write_json_atomic(Path(args.out), result)
     print(json.dumps({k: v for k, v in result.items() if isinstance(v, dict) and "overall" in v},
                      indent=2, sort_keys=True))
