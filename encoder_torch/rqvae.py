@@ -1,8 +1,18 @@
 """RQ-VAE (paper eq. 4-5): an MLP encoder, L residual codebooks of K codes, an MLP decoder.
 
-r_1 = Enc(z); c_l = assign(r_l, C_l); r_{l+1} = r_l - C_l[c_l]; z_hat = Dec(sum_l C_l[c_l]).
-assign is Sinkhorn (balanced) in training when configured, the nearest code otherwise and always
-at inference. The straight-through estimator passes the decoder's gradient to the encoder.
+r_1 = Enc(s(z)); c_l = assign(r_l, C_l); r_{l+1} = r_l - C_l[c_l]; z_hat = s^-1(Dec(sum_l C_l[c_l])).
+assign is Sinkhorn (balanced) when the caller asks for it (train_rqvae, in the Sinkhorn phase of
+training), the nearest code otherwise and always at inference (eq. 4). The straight-through
+estimator passes the decoder's gradient to the encoder.
+
+s standardises the input: s(z) = (z - mean) / scale, the catalogue's mean z and the root mean
+square distance to it (``fit_input_scaling``; buffers saved in the checkpoint). The SaviorEnc z
+are unit vectors that can share one direction: on the MovieLens quick run the mean z had norm
+0.999 and the items lay within 0.04 (rms) of it, and the RQ-VAE trained on them used one to four
+codes per level (0.13-0.15% unique ids, Sinkhorn and argmin alike). Standardisation alone, the
+training otherwise unchanged, gave the same z 86.7% (Sinkhorn) and 99.8% (argmin) unique ids over
+150 epochs (benchmarks/results/rqvae_utilisation.json, exploration). One scale for all
+dimensions keeps the geometry of z: distances are only rescaled.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ class RQVAEModelConfig:
     levels: int = 3  # L (paper: 8)
     codebook_size: int = 64  # K (paper: 2048)
     assignment: str = "sinkhorn"  # in training: "sinkhorn" | "argmin"; inference is argmin
-    sinkhorn_epsilon: float = 0.05
+    sinkhorn_epsilon: float = 0.03  # unit: the batch's median nearest-code cost (sinkhorn.py)
     sinkhorn_iters: int = 50
     beta: float = 0.25  # weight of the encoder-side commitment term inside L_commit (VQ-VAE)
 
@@ -44,7 +54,7 @@ class RQVAEModelConfig:
 class RQOutput:
     x_hat: torch.Tensor  # [B, input_dim] reconstruction
     codes: torch.Tensor  # [B, L] int64
-    latent: torch.Tensor  # [B, latent_dim] r_1 = Enc(x)
+    latent: torch.Tensor  # [B, latent_dim] r_1 = Enc(s(x))
     quantized: torch.Tensor  # [B, latent_dim] sum_l C_l[c_l]
     commit_loss: torch.Tensor  # scalar: sum over levels of codebook + beta * commitment terms
 
@@ -65,6 +75,25 @@ class RQVAE(nn.Module):
         self.encoder = _mlp([c.input_dim, *c.hidden, c.latent_dim])
         self.decoder = _mlp([c.latent_dim, *reversed(c.hidden), c.input_dim])
         self.codebooks = nn.Parameter(torch.randn(c.levels, c.codebook_size, c.latent_dim) * 0.1)
+        self.register_buffer("input_mean", torch.zeros(c.input_dim))  # fit_input_scaling
+        self.register_buffer("input_scale", torch.ones(()))
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
+        """Checkpoints saved before standardisation existed load unstandardised (mean 0, scale 1)."""
+        state_dict = {"input_mean": torch.zeros_like(self.input_mean),
+                      "input_scale": torch.ones_like(self.input_scale), **state_dict}
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    @torch.no_grad()
+    def fit_input_scaling(self, x: torch.Tensor) -> None:
+        """s(z) = (z - mean) / scale from the items x [n, input_dim]."""
+        mean = x.float().mean(dim=0)
+        self.input_mean.copy_(mean)
+        self.input_scale.copy_((x.float() - mean).square().sum(dim=1).mean().sqrt().clamp_min(1e-12))
+
+    def standardise(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, input_dim] -> s(x), the space the encoder reads and the losses are measured in."""
+        return (x - self.input_mean) / self.input_scale
 
     def assign(self, residual: torch.Tensor, level: int, *, balanced: bool) -> torch.Tensor:
         """residual [B, D] -> codes [B] at ``level``: Sinkhorn when ``balanced``, else nearest."""
@@ -74,9 +103,9 @@ class RQVAE(nn.Module):
                                    iters=self.config.sinkhorn_iters)
         return cost.argmin(dim=1)
 
-    def quantize(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """latent [B, D] -> codes [B, L], quantized [B, D], commit loss."""
-        balanced = self.training and self.config.assignment == "sinkhorn"
+    def quantize(self, latent: torch.Tensor, *, balanced: bool = False) -> tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor]:
+        """latent [B, D] -> codes [B, L], quantized [B, D], commit loss; Sinkhorn when ``balanced``."""
         residual, quantized = latent, torch.zeros_like(latent)
         codes, commit = [], latent.new_zeros(())
         for level in range(self.config.levels):
@@ -97,19 +126,21 @@ class RQVAE(nn.Module):
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, L] -> reconstruction [B, input_dim]."""
-        return self.decoder(self.decode_codes(codes))
+        return self.decoder(self.decode_codes(codes)) * self.input_scale + self.input_mean
 
-    def forward(self, x: torch.Tensor) -> RQOutput:
-        latent = self.encoder(x)
-        codes, quantized, commit = self.quantize(latent)
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, input_dim] -> latent r_1 [B, latent_dim]."""
+        return self.encoder(self.standardise(x))
+
+    def forward(self, x: torch.Tensor, *, balanced: bool = False) -> RQOutput:
+        """x [B, input_dim] -> RQOutput; codes by Sinkhorn when ``balanced`` (training only)."""
+        latent = self.encode(x)
+        codes, quantized, commit = self.quantize(latent, balanced=balanced)
         straight_through = latent + (quantized - latent).detach()
-        return RQOutput(self.decoder(straight_through), codes, latent, quantized, commit)
+        x_hat = self.decoder(straight_through) * self.input_scale + self.input_mean
+        return RQOutput(x_hat, codes, latent, quantized, commit)
 
     @torch.no_grad()
     def semantic_codes(self, x: torch.Tensor) -> torch.Tensor:
-        """x [B, input_dim] -> nearest-code ids [B, L] (inference; no balancing)."""
-        was_training = self.training
-        self.eval()
-        codes = self.quantize(self.encoder(x))[0]
-        self.train(was_training)
-        return codes
+        """x [B, input_dim] -> nearest-code ids [B, L] (inference, eq. 4: no balancing)."""
+        return self.quantize(self.encode(x))[0]

@@ -3,6 +3,10 @@
 Two items with the same L codes collide. The extra, last element of ``semantic_ids`` resolves it:
 inside each group of items sharing their L codes, items ordered by item_id get 0, 1, 2, ...; an
 item alone in its group gets 0. The full L + 1 ids are then unique and deterministic.
+
+``check_not_collapsed`` stops a run whose ids before that extra element cannot tell the items
+apart (a level using few of its codes, or a low unique ratio), as the ranker's
+check_not_collapsed (tf_ranker/train.py) stops a ranker that cannot rank.
 """
 
 from __future__ import annotations
@@ -39,3 +43,40 @@ def disambiguate(codes: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
     extra = np.empty(len(codes), dtype=np.int64)
     extra[order] = np.arange(len(codes)) - group_start
     return np.concatenate([codes, extra[:, None]], axis=1)
+
+
+class SemanticIdsCollapsed(RuntimeError):
+    """The RQ-VAE's ids cannot tell the items apart: a level uses too few of its codes, or too
+    many items share all their codes."""
+
+
+def check_not_collapsed(codes: np.ndarray, *, codebook_size: int, min_utilization: float,
+                        min_unique_ratio: float, distinct_inputs: int | None = None) -> None:
+    """Raise SemanticIdsCollapsed when a level uses under ``min_utilization`` of the codes its
+    items can use (all K, or one per item when K exceeds the items), or when the unique ratio
+    before disambiguation is under ``min_unique_ratio`` of the most the ids allow: 1, K^L / items
+    when the id space is smaller, or ``distinct_inputs`` / items when items share an embedding
+    (equal inputs, equal ids, under any quantizer)."""
+    items, levels = codes.shape
+    usable = min(1.0, items / codebook_size)
+    utilization = utilization_per_level(codes, codebook_size=codebook_size)
+    problems = [f"level {level} uses {round(used * codebook_size)} of its {codebook_size} codes "
+                f"({used:.1%}, under {min_utilization * usable:.1%} = rqvae.min_utilization "
+                f"{min_utilization:.0%}{'' if usable == 1 else f' x the {usable:.1%} its items can use'})"
+                for level, used in enumerate(utilization, start=1) if used < min_utilization * usable]
+    bounds = {"": 1.0, f"{codebook_size}^{levels} ids for {items} items": codebook_size ** levels / items}
+    if distinct_inputs is not None:
+        bounds[f"{distinct_inputs} distinct embeddings for {items} items"] = distinct_inputs / items
+    why, most = min(bounds.items(), key=lambda kv: kv[1])
+    unique = collision_stats(codes)["unique_ratio"]
+    if not unique >= min_unique_ratio * most:
+        problems.append(f"{round(unique * items)} distinct ids for {items} items (unique ratio {unique:.2%}, "
+                        f"under {min_unique_ratio * most:.2%} = rqvae.min_unique_ratio "
+                        f"{min_unique_ratio:.0%}{'' if most >= 1 else f' x the {most:.2%} that {why} allow'})")
+    if not problems:
+        return
+    per_level = ", ".join(f"{used:.1%}" for used in utilization)
+    raise SemanticIdsCollapsed(
+        f"semantic ids collapsed: {'; '.join(problems)} (codes used per level: {per_level}). "
+        "Nothing was written. Check that the encoder's embeddings differ between items, or give "
+        "the ids more room (rqvae.levels, rqvae.codebook_size).")

@@ -189,8 +189,23 @@ class EncoderConfig(_Frozen):
 
 
 class RQVAEConfig(_Frozen):
-    levels: int = Field(3, ge=1)  # L (paper: 8)
-    codebook_size: int = Field(64, ge=2)  # K (paper: 2048)
+    levels: int = Field(3, ge=1)  # L (paper: 8); the id width, fixed (Feast tags it)
+    # K (paper: 2048), the preferred size: the RQ stage raises it when the ids would be too few for
+    # the catalogue and lowers it when the catalogue cannot fill it (encoder_torch/rq_stage.py,
+    # codebook_plan, and the two keys after this one). The K used is in version.json.
+    codebook_size: int = Field(64, ge=2)
+    # K^(L-1) >= this x items: the first L-1 levels alone nearly tell the items apart, the last
+    # resolves the rest. Measured unique ids (Sinkhorn) against K^(L-1) / items
+    # (benchmarks/results/rqvae_utilisation.json): synthetic, 5,000 items, L=3: K=128 (3.3) 97.0%,
+    # K=256 (13) 98.7%, K=512 (52) 99.0% (the most its 4,950 distinct z allow); its 1M-event run's
+    # z: K=256 97.1%, K=512 98.9%; 1,000 items, L=3: K=64 (4) 87.9%, K=128 (16) 98.5%; MovieLens,
+    # L=4, K=64: 99.7% (27), quick 99.2% (50). K^L alone cannot order these: 64^4 ids (1,722x the
+    # MovieLens items) were enough, 256^3 (3,355x the synthetic items) not.
+    prefixes_per_item: float = Field(16.0, gt=0.0)
+    min_items_per_code: int = Field(4, ge=1)  # K <= items / this: every code a mean of a few items
+    # Sinkhorn balances each batch: at least this many items per code in a batch (the paper's
+    # 16,384 / 2,048 is 8); the batch used is max(batch_size, this x K), at most the catalogue.
+    batch_items_per_code: int = Field(4, ge=1)
     latent_dim: int = Field(64, ge=2)
     hidden: tuple[int, ...] = (128,)
     lambda_recon: float = 1000.0  # lambda0
@@ -200,13 +215,27 @@ class RQVAEConfig(_Frozen):
     batch_size: int = Field(1024, ge=2)
     lr: float = Field(0.002, gt=0)
     sinkhorn_iters: int = Field(50, ge=1)
-    sinkhorn_epsilon: float = Field(0.05, gt=0)
+    # In units of the batch's median nearest-code cost (encoder_torch/sinkhorn.py).
+    sinkhorn_epsilon: float = Field(0.03, gt=0)
+    # Share of the epochs that assign by Sinkhorn; the rest use the nearest code, as the ids are
+    # read (encoder_torch/train_rqvae.py). Sinkhorn to the end (1.0) gave the MovieLens quick run
+    # 71.1% unique ids against 99.2% at 0.5 (the synthetic catalogue at K=256: 98.7% at both).
+    sinkhorn_fraction: float = Field(0.5, ge=0.0, le=1.0)
     assignment: Literal["sinkhorn", "argmin"] = "sinkhorn"
     dead_code_every: int = Field(10, ge=1)  # epochs between dead-code reseeding
     device: str = "auto"
     beta: float = Field(0.25, ge=0.0)  # encoder-side commitment weight inside L_commit (VQ-VAE)
     kmeans_init: bool = True  # codebooks start at faiss k-means centroids of each level's residuals
     compare_argmin: bool = True  # also train an argmin-assignment RQ-VAE for the metrics
+    # A collapse stops the run (encoder_torch/semantic_ids.py): a level using less than
+    # min_utilization of the codes its items can use, or a unique ratio (before the disambiguation
+    # index) under min_unique_ratio x the most the ids allow (1, or K^L / items when that is less).
+    # The MovieLens quick run's collapse (issue 27: 1.6-12.5% of the codes, 0.06-0.28% unique ids)
+    # is far under both. A small world given few ids on purpose is not a collapse: 1,000 synthetic
+    # items at L=2, K=16 (256 ids) get 5.8% unique ids, 23% of the 25.6% possible, before and
+    # after this RQ-VAE. The 98% unique ids asked of a sound run: benchmarks/rqvae_utilisation.py.
+    min_utilization: float = Field(0.5, ge=0.0, le=1.0)
+    min_unique_ratio: float = Field(0.1, ge=0.0, le=1.0)
     seed: int = 0
 
 
