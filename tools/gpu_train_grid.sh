@@ -58,7 +58,10 @@ run_job() {  # run_job GPU CONFIG VARIANT SEED
 export -f run_job
 export OUT PY
 : >"$OUT/jobs.jsonl"
-xargs -P "$((NGPU * PER_GPU))" -L 1 bash -c 'run_job "$0" "$1" "$2" "$3"' <"$jobs_file"
+# GRID_LIMIT_S=N stops jobs still running after N seconds (killed: absent from jobs.jsonl), so
+# that what finished is packed before a host's own time limit ends the call.
+timeout --kill-after=10 "${GRID_LIMIT_S:-0}" \
+  xargs -P "$((NGPU * PER_GPU))" -L 1 bash -c 'run_job "$0" "$1" "$2" "$3"' <"$jobs_file"
 
 KEEP_MODEL="${KEEP_MODEL:-full/seed${SEEDS%% *}}"
 files=()
