@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from feast import Entity, FeatureService, FeatureView, FileSource, ValueType
+from feast import Entity, FeatureService, FeatureView, FileSource, PushSource, ValueType
 from feast.data_format import ParquetFormat
 from feast.data_source import DataSource
 from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
@@ -24,6 +24,11 @@ from saviorrec.schema import ITEM_MULTIMODAL, ITEM_STATS, SEQUENCES, Table
 PROJECT = "saviorrec"
 ITEM_KEY = "item_id"
 USER_KEY = "user_id"
+# Push sources (FeatureStore.push) of the item views, over the same batch sources: onboarding
+# (items add, POST /items) pushes new items' multimodal rows and PV-0 statistics, the streaming
+# statistics job pushes fresh item_stats rows.
+ITEM_MULTIMODAL_PUSH = "item_multimodal_push"
+ITEM_STATS_PUSH = "item_stats_push"
 # Tags of the item_multimodal view: list lengths, so that online defaults (a zero embedding,
 # semantic ids 0) have the shape the ranker was built for without a config at serving time.
 TAG_EMBEDDING_DIM = "embedding_dim"
@@ -70,13 +75,15 @@ def build(cfg: Config) -> Definitions:
     item_stats = FeatureView(
         name="item_stats", entities=[item], ttl=timedelta(days=cfg.feast.item_stats_ttl_days),
         schema=feature_fields(ITEM_STATS), online=True,
-        source=_source(ITEM_STATS, lake.spark("item_stats"), folder=True, profile=profile),
+        source=PushSource(name=ITEM_STATS_PUSH, batch_source=_source(
+            ITEM_STATS, lake.spark("item_stats"), folder=True, profile=profile)),
         description=ITEM_STATS.doc,
     )
     item_multimodal = FeatureView(
         name="item_multimodal", entities=[item], ttl=timedelta(0),  # 0: never expires
         schema=feature_fields(ITEM_MULTIMODAL), online=True,
-        source=_source(ITEM_MULTIMODAL, lake.item_multimodal, folder=False, profile=profile),
+        source=PushSource(name=ITEM_MULTIMODAL_PUSH, batch_source=_source(
+            ITEM_MULTIMODAL, lake.item_multimodal, folder=False, profile=profile)),
         tags={TAG_EMBEDDING_DIM: str(cfg.encoder.dim),
               TAG_SEMANTIC_IDS_LEN: str(cfg.rqvae.levels + 1)},
         description=ITEM_MULTIMODAL.doc,
