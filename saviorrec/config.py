@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "SAVIORREC_DATA"
+CONFIG_ENV = "SAVIORREC_CONFIG"  # the config file feature_repo/repo.py builds Feast's objects of
 
 
 class _Frozen(BaseModel):
@@ -302,6 +303,18 @@ class RankerConfig(_Frozen):
     id_dropout: float = Field(0.0, ge=0.0, lt=1.0)
 
 
+class OnboardConfig(_Frozen):
+    # An item with neither text (title, genres, overview) nor an image: "missing_tokens" embeds
+    # it from SaviorEnc's learned missing-modality tokens alone (every such item then gets the
+    # same embedding), "refuse" refuses the whole file naming the item.
+    no_content: Literal["missing_tokens", "refuse"] = "missing_tokens"
+    # Items per forward pass of the towers and SaviorEnc when onboarding many items at once.
+    batch_size: int = Field(256, ge=1)
+    # Load the encoder into `saviorrec serve` so that POST /items onboards (torch + the towers:
+    # ~1 GB of memory); false: POST /items answers 501 and `saviorrec items add` onboards.
+    in_service: bool = True
+
+
 class ServingConfig(_Frozen):
     host: str = "127.0.0.1"
     # 8080, not 8500/8501: those are TF-Serving's gRPC and REST ports, which the exported
@@ -332,6 +345,10 @@ class ServingConfig(_Frozen):
     # cached, so a store outage still fails every request (503).
     item_cache_ttl_s: float = Field(300.0, ge=0)
     item_cache_items: int = Field(50_000, ge=0)
+    # An item the store had no row for is kept at most this long (seconds; 0: never cached), so
+    # that an item onboarded by another process (`saviorrec items add`) is served with its own
+    # features within this delay; POST /items invalidates its items at once.
+    item_cache_missing_ttl_s: float = Field(0.5, ge=0)
     # Compile the SavedModel's serving signature with XLA when loading it (about 3x faster on
     # CPU). XLA compiles once per input shape, so the candidates are padded to the next power
     # of two (>= 8) and every size up to max_candidates is compiled at start-up.
@@ -373,6 +390,7 @@ class Config(_Frozen):
     rqvae: RQVAEConfig = RQVAEConfig()
     ranker: RankerConfig = RankerConfig()
     serving: ServingConfig = ServingConfig()
+    onboard: OnboardConfig = OnboardConfig()
 
     # ---- resolved paths -------------------------------------------------------------------
     def source_dir(self) -> Path:
@@ -388,6 +406,39 @@ class Config(_Frozen):
         for section, values in sections.items():
             data[section] = {**data[section], **values}
         return Config.model_validate(data)
+
+
+def dump_config(cfg: Config) -> str:
+    """``cfg`` as a YAML file that loads back to the same configuration, with run.root made
+    absolute (relative roots resolve against the repository root, which the file may not sit
+    in)."""
+    data = cfg.with_overrides(run={"root": str(cfg.run_dir())}).model_dump(mode="json")
+    header = (f"# Resolved configuration of the run {cfg.run.name!r}: every value it used, overlays\n"
+              "# (e.g. --quick) applied. Written by saviorrec; `saviorrec run --config <this file>`\n"
+              "# repeats the run.\n")
+    return header + yaml.safe_dump(data, sort_keys=False)
+
+
+def config_path_from_env(default: Path) -> Path:
+    """The config file named by ``$SAVIORREC_CONFIG`` (or ``default``), as an absolute path.
+
+    A relative name is taken from the folder the command was started in: ``$PWD``, which the
+    shell sets and a chdir does not change (Feast's CLI changes into the repo folder before it
+    imports repo.py, so the current directory is no longer the user's), then from the repository
+    root, as the config's own relative paths. A name found in neither is an error naming both.
+    """
+    raw = os.environ.get(CONFIG_ENV)
+    if not raw:
+        return Path(default)
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    starts = [Path(d) for d in (os.environ.get("PWD"), Path.cwd(), REPO_ROOT) if d]
+    for start in starts:
+        if (start / path).is_file():
+            return (start / path).resolve()
+    tried = ", ".join(dict.fromkeys(str(s / path) for s in starts))
+    raise ConfigError(f"${CONFIG_ENV} = {raw!r}: no such file (tried {tried})")
 
 
 def _resolve(path: str) -> Path:

@@ -19,7 +19,7 @@ from typing import ClassVar
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from saviorrec.config import Config
+from saviorrec.config import Config, dump_config
 from saviorrec.schema import Table
 
 
@@ -67,6 +67,18 @@ class Lake:
     @property
     def item_multimodal(self) -> Path:
         return self.root / "lake" / "features" / "item_multimodal.parquet"
+
+    # onboarding (items added to a finished run: `saviorrec items add`, POST /items)
+    @property
+    def onboarded_items(self) -> Path:
+        """schema.ITEMS rows of every item onboarded after the batch pipeline (its content, to
+        tell a repeated add from a conflicting one)."""
+        return self.root / "lake" / "online" / "onboarded_items.parquet"
+
+    @property
+    def onboard_lock(self) -> Path:
+        """Lock file: one onboarding writes the offline sources and the online store at a time."""
+        return self.root / "lake" / "online" / ".onboard.lock"
 
     # training set
     @property
@@ -146,8 +158,25 @@ class Lake:
         return ExportFiles(self.export_dir)
 
     @property
+    def run_config(self) -> Path:
+        """The run's resolved configuration (overlays such as --quick applied), written by
+        :func:`write_run_config`: what the run did, and what ``feast/repo.py`` builds from."""
+        return self.root / "config.yaml"
+
+    @property
     def feast_data(self) -> Path:
+        """The run's Feast repository: ``feast -c <run>/feast ...`` (registry, sqlite, yaml)."""
         return self.root / "feast"
+
+    @property
+    def feast_yaml(self) -> Path:
+        """feature_store.yaml of the run's profile, paths relative to ``feast_data``."""
+        return self.feast_data / "feature_store.yaml"
+
+    @property
+    def feast_definitions(self) -> Path:
+        """The repo.py Feast's CLI imports: the definitions of ``run_config``."""
+        return self.feast_data / "repo.py"
 
     @property
     def feast_registry(self) -> Path:
@@ -249,6 +278,15 @@ def atomic_path(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def write_run_config(cfg: Config) -> Path:
+    """Write the run's resolved configuration to ``Lake.run_config`` (atomically) and return
+    its path. Loading it gives the same configuration (run.root made absolute)."""
+    path = Lake.from_config(cfg).run_config
+    with atomic_path(path) as tmp:
+        tmp.write_text(dump_config(cfg))
+    return path
 
 
 def write_table(table: pa.Table, path: Path, schema: Table) -> None:
