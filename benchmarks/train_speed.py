@@ -410,11 +410,10 @@ def epoch_clock_class() -> type:
 
 
 def per_batch_hooks(callback: Any) -> list[str]:
-    """The per-batch hooks a callback overrides (each turns off Keras's async batch dispatch)."""
-    from keras.src import utils
+    """The per-batch hooks a callback implements (each turns off Keras's async batch dispatch)."""
+    from tf_ranker.callbacks import per_batch_hooks as hooks
 
-    hooks = ("on_batch_end", "on_train_batch_end", "on_train_batch_begin", "on_batch_begin")
-    return [h for h in hooks if not utils.is_default(getattr(callback, h))]
+    return hooks(callback)
 
 
 @contextlib.contextmanager

@@ -42,6 +42,7 @@ from saviorrec.progress import fit_verbose
 from saviorrec.ranker_inputs import USER_STAT_COUNTS
 from saviorrec.schema import PREDICTIONS, SPLITS
 from tf_ranker.batches import RankerBatches, data_placement
+from tf_ranker.callbacks import BestWeightsCheckpoint, StopOnNaN, epoch_tensorboard
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.layers.stat_transform import DEFAULT_COUNT_COLUMNS, fit_standardization
@@ -202,19 +203,19 @@ def check_not_collapsed(scores: np.ndarray, history: dict[str, list[float]], *, 
 
 
 def _callbacks(out: RankerFiles, patience: int) -> list[keras.callbacks.Callback]:
+    """Epoch-end callbacks only: a per-batch hook turns off asynchronous dispatch
+    (tf_ranker/callbacks.py)."""
     callbacks: list[keras.callbacks.Callback] = [
-        keras.callbacks.TerminateOnNaN(),  # no more epochs on NaN: check_not_collapsed reports
+        StopOnNaN(),  # no more epochs on NaN: check_not_collapsed reports
         keras.callbacks.EarlyStopping(monitor="val_auc", mode="max", patience=patience,
                                       restore_best_weights=True, verbose=1),
         # Weights only: the model that trains may be the ItemTableRanker wrapper (not saved).
-        keras.callbacks.ModelCheckpoint(str(out.best_weights),
-                                        save_weights_only=True, monitor="val_auc",
-                                        mode="max", save_best_only=True),
+        BestWeightsCheckpoint(str(out.best_weights), monitor="val_auc", mode="max"),
         keras.callbacks.CSVLogger(str(out.history)),
     ]
     # Keras writes TensorBoard events through tf.summary, which needs both packages.
     if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
-        callbacks.append(keras.callbacks.TensorBoard(log_dir=str(out.logs)))
+        callbacks.append(epoch_tensorboard(str(out.logs)))
     return callbacks
 
 
