@@ -3,7 +3,8 @@
 Store types live in the two yaml files of this folder (``feature_store.yaml``: duckdb + sqlite,
 ``feature_store.production.yaml``: Spark + Redis); what differs per run is filled in here: the
 registry and sqlite file in the run's ``Lake.feast_data``, the Spark master from the config and
-the Redis connection from the environment variable ``cfg.feast.redis_env``.
+the Redis connection from the environment variable ``cfg.feast.redis_env``. ``write_run_repo``
+writes the same settings into the run folder, beside a repo.py, for Feast's own CLI.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from feast.repo_config import RepoConfig
 
 from saviorrec.config import REPO_ROOT, Config
-from saviorrec.lake import Lake
+from saviorrec.lake import Lake, atomic_path, write_run_config
 
 PROFILE_YAML = {"local": "feature_store.yaml", "production": "feature_store.production.yaml"}
 
@@ -87,16 +88,25 @@ def redis_url(cfg: Config) -> str:
     return url
 
 
-def store_settings(cfg: Config) -> dict[str, Any]:
-    """The yaml of the profile with this run's paths and connections filled in."""
+def store_settings(cfg: Config, *, for_file: bool = False) -> dict[str, Any]:
+    """The yaml of the profile with this run's paths and connections filled in.
+
+    ``for_file``: the settings of the run's own feature_store.yaml (``Lake.feast_yaml``): paths
+    relative to its folder, and the Redis connection left to ``${SAVIORREC_FEAST_REDIS}`` as in
+    feature_store.production.yaml, so that no password is written to disk."""
     profile = cfg.feast.profile
     settings = yaml.safe_load((repo_dir(cfg) / PROFILE_YAML[profile]).read_text())
     lake = Lake.from_config(cfg)
-    settings["registry"] = {"path": str(lake.feast_registry), "cache_ttl_seconds": 60}
+
+    def path(p: Path) -> str:
+        return str(p.relative_to(lake.feast_data)) if for_file else str(p)
+
+    settings["registry"] = {"path": path(lake.feast_registry), "cache_ttl_seconds": 60}
     if profile == "production":
-        settings["online_store"]["connection_string"] = redis_connection_string(
-            redis_url(cfg), cfg.feast.redis_timeout_s
-        )
+        if not for_file:
+            settings["online_store"]["connection_string"] = redis_connection_string(
+                redis_url(cfg), cfg.feast.redis_timeout_s
+            )
         settings["offline_store"]["spark_conf"] = {
             **settings["offline_store"].get("spark_conf", {}),
             "spark.master": cfg.spark.master,
@@ -105,8 +115,41 @@ def store_settings(cfg: Config) -> dict[str, Any]:
             "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
         }
     else:
-        settings["online_store"]["path"] = str(lake.feast_sqlite)
+        settings["online_store"]["path"] = path(lake.feast_sqlite)
     return settings
+
+
+RUN_REPO_PY = '''"""Feast definitions of this run: `feast -c <run>/feast apply | plan | feature-views list ...`.
+
+Written by saviorrec (feature_repo/profiles.py, write_run_repo) beside the run's
+feature_store.yaml; the objects are feature_repo.definitions.build of the run's resolved
+configuration, ../config.yaml.
+"""
+
+from pathlib import Path
+
+from feature_repo.definitions import build
+from saviorrec.config import load_config
+
+_defs = build(load_config(Path(__file__).resolve().parent.parent / "config.yaml"))
+globals().update({name: getattr(_defs, name) for name in _defs.__dataclass_fields__})
+'''
+
+
+def write_run_repo(cfg: Config) -> Path:
+    """Make the run folder a Feast repository of its own: its resolved config
+    (``Lake.run_config``), and in ``Lake.feast_data`` a feature_store.yaml of its profile and a
+    repo.py building the run's objects, so that ``feast -c <run>/feast ...`` works on any run,
+    --quick included. Returns the folder."""
+    lake = Lake.from_config(cfg)
+    write_run_config(cfg)
+    with atomic_path(lake.feast_yaml) as tmp:
+        tmp.write_text(f"# Feast store of the run {cfg.run.name!r}, profile {cfg.feast.profile}; "
+                       "written by saviorrec.\n"
+                       + yaml.safe_dump(store_settings(cfg, for_file=True), sort_keys=False))
+    with atomic_path(lake.feast_definitions) as tmp:
+        tmp.write_text(RUN_REPO_PY)
+    return lake.feast_data
 
 
 def repo_config(cfg: Config) -> RepoConfig:

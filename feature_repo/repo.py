@@ -3,7 +3,10 @@
 Objects are those of :func:`feature_repo.definitions.build` for the run of the config named by
 $SAVIORREC_CONFIG (default configs/movielens.yaml, whose run folder runs/movielens matches the
 paths of feature_store.yaml); $SAVIORREC_FEAST_PROFILE=production selects the Spark sources
-(use it with ``-f feature_repo/feature_store.production.yaml``).
+(use it with ``-f feature_repo/feature_store.production.yaml``). A relative $SAVIORREC_CONFIG is
+taken from the folder the command started in, not from this one (saviorrec.config,
+config_path_from_env). Every run folder is a Feast repository of its own too:
+``feast -c <run>/feast ...`` (feature_repo/profiles.py, write_run_repo).
 """
 
 from __future__ import annotations
@@ -11,9 +14,9 @@ from __future__ import annotations
 import os
 
 from feature_repo.definitions import build
-from saviorrec.config import REPO_ROOT, load_config
+from saviorrec.config import REPO_ROOT, config_path_from_env, load_config
 
-_cfg = load_config(os.environ.get("SAVIORREC_CONFIG", REPO_ROOT / "configs" / "movielens.yaml"))
+_cfg = load_config(config_path_from_env(REPO_ROOT / "configs" / "movielens.yaml"))
 _cfg = _cfg.with_overrides(
     feast={"profile": os.environ.get("SAVIORREC_FEAST_PROFILE", _cfg.feast.profile)}
 )

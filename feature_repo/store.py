@@ -22,7 +22,7 @@ from feature_repo.online import (
     online_features,
     redis_errors,
 )
-from feature_repo.profiles import repo_config
+from feature_repo.profiles import repo_config, write_run_repo
 from feature_repo.training import training_set
 from saviorrec.config import Config
 from saviorrec.lake import Lake
@@ -39,12 +39,16 @@ def get_store(cfg: Config) -> FeatureStore:
 
 
 def apply(cfg: Config) -> dict[str, Any]:
+    """Register the run's objects in its registry; the run folder becomes a Feast repository
+    of its own (``feast -c <run>/feast ...``, profiles.write_run_repo)."""
+    write_run_repo(cfg)
     store, defs = get_store(cfg), build(cfg)
     with redis_errors(store):
         store.apply(defs.objects())
     return {
         "profile": cfg.feast.profile,
         "registry": str(Lake.from_config(cfg).feast_registry),
+        "feast_repo": str(Lake.from_config(cfg).feast_data),
         "entities": [e.name for e in store.list_entities()],
         "feature_views": sorted(v.name for v in store.list_feature_views()),
         "feature_services": sorted(s.name for s in store.list_feature_services()),

@@ -4,7 +4,8 @@
 when the stage runs (TensorFlow, torch and Spark start slowly, and a GPU host may lack
 TensorFlow); the CLI calls stages through it too. A stage is skipped when its stamp says it already ran with the same configuration and after
 every stage it depends on; otherwise it runs and writes a new stamp. A failure names the stage
-and its cause. Per-stage seconds go to metrics.json (``timings.<stage>_s``).
+and its cause. Per-stage seconds go to metrics.json (``timings.<stage>_s``), with the versions
+of the code and config, once a stage has finished.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from saviorrec import stages as registry
 from saviorrec.config import REPO_ROOT, Config
-from saviorrec.lake import Lake, atomic_path
+from saviorrec.lake import Lake, atomic_path, write_run_config
 from saviorrec.metrics import update_metrics
 
 log = logging.getLogger("saviorrec.pipeline")
@@ -175,13 +176,12 @@ def run_pipeline(
     only: list[str] | None = None,
 ) -> dict[str, Any]:
     lake = Lake.from_config(cfg)
-    lake.root.mkdir(parents=True, exist_ok=True)
+    write_run_config(cfg)  # <run>/config.yaml: the run describes itself, --quick included
     stages = build_stages(full_grid=full_grid, backend=backend)
     names = [s.name for s in stages]
     for name in only or []:
         if name not in names:
             raise ValueError(f"unknown stage {name!r}; stages are {', '.join(names)}")
-    _record_versions(cfg, lake)
     summary: dict[str, Any] = {"run_dir": str(lake.root), "stages": {}}
     t_all = time.monotonic()
     for i, stage in enumerate(stages, 1):
@@ -201,6 +201,9 @@ def run_pipeline(
             raise StageError(f"stage {stage.name!r} failed: {type(e).__name__}: {e}") from e
         seconds = time.monotonic() - t0
         _write_stamp(lake, stage, fingerprint, seconds)
+        # with the stage's results: a run that fails before any stage finishes leaves no
+        # metrics.json, never one holding nothing but versions
+        _record_versions(cfg, lake)
         update_metrics(lake.metrics, f"timings.{stage.name}_s", round(seconds, 2))
         summary["stages"][stage.name] = f"ran in {seconds:.1f} s"
         log.info("%s: done in %.1f s", prefix, seconds)

@@ -84,6 +84,10 @@ def test_a_failing_stage_names_the_stage_and_the_cause(
     assert err.startswith("saviorrec run: stage 'prepare' failed: BadInputError: "), err
     assert f"{missing}: MovieLens folder does not exist" in err
     assert "Traceback" not in err
+    lake = Lake.from_config(load_config(config))
+    assert not lake.metrics.exists()  # no metrics.json holding nothing but versions
+    assert load_config(lake.run_config) == load_config(config).with_overrides(
+        run={"root": str(tmp_path / "run")})  # the run's resolved config, written first
 
 
 def test_a_failing_pipeline_as_a_process(tmp_path: Path) -> None:
