@@ -83,7 +83,7 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
     train = partial(train_saviorenc, pairs=pairs, epochs=ec.epochs, batch_size=ec.batch_size, lr=ec.lr,
                     warmup_epochs=ec.warmup_epochs, temperature=ec.temperature,
                     weight_decay=ec.weight_decay, device=device, seed=ec.seed,
-                    tower_lr_scale=ec.finetune_lr_scale)
+                    tower_lr_scale=ec.finetune_lr_scale, logq_correction=ec.logq_correction)
     variants = VARIANTS if ec.ablations else {"aligned": MODALITIES}
     train_s = {}
     for name, modalities in variants.items():

@@ -13,7 +13,7 @@ from torch import nn
 from encoder_torch.features import TowerFeatures
 from encoder_torch.finetune import TunedFeatures
 from encoder_torch.fusion import SaviorEnc
-from encoder_torch.losses import info_nce
+from encoder_torch.losses import info_nce, pair_log_q
 from saviorrec.progress import progress
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,14 @@ def _param_groups(model: SaviorEnc, features: TowerFeatures | TunedFeatures, *, 
 def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures | TunedFeatures, pairs: np.ndarray,
                     epochs: int, batch_size: int, lr: float, warmup_epochs: float, temperature: float,
                     weight_decay: float, device: torch.device, seed: int, tower_lr_scale: float = 0.1,
-                    desc: str = "saviorenc") -> list[float]:
+                    logq_correction: bool = False, desc: str = "saviorenc") -> list[float]:
     """Train in place (and the tower tails of TunedFeatures); returns the mean loss of each epoch.
-    ``pairs`` [P, 2] are item rows."""
+    ``pairs`` [P, 2] are item rows; ``logq_correction``: losses.py's sampling-bias correction."""
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 co-click pairs for in-batch negatives, got {len(pairs)}")
     generator = torch.Generator().manual_seed(seed)
     pairs_t = torch.from_numpy(np.asarray(pairs, dtype=np.int64))
+    log_q = pair_log_q(pairs_t, int(pairs_t.max()) + 1).to(device) if logq_correction else None
     steps_per_epoch = max(1, len(pairs) // batch_size)  # the ragged tail of a permutation is dropped
     optimizer = torch.optim.AdamW(_param_groups(model, features, lr=lr, tower_lr_scale=tower_lr_scale),
                                   lr=lr, weight_decay=weight_decay)
@@ -65,8 +66,10 @@ def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures | TunedFeatures
             rows = torch.cat([batch[:, 0], batch[:, 1]])
             z = model(**vars(features.take(rows, device=device)))
             za, zb = z.chunk(2)
-            loss = info_nce(za, zb, temperature=temperature, a_ids=batch[:, 0].to(device),
-                            b_ids=batch[:, 1].to(device))
+            a_ids, b_ids = batch[:, 0].to(device), batch[:, 1].to(device)
+            loss = info_nce(za, zb, temperature=temperature, a_ids=a_ids, b_ids=b_ids,
+                            a_log_q=None if log_q is None else log_q[a_ids],
+                            b_log_q=None if log_q is None else log_q[b_ids])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
