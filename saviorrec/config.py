@@ -187,6 +187,9 @@ class EncoderConfig(_Frozen):
     # Centre z on the catalogue's mean after training (encoder_torch/fusion.py, SaviorEnc):
     # removes the direction every item shares, so cosines and dot products see what differs.
     center: bool = False
+    # InfoNCE's sampling-bias correction (Yi et al. 2019; encoder_torch/losses.py): logits minus
+    # the log of each in-batch item's share of the co-click pairs.
+    logq_correction: bool = False
 
 
 class RQVAEConfig(_Frozen):
