@@ -1,5 +1,9 @@
 """Training and inference throughput of the SaviorRanker, against FuxiCTR's DIN (issue 9).
 
+DIAGNOSTICS: every mode here runs without run_train's callbacks, validation or checkpoint, so
+no figure of this script is what ``saviorrec train`` delivers; that is benchmarks/train_speed.py
+(docs/performance.md quotes it).
+
 What is measured, for each batch size (defaults: the paper's sizes d=64, L=8, K=2048, 8 heads,
 sequences of 50, batches of 1024 and 8192):
 
@@ -7,8 +11,8 @@ sequences of 50, batches of 1024 and 8192):
   ranker's training data arrive: per-sample columns (ids, statistics, the behaviour sequence)
   sliced in order, and each candidate's and sequence item's embedding and semantic ids gathered
   from one item table (TRAINING_ITEMS) at batch time.
-- ``train_fit``: ``model.fit`` over that pipeline (a ``keras.utils.PyDataset``): the real training
-  loop, so data waiting and device compute together. Its first call (``warmup`` steps) is timed
+- ``train_fit``: ``model.fit`` over that pipeline (a ``keras.utils.PyDataset``): Keras's training
+  loop without callbacks, so data waiting and device compute together. Its first call (``warmup`` steps) is timed
   apart as the compile time.
 - ``train_step``: the compiled train step alone on batches already on the device (no pipeline).
 - ``predict_step``: the compiled inference step on device-resident batches.
