@@ -148,7 +148,7 @@ def model_use(lake: Lake) -> dict[str, Any] | None:
     return {
         "pv0": {"full": pv0(ranker.get("full")), "base": pv0(ranker.get("base")),
                 "reference": pv0(ref.get("smoothed_mean")), "oracle": pv0(ref.get("oracle"))},
-        "full_minus_base_pv0": (ranker.get("full_minus_base", {}).get("by_bucket", {})
+        "full_minus_base_pv0": (ranker.get("full_minus", {}).get("base", {}).get("by_bucket", {})
                                 .get("0")),
     }
 
@@ -186,7 +186,7 @@ def metric_results(m: dict[str, Any], buckets: list[str]) -> dict[str, Any]:
     for bucket in buckets:
         row = {name: value(_get(m, f"{key}.auc_by_bucket.{bucket}"))
                for name, key in models.items()}
-        gap = _get(m, f"ranker.full_minus_base.by_bucket.{bucket}") or {}
+        gap = _get(m, f"ranker.full_minus.base.by_bucket.{bucket}") or {}
         row["full_minus_base"] = gap.get("diff")
         row["full_minus_base_ci95"] = gap.get("ci95")
         by_bucket[bucket] = row
@@ -198,7 +198,7 @@ def metric_results(m: dict[str, Any], buckets: list[str]) -> dict[str, Any]:
         "overall": overall,
         "by_bucket": by_bucket,
         "pv0_gap_closed": closed,
-        "full_minus_base": _get(m, "ranker.full_minus_base"),
+        "full_minus_base": _get(m, "ranker.full_minus.base"),
         "seeds": {v: sorted((_get(m, f"ranker.{v}.auc.seeds") or {}).keys()) for v in ("base", "full")},
         "valid_auc": {v: _get(m, f"ranker.{v}.valid_auc") for v in ("base", "full")},
     }

@@ -133,5 +133,22 @@ def update_metrics(path: Path, dotted_key: str, value: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
+def drop_metrics(path: Path, dotted_key: str) -> None:
+    """Remove ``a.b.c`` from metrics.json if it is there (a key an older version wrote)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    data = json.loads(path.read_text())
+    *parents, last = dotted_key.split(".")
+    node = data
+    for part in parents:
+        node = node.get(part) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or last not in node:
+        return
+    del node[last]
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+
+
 def read_metrics(path: Path) -> dict[str, Any]:
     return json.loads(Path(path).read_text()) if Path(path).exists() else {}

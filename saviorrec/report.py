@@ -1,8 +1,12 @@
 """``saviorrec report``: report/ of a run (report.md, PNG figures, metrics.json).
 
-The report mirrors the paper's tables and figures from what the stages wrote into metrics.json
-and the lake; a table whose inputs a run did not produce (e.g. Table 5 without --full-grid) says
-so instead of showing numbers. Nothing here trains or evaluates anything.
+report.md opens with a summary of about 20 lines: the sanity checks (:func:`sanity_checks`: each
+ranker above the non-neural reference, the aligned encoder above the off-the-shelf towers on
+Hit@K, semantic ids not collapsed), a failed one first and in words, then the headline AUCs with
+their intervals and where the run's files are. Below it, the paper's tables and figures from
+what the stages wrote into metrics.json and the lake; a table names only what ran, and one whose
+inputs a run did not produce (e.g. Table 5 without --full-grid) says so instead of showing
+numbers. Nothing here trains or evaluates anything.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path, read_table
 from saviorrec.metrics import read_metrics, update_metrics
 from saviorrec.schema import EMBEDDINGS, OFF_THE_SHELF, SPLITS, TEST
+from saviorrec.stages import STAGE_NAMES
 
 log = logging.getLogger("saviorrec.report")
 
@@ -56,6 +62,116 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
             return None
         node = node[part]
     return node
+
+
+def _auc(node: dict[str, Any] | None, key: str = "mean") -> str:
+    """``auc %`` with its interval, from a node holding ``key`` and ``ci95``."""
+    return "n/a" if not node or node.get(key) is None else _pct(node[key]) + _ci(node.get("ci95"))
+
+
+# --- sanity checks ------------------------------------------------------------------------------
+TABLE2 = ("base", "simtier", "full")  # the headline models: each must beat the reference
+SHORT_NAMES = {"base": "Base", "simtier": "SimTier", "full": "SaviorRec"}
+
+
+@dataclass(frozen=True)
+class Check:
+    """One sanity check of a run. ``ok``: True passed, False failed, None not measured (the stage
+    that measures it did not finish); ``text`` says what was compared, with the figures."""
+
+    name: str
+    ok: bool | None
+    text: str
+
+
+def check_rankers(metrics: dict[str, Any]) -> list[Check]:
+    """Each Table 2 model that ran must score a higher test AUC than the non-neural reference
+    (smoothed user + item click rates): a ranker under it has learnt less than two counts."""
+    ref = _get(metrics, "reference.smoothed_mean")
+    checks = []
+    for v in TABLE2:
+        auc = _get(metrics, f"ranker.{v}.auc")
+        if not auc or auc.get("mean") is None:
+            continue
+        name = f"{v} above the reference"
+        if not ref or ref.get("auc") is None:
+            checks.append(Check(name, None, f"{VARIANT_NAMES[v]}: no reference AUC to compare with"))
+            continue
+        ok = auc["mean"] > ref["auc"]
+        checks.append(Check(name, ok, f"{VARIANT_NAMES[v]}: test AUC {_auc(auc)} is "
+                            f"{'above' if ok else 'UNDER'} the non-neural reference's "
+                            f"{_auc(ref, 'auc')}"))
+    return checks or [Check("rankers above the reference", None,
+                             "rankers: none evaluated (the evaluate stage did not finish)")]
+
+
+def check_encoder(metrics: dict[str, Any], k: int) -> Check:
+    """The co-click aligned encoder must retrieve next clicks better than the off-the-shelf
+    towers it starts from (Hit@K on test; the paper's Table 4: 1.45x)."""
+    hits = _get(metrics, f"encoder.hit_at_{k}") or {}
+    aligned, base = hits.get("aligned"), hits.get("off_the_shelf")
+    name = f"aligned encoder above off-the-shelf on Hit@{k}"
+    if aligned is None or base is None:
+        return Check(name, None, f"encoder Hit@{k}: the encode stage did not finish")
+    ok = aligned > base
+    ratio = f"{aligned / base:.2f}x" if base else "n/a"
+    return Check(name, ok, f"aligned encoder: Hit@{k} {_pct(aligned)}% is "
+                 f"{'above' if ok else 'UNDER'} the off-the-shelf towers' {_pct(base)}% "
+                 f"({ratio}; paper 1.45x)")
+
+
+def check_semantic_ids(cfg: Config, metrics: dict[str, Any]) -> Check:
+    """The ids of the configured assignment against the floors the RQ stage stops a run under
+    (rqvae.min_utilization of the codes a level's items can use, rqvae.min_unique_ratio of the
+    unique ratio the ids allow; encoder_torch/semantic_ids.py, check_not_collapsed), from the
+    figures the stage wrote: a run written before that check, or copied, is judged the same."""
+    rc, assignment = cfg.rqvae, cfg.rqvae.assignment
+    m = _get(metrics, f"rqvae.{assignment}")
+    name = "semantic ids not collapsed"
+    if not m or not m.get("utilization_per_level") or m.get("unique_ratio") is None:
+        return Check(name, None, "semantic ids: the rqvae stage did not finish (a collapse stops "
+                     "it with the figures in the log)")
+    run = _get(metrics, "rqvae.run") or {}
+    size = m.get("codebook_size") or run.get("codebook_size") or rc.codebook_size
+    util, unique = m["utilization_per_level"], m["unique_ratio"]
+    items = run.get("items")
+    usable = min(1.0, items / size) if items else 1.0
+    most = min(1.0, size ** len(util) / items) if items else 1.0
+    if items and run.get("distinct_embeddings"):
+        most = min(most, run["distinct_embeddings"] / items)
+    problems = [f"level {i} uses {100 * u:.1f}% of its {size} codes (floor "
+                f"{100 * rc.min_utilization * usable:.1f}%)"
+                for i, u in enumerate(util, start=1) if u < rc.min_utilization * usable]
+    if unique < rc.min_unique_ratio * most:
+        problems.append(f"{100 * unique:.2f}% unique ids (floor {100 * rc.min_unique_ratio * most:.2f}%)")
+    per_level = ", ".join(f"{100 * u:.1f}" for u in util)
+    figures = f"{_pct(unique)}% unique, codes used per level [{per_level}]%"
+    if problems:
+        return Check(name, False, f"semantic ids ({assignment}) COLLAPSED: {'; '.join(problems)}; "
+                     f"{figures}")
+    return Check(name, True, f"semantic ids ({assignment}): {figures}")
+
+
+def sanity_checks(cfg: Config, metrics: dict[str, Any]) -> list[Check]:
+    """Every check of a run, failed ones first (a reader sees them in the report's first lines)."""
+    checks = [*check_rankers(metrics), check_encoder(metrics, cfg.encoder.hit_k),
+              check_semantic_ids(cfg, metrics)]
+    order = {False: 0, None: 1, True: 2}
+    return sorted(checks, key=lambda c: order[c.ok])
+
+
+def checks_markdown(checks: list[Check]) -> str:
+    failed = sum(c.ok is False for c in checks)
+    unmeasured = sum(c.ok is None for c in checks)
+    if failed:
+        head = f"**Sanity checks: {failed} of {len(checks)} FAILED.**"
+    elif unmeasured == len(checks):
+        head = "**Sanity checks: none measured yet (their stages did not finish).**"
+    else:
+        head = (f"**Sanity checks: all {len(checks) - unmeasured} measured passed"
+                + (f", {unmeasured} not measured.**" if unmeasured else ".**"))
+    mark = {False: "FAILED", None: "not measured", True: "ok"}
+    return "\n".join([head, *(f"- {mark[c.ok]}: {c.text}." for c in checks)])
 
 
 # --- data summary (Table 1) ---------------------------------------------------------------------
@@ -164,7 +280,7 @@ def table3(metrics: dict[str, Any]) -> str:
 
 def gap_by_bucket(metrics: dict[str, Any], buckets: list[str], key: str = "by_bucket") -> str:
     """full - base per PV bucket with paired intervals (the paper's gain is largest when cold)."""
-    by = _get(metrics, f"ranker.full_minus_base.{key}") or {}
+    by = _get(metrics, f"ranker.full_minus.base.{key}") or {}
     return "; ".join(f"PV {b}: {100 * g['diff']:+.2f} [{100 * g['ci95'][0]:+.2f}, "
                      f"{100 * g['ci95'][1]:+.2f}]" for b in buckets if (g := by.get(b)))
 
@@ -173,12 +289,30 @@ def table4(metrics: dict[str, Any]) -> str:
     hits = _get(metrics, "encoder.hit_at_30") or {}
     if not hits:
         return "_Not run._"
-    rows = [[k, _pct(hits.get(k)), f"{PAPER_TABLE4[k]:.2f}" if k in PAPER_TABLE4 else ""]
-            for k in ("off_the_shelf", "text_only", "image_only", "aligned")]
+    rows = [[k, _pct(hits[k]), f"{PAPER_TABLE4[k]:.2f}" if k in PAPER_TABLE4 else ""]
+            for k in ("off_the_shelf", "text_only", "image_only", "aligned") if k in hits]
     base = hits.get("off_the_shelf")
     ratio = "" if not base or hits.get("aligned") is None else f"{hits['aligned'] / base:.2f}x"
     return _table(["encoder", "Hit@30 %", "paper Hit@30 %"], rows) + (
         f"\n\nAligned / off-the-shelf: {ratio} (paper 1.45x)." if ratio else "")
+
+
+def table2_title(metrics: dict[str, Any]) -> str:
+    """'Table 2: AUC of Base and SaviorRec per PV bucket': the models that ran, no other."""
+    ran = [SHORT_NAMES[v] for v in TABLE2 if _get(metrics, f"ranker.{v}.auc")]
+    names = ", ".join(ran[:-1]) + f" and {ran[-1]}" if len(ran) > 1 else "".join(ran)
+    return f"Table 2: AUC of {names} per PV bucket" if ran else "Table 2: AUC per PV bucket"
+
+
+def timings_table(timings: dict[str, float]) -> str:
+    """Seconds of each stage's last run, in pipeline order, and their total."""
+    order = [f"{name}_s" for name in STAGE_NAMES]
+    keys = [k for k in order if k in timings] + sorted(k for k in timings if k not in order)
+    if not keys:
+        return "_none recorded_"
+    rows = [[k.removesuffix("_s"), f"{timings[k]:.1f}"] for k in keys]
+    rows.append(["**total**", f"**{sum(timings[k] for k in keys):.1f}**"])
+    return _table(["stage", "seconds"], rows)
 
 
 def table5(metrics: dict[str, Any]) -> str:
@@ -215,22 +349,37 @@ def _plt():
 
 
 def figure_bucket_auc(metrics: dict[str, Any], buckets: list[str], path: Path) -> bool:
+    """Test AUC per PV bucket of the Table 2 models with their 95% bootstrap intervals (error
+    bars) and the reference; every bucket on the axis, one without an AUC marked n/a."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4))
-    drawn = False
-    for v in ("base", "simtier", "full"):
-        vals = [_get(metrics, f"ranker.{v}.auc_by_bucket.{b}.mean") for b in buckets]
-        if any(x is not None for x in vals):
-            ax.plot(buckets, [np.nan if x is None else 100 * x for x in vals], marker="o",
-                    label=VARIANT_NAMES[v])
-            drawn = True
+    x = np.arange(len(buckets), dtype=float)
+    drawn = [v for v in TABLE2 if any(_get(metrics, f"ranker.{v}.auc_by_bucket.{b}.mean")
+                                      is not None for b in buckets)]
     if not drawn:
-        plt.close(fig)
         return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    shift = 0.08  # side by side, so that overlapping intervals stay readable
+    for i, v in enumerate(drawn):
+        cells = [_get(metrics, f"ranker.{v}.auc_by_bucket.{b}") or {} for b in buckets]
+        mean = np.array([np.nan if c.get("mean") is None else 100 * c["mean"] for c in cells])
+        ci = [c.get("ci95") or [None, None] for c in cells]
+        low = np.array([np.nan if lo is None else 100 * lo for lo, _ in ci])
+        high = np.array([np.nan if hi is None else 100 * hi for _, hi in ci])
+        err = np.nan_to_num(np.vstack([mean - low, high - mean]), nan=0.0)
+        ax.errorbar(x + (i - (len(drawn) - 1) / 2) * shift, mean, yerr=err, marker="o",
+                    capsize=3, label=f"{VARIANT_NAMES[v]} (95% CI)")
+    ref = _get(metrics, "reference.smoothed_mean.auc_by_bucket") or {}
+    if any(ref.get(b) is not None for b in buckets):
+        ax.plot(x, [np.nan if ref.get(b) is None else 100 * ref[b] for b in buckets],
+                linestyle="--", marker="x", color="black", label="reference (smoothed means)")
+    empty = [all(_get(metrics, f"ranker.{v}.auc_by_bucket.{b}.mean") is None for v in drawn)
+             for b in buckets]
+    ax.set_xticks(x, [f"{b}\n(no AUC)" if e else b for b, e in zip(buckets, empty, strict=True)])
+    ax.set_xlim(-0.5, len(buckets) - 0.5)
     ax.set_xlabel("item PV bucket (train ratings)")
     ax.set_ylabel("test AUC %")
-    ax.legend()
-    ax.set_title("AUC per PV bucket (Table 2)")
+    ax.legend(fontsize=8)
+    ax.set_title("Test AUC per PV bucket with 95% bootstrap intervals (Table 2)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -259,6 +408,7 @@ def figure_feature_drop(metrics: dict[str, Any], buckets: list[str], path: Path)
     ax.set_ylabel("AUC drop vs full (points)")
     ax.set_xlabel("item PV bucket")
     ax.legend()
+    ax.set_title("AUC drop without a feature group, per PV bucket (Fig. 4)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -281,6 +431,7 @@ def figure_mba_norms(metrics: dict[str, Any], path: Path) -> bool:
     ax.set_ylabel("relative importance")
     ax.set_xticks(levels)
     ax.legend()
+    ax.set_title("Relative importance of the residual levels (Fig. 3)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -324,6 +475,37 @@ def figure_embedding_map(cfg: Config, lake: Lake, path: Path, franchise: str) ->
     return True
 
 
+def _gap(gap: dict[str, Any]) -> str:
+    return (f"{100 * gap['diff']:+.2f} [{100 * gap['ci95'][0]:+.2f}, "
+            f"{100 * gap['ci95'][1]:+.2f}]")
+
+
+def summary_markdown(cfg: Config, lake: Lake, metrics: dict[str, Any],
+                     figures: list[str]) -> str:
+    """The report's first ~20 lines: the sanity checks (failed ones first), the headline AUCs
+    with their intervals, and where the run's files are."""
+    lines = [f"# saviorrec report: {cfg.run.name}", "", checks_markdown(sanity_checks(cfg, metrics)),
+             ""]
+    headline = [f"{VARIANT_NAMES[v]} {_auc(_get(metrics, f'ranker.{v}.auc'))}"
+                for v in reversed(TABLE2) if _get(metrics, f"ranker.{v}.auc")]
+    ref = _get(metrics, "reference.smoothed_mean")
+    if ref:
+        headline.append(f"non-neural reference {_auc(ref, 'auc')}")
+    if gap := _get(metrics, "ranker.full_minus.base"):
+        headline.append(f"full - base {_gap(gap)} points (paired)")
+    lines.append(f"Test AUC % [95% bootstrap interval], mean over seeds {list(cfg.ranker.seeds)}: "
+                 + ("; ".join(headline) if headline else "no ranker evaluated") + ".")
+    files = [(lake.run_config, "the run's resolved configuration"),
+             (lake.root / "models", "models"), (lake.export_dir, "the SavedModel"),
+             (lake.feast_data, f"Feast repository (`feast -c {lake.feast_data} feature-views list`)")]
+    lines += ["", "Files:",
+              f"- this report and its figures: `{lake.report_dir}` (report.md"
+              + "".join(f", {f}" for f in figures) + ")",
+              f"- every statistic, once: `{lake.metrics}`",
+              *(f"- {what}: `{path}`" for path, what in files if path.exists())]
+    return "\n".join(lines)
+
+
 # --- the report ---------------------------------------------------------------------------------
 def model_versions(lake: Lake) -> dict[str, str]:
     """Versions of the data and models behind the report, from the files the stages wrote:
@@ -348,7 +530,8 @@ def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, A
     out = lake.report_dir
     out.mkdir(parents=True, exist_ok=True)
     summary = data_summary(cfg, lake)
-    update_metrics(lake.metrics, "data.test_buckets", summary.get("buckets", {}))
+    if summary.get("buckets"):
+        update_metrics(lake.metrics, "data.test_buckets", summary["buckets"])
     for key in ("train_samples", "valid_samples", "test_samples", "test_click_rate"):
         if key in summary:
             update_metrics(lake.metrics, f"data.{key}", summary[key])
@@ -363,12 +546,11 @@ def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, A
         "feature_drop.png": figure_feature_drop(metrics, buckets, out / "feature_drop.png"),
         "embedding_map.png": figure_embedding_map(cfg, lake, out / "embedding_map.png", franchise),
     }
-    ref = _get(metrics, "reference.smoothed_mean.auc")
-    diff = _get(metrics, "ranker.full_minus_base")
+    ref = _get(metrics, "reference.smoothed_mean")
+    diff = _get(metrics, "ranker.full_minus.base")
     diff_line = ""
     if diff:
-        diff_line = (f"\n\nfull - base: {100 * diff['diff']:+.2f} AUC points, 95% paired bootstrap "
-                     f"interval [{100 * diff['ci95'][0]:+.2f}, {100 * diff['ci95'][1]:+.2f}] "
+        diff_line = (f"\n\nfull - base: {_gap(diff)} AUC points, 95% paired bootstrap interval "
                      "(paper +0.83).")
         if by_bucket := gap_by_bucket(metrics, buckets):
             diff_line += f"\n\nfull - base per PV bucket (train PV, the protocol's): {by_bucket}."
@@ -379,14 +561,17 @@ def write_report(cfg: Config, *, franchise: str = "Harry Potter") -> dict[str, A
     def fig(name: str, caption: str) -> str:
         return f"![{caption}]({name})" if figures[name] else f"_{caption}: not produced by this run._"
 
-    timings = metrics.get("timings", {})
     v = metrics.get("versions", {})
     versions_line = ", ".join(f"{k} `{str(v[k])[:12] if k == 'data' else v[k]}`" for k in
                               ("data", "encoder", "rqvae", "ranker_export") if k in v) or "n/a"
-    md = f"""# saviorrec report: {cfg.run.name}
+    for check in sanity_checks(cfg, metrics):
+        if check.ok is False:  # something to act on: said in the log too, not only the report
+            log.warning("sanity check failed: %s", check.text)
+    head = summary_markdown(cfg, lake, metrics, [k for k, ok in figures.items() if ok])
+    md = f"""{head}
 
-Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC} from `{lake.root}`; code {metrics.get('versions', {}).get('code', '?')},
-machine: {metrics.get('machine', '?')}. AUC on the TEST split (each user's last
+Generated {datetime.now(UTC):%Y-%m-%d %H:%M UTC}; code {v.get('code', '?')}, machine:
+{metrics.get('machine', '?')}. AUC on the TEST split (each user's last
 {int(100 * cfg.split.test_fraction)}% of events by time); models saw train only; intervals are 95%
 bootstrap intervals; means over seeds {list(cfg.ranker.seeds)}.
 Versions: {versions_line}.
@@ -397,17 +582,17 @@ Versions: {versions_line}.
 Samples: train {summary.get('train_samples', 'n/a')}, valid {summary.get('valid_samples', 'n/a')},
 test {summary.get('test_samples', 'n/a')}; test click rate {summary.get('test_click_rate', float('nan')):.3f}.
 
-## Table 2: AUC of base, SimTier and SaviorRec per PV bucket
-{table_auc(metrics, ['base', 'simtier', 'full'], buckets, PAPER_TABLE2)}
+## {table2_title(metrics)}
+{table_auc(metrics, list(TABLE2), buckets, PAPER_TABLE2)}
 
-Non-neural reference (smoothed user mean + item mean, logit sum): {_pct(ref)}.{diff_line}
+Non-neural reference (smoothed user mean + item mean, logit sum): {_auc(ref, 'auc')}.{diff_line}
 
 {fig('auc_by_bucket.png', 'AUC per PV bucket')}
 
 ## Table 3: ablations
 {table3(metrics)}
 
-## Table 4: encoder, i2i Hit@30 on test next clicks
+## Table 4: encoder, i2i Hit@{cfg.encoder.hit_k} on test next clicks
 {table4(metrics)}
 
 ### RQ-VAE semantic ids
@@ -425,8 +610,8 @@ Non-neural reference (smoothed user mean + item mean, logit sum): {_pct(ref)}.{d
 ## Fig. 5: item embeddings before and after alignment
 {fig('embedding_map.png', 'embedding map')}
 
-## Stage timings (s)
-{_table(['stage', 'seconds'], [[k.removesuffix('_s'), f'{v:.1f}'] for k, v in timings.items()]) if timings else '_none recorded_'}
+## Stage timings (s, each stage's last run, in pipeline order)
+{timings_table(metrics.get('timings', {}))}
 """
     with atomic_path(out / "report.md") as tmp:
         tmp.write_text(md)

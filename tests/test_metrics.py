@@ -14,6 +14,7 @@ from saviorrec.metrics import (
     auc,
     auc_by_bucket,
     bootstrap_auc,
+    drop_metrics,
     hit_at_k,
     paired_bootstrap_diff,
     read_metrics,
@@ -93,6 +94,17 @@ def test_auc_by_bucket_and_hit_at_k() -> None:
     assert hit_at_k(retrieved, np.array([3, 1, 7])) == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="2 targets"):
         hit_at_k(retrieved, np.array([1, 2]))
+
+
+def test_drop_metrics_removes_one_key_and_leaves_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.json"
+    drop_metrics(path, "ranker.full_minus_base")  # no file: nothing to do, nothing written
+    assert not path.exists()
+    update_metrics(path, "ranker.full_minus_base", {"diff": 0.1})
+    update_metrics(path, "ranker.full_minus.base", {"diff": 0.1})
+    drop_metrics(path, "ranker.full_minus_base")
+    drop_metrics(path, "ranker.absent.key")
+    assert read_metrics(path) == {"ranker": {"full_minus": {"base": {"diff": 0.1}}}}
 
 
 def test_update_metrics_nests_keys_and_stores_nan_as_null(tmp_path: Path) -> None:

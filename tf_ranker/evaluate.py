@@ -19,8 +19,10 @@ Keys: ranker.<variant>.auc.{mean,ci95,seeds}, ranker.<variant>.auc_by_bucket.<bu
 ranker.<variant>.valid_auc.{mean,seeds},
 ranker.<variant>.mba_level_importance.{codebook,fusion,codebook_rows_used,levels,seeds} (the
 first three: lists over the levels), reference.smoothed_mean.auc(.ci95, _by_bucket),
-ranker.full_minus_base.{diff,ci95,seeds,by_bucket.<bucket>,by_seen_bucket.<bucket>} and
-ranker.full_minus.<variant> (full minus every other variant: Table 3 with intervals),
+ranker.full_minus.<variant>.{diff,ci95,seeds} (full minus every other variant: Table 3 with
+intervals; for base also by_bucket.<bucket> and by_seen_bucket.<bucket>, the cold-start gain;
+each statistic is stored once: the key ranker.full_minus_base, which repeated
+ranker.full_minus.base, is gone and removed from a metrics.json evaluated before),
 ranker.<variant>.auc_by_seen_bucket (AUC per bucket of the candidate's PV at its sample time).
 
 On synthetic data the generator knows each event's true click probability (Lake.oracle, written
@@ -44,6 +46,7 @@ from saviorrec.metrics import (
     auc,
     auc_by_bucket,
     bootstrap_auc,
+    drop_metrics,
     paired_bootstrap_diff,
     update_metrics,
 )
@@ -247,12 +250,11 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
                 gap["by_seen_bucket"] = {b: paired_gap(preds["full"], preds[v], n,
                                                        rows=seen == i)
                                          for i, b in enumerate(buckets)}
-                results["ranker"]["full_minus_base"] = gap
-                update_metrics(lake.metrics, "ranker.full_minus_base", gap)
             against[v] = gap
         if against:
             results["ranker"]["full_minus"] = against
             update_metrics(lake.metrics, "ranker.full_minus", against)
+    drop_metrics(lake.metrics, "ranker.full_minus_base")  # written by evaluations before
     return results
 
 
