@@ -26,6 +26,7 @@ from typing import Any
 from saviorrec import stages as registry
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake, atomic_path, write_run_config
+from saviorrec.logs import configure_logging
 from saviorrec.metrics import update_metrics
 
 log = logging.getLogger("saviorrec.pipeline")
@@ -175,6 +176,8 @@ def run_pipeline(
     force: bool = False,
     only: list[str] | None = None,
 ) -> dict[str, Any]:
+    if full_grid:  # the paper's grid: Table 4's text-only and image-only encoders too
+        cfg = cfg.with_overrides(encoder={"ablations": True})
     lake = Lake.from_config(cfg)
     write_run_config(cfg)  # <run>/config.yaml: the run describes itself, --quick included
     stages = build_stages(full_grid=full_grid, backend=backend)
@@ -239,5 +242,5 @@ def _train_child(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging()
     _train_child(sys.argv[1:])

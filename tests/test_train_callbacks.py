@@ -6,10 +6,11 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 from saviorrec.lake import RankerFiles
 from tf_ranker import train
-from tf_ranker.callbacks import BestWeightsCheckpoint, StopOnNaN, per_batch_hooks
+from tf_ranker.callbacks import BestWeightsCheckpoint, StepProgbarLogger, StopOnNaN, per_batch_hooks
 
 
 def _data(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -89,3 +90,20 @@ def test_stop_on_nan_and_terminate_on_nan_give_the_same_history_without_nan() ->
                           callbacks=[cb])
         histories.append(h.history["loss"])
     assert histories[0] == histories[1]
+
+
+def test_the_progress_bar_never_counts_past_the_epoch(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """70 steps by steps_per_execution 8: Keras's own bar reports step 72 of 70; ours 70."""
+    x, y = _data()
+    counts = {}
+    for name, bar in (("keras", keras.callbacks.ProgbarLogger()), ("ours", StepProgbarLogger())):
+        m = _model()
+        m.compile(optimizer="sgd", loss="binary_crossentropy", steps_per_execution=8)
+        seen = []
+        spy = keras.callbacks.LambdaCallback(
+            on_train_batch_end=lambda b, logs, seen=seen, bar=bar: seen.append(bar.seen))
+        m.fit(x[:70 * 7], y[:70 * 7], batch_size=7, epochs=1, verbose=1, callbacks=[bar, spy])
+        counts[name] = max(seen)
+    assert counts == {"keras": 72, "ours": 70}
+    assert "72/70" not in capsys.readouterr().out.split("Epoch")[-1]

@@ -52,6 +52,30 @@ class BestWeightsCheckpoint(keras.callbacks.ModelCheckpoint):
                          save_weights_only=True, save_freq="epoch")
 
 
+class StepProgbarLogger(keras.callbacks.ProgbarLogger):
+    """Keras's progress bar, its step count held at the epoch's steps.
+
+    With steps_per_execution > 1 Keras reports the last step of each execution, which passes
+    the epoch's end when steps_per_execution does not divide its steps: 70 steps by 8 showed
+    "72/70". Keras adds its own bar after it decides on asynchronous dispatch, so that bar never
+    turns dispatch off; ``async_safe`` (Keras's own opt-out) keeps this one the same.
+    """
+
+    async_safe = True
+
+    def _held(self, batch: int) -> int:
+        return batch if self.target is None else min(batch, self.target - 1)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_batch_end(self._held(batch), logs)
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_test_batch_end(self._held(batch), logs)
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        super().on_predict_batch_end(self._held(batch), logs)
+
+
 ASYNC_BREAKING_HOOKS = ("on_batch_end", "on_train_batch_end", "on_test_batch_end",
                         "on_predict_batch_end")
 """The hooks Keras's CallbackList checks: any one implemented turns off asynchronous dispatch

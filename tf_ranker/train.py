@@ -42,7 +42,12 @@ from saviorrec.progress import fit_verbose
 from saviorrec.ranker_inputs import USER_STAT_COUNTS
 from saviorrec.schema import PREDICTIONS, SPLITS
 from tf_ranker.batches import RankerBatches, data_placement
-from tf_ranker.callbacks import BestWeightsCheckpoint, StopOnNaN, epoch_tensorboard
+from tf_ranker.callbacks import (
+    BestWeightsCheckpoint,
+    StepProgbarLogger,
+    StopOnNaN,
+    epoch_tensorboard,
+)
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.layers.stat_transform import DEFAULT_COUNT_COLUMNS, fit_standardization
@@ -212,6 +217,7 @@ def _callbacks(out: RankerFiles, patience: int) -> list[keras.callbacks.Callback
         # Weights only: the model that trains may be the ItemTableRanker wrapper (not saved).
         BestWeightsCheckpoint(str(out.best_weights), monitor="val_auc", mode="max"),
         keras.callbacks.CSVLogger(str(out.history)),
+        StepProgbarLogger(),  # Keras's bar without "72/70" (steps_per_execution)
     ]
     # Keras writes TensorBoard events through tf.summary, which needs both packages.
     if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
