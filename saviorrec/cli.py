@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from saviorrec.config import REPO_ROOT, Config, ConfigError, ServingConfig, load_config
+from saviorrec.logs import configure_logging
 from saviorrec.pipeline import entry_point
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
@@ -86,31 +87,7 @@ def cmd_export(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> Any:
     from serving.app import serve
 
-    cfg = _config(args)
-    onboarder = _onboarder(cfg) if cfg.onboard.in_service else None
-    return serve(cfg, host=args.host, port=args.port,
-                 onboard=onboarder.add_records if onboarder else None)
-
-
-def _onboarder(cfg: Config, *, required: bool = False) -> Any:
-    """The run's Onboarder for the served model; the service runs without POST /items (a
-    warning says why) when it cannot be loaded, ``items add`` fails."""
-    from saviorrec.onboard import Onboarder, served_rqvae_version
-    from serving.service import model_dir
-
-    try:
-        return Onboarder.load(cfg, served_version=served_rqvae_version(model_dir(cfg)))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
-        if required:
-            raise
-        log.warning("POST /items is off: cannot load the onboarding models: %s", e)
-        return None
-
-
-def cmd_items(args: argparse.Namespace) -> Any:
-    from pathlib import Path
-
-    return _onboarder(_config(args), required=True).add_file(Path(args.file))
+    return serve(_config(args), host=args.host, port=args.port)
 
 
 def cmd_run(args: argparse.Namespace) -> Any:
@@ -182,15 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="online store: local reads the run's sqlite file, production the "
                    "Redis in $feast.redis_env (default: the config's feast.profile)")
 
-    p = add("items", cmd_items, "onboard new items into a finished run: embed them with its "
-            "frozen encoder and RQ-VAE and push them to the online and offline store")
-    p.add_argument("action", choices=["add"])
-    p.add_argument("file", help="CSV or JSONL: movieId (or item_id), title, genres, overview, "
-                   "poster_path (docs/serving.md)")
-    p.add_argument("--profile", choices=["local", "production"], default=None)
-
     p = add("run", cmd_run, "the whole pipeline, skipping stages whose outputs are current")
-    p.add_argument("--full-grid", action="store_true", help="add Table 5, Fig. 4 and more seeds")
+    p.add_argument("--full-grid", action="store_true",
+                   help="the paper's grid: also Table 4's text-only and image-only encoders "
+                   "(encoder.ablations), Table 5's MBA sizes and Fig. 4's feature drops")
     p.add_argument("--backend", choices=["tensorflow", "jax", "torch"], default=None,
                    help="Keras backend for the ranker stage")
     p.add_argument("--profile", choices=["local", "production"], default=None)
@@ -204,11 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         _print(args.handler(args))
     except ConfigError as e:
