@@ -259,3 +259,80 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     out = [line, "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(out)
+
+
+def table_differences(left: Any, right: Any, keys: Sequence[str], *, rtol: float = 1e-6,
+                      atol: float = 1e-6) -> dict[str, Any]:
+    """Compare two pyarrow tables by VALUE, not by count: ``{"equal", "rows", "columns"}``.
+
+    Both are sorted by ``keys`` (then by their other integer, string and timestamp columns, so
+    that rows with equal keys line up), and every column of ``left`` is compared with the column
+    of that name in ``right``: exactly for integers, strings, booleans and timestamps, within
+    ``atol + rtol * |right|`` for floats; a list column row by row in length, then its flattened
+    values by the same rule. ``columns`` holds only the columns that differ (or are missing),
+    each with its count of differing rows, the largest absolute float difference and the keys
+    of the first differing row. Engines' row orders differ, so nothing here depends on order.
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    def is_list(t: pa.DataType) -> bool:
+        return pa.types.is_list(t) or pa.types.is_large_list(t)
+
+    def exact_sortable(t: pa.DataType) -> bool:
+        return (pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_timestamp(t)
+                or pa.types.is_boolean(t))
+
+    result: dict[str, Any] = {"equal": False, "rows": [left.num_rows, right.num_rows],
+                              "columns": {}}
+    if set(left.column_names) != set(right.column_names):
+        for name in sorted(set(left.column_names) ^ set(right.column_names)):
+            result["columns"][name] = {"missing_in": "right" if name in left.column_names
+                                       else "left"}
+        return result
+    if left.num_rows != right.num_rows:
+        return result
+    order = list(keys) + [n for n in left.column_names
+                          if n not in keys and exact_sortable(left.schema.field(n).type)]
+    left = left.take(pc.sort_indices(left, [(n, "ascending") for n in order]))
+    right = right.take(pc.sort_indices(right, [(n, "ascending") for n in order]))
+
+    def compare(a: pa.Array, b: pa.Array) -> tuple[np.ndarray, float | None]:
+        """Per element: differs? and the largest absolute difference of floats."""
+        if pa.types.is_floating(a.type):
+            x = a.to_numpy(zero_copy_only=False).astype(np.float64)
+            y = b.to_numpy(zero_copy_only=False).astype(np.float64)
+            close = np.isclose(x, y, rtol=rtol, atol=atol, equal_nan=True)
+            diff = np.abs(x - y)
+            return ~close, float(np.nanmax(diff)) if diff.size else 0.0
+        if a.type != b.type:
+            b = b.cast(a.type)
+        same = pc.fill_null(pc.equal(a, b), False).to_numpy(zero_copy_only=False)
+        both_null = np.asarray(pc.and_(a.is_null(), b.is_null()))
+        return ~(same | both_null), None
+
+    for name in left.column_names:
+        a, b = left[name].combine_chunks(), right[name].combine_chunks()
+        if is_list(a.type):
+            lengths_a = pc.fill_null(pc.list_value_length(a), -1).to_numpy()
+            lengths_b = pc.fill_null(pc.list_value_length(b), -1).to_numpy()
+            bad = lengths_a != lengths_b
+            max_diff = None
+            if not bad.any():
+                flat_bad, max_diff = compare(pc.list_flatten(a), pc.list_flatten(b))
+                parents = pc.list_parent_indices(a).to_numpy()
+                bad = np.zeros(len(a), bool)
+                np.logical_or.at(bad, parents[flat_bad], True)
+        else:
+            bad, max_diff = compare(a, b)
+        if bad.any():
+            first = int(np.flatnonzero(bad)[0])
+            result["columns"][name] = {
+                "rows_differing": int(bad.sum()), "max_abs_diff": max_diff,
+                "first_row": {k: left[k][first].as_py() for k in keys},
+            }
+    result["equal"] = not result["columns"]
+    return {**result, "columns": {k: {**v, "first_row": {kk: str(vv) for kk, vv in
+                                                        v.get("first_row", {}).items()}}
+                                  for k, v in result["columns"].items()}}

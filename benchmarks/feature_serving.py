@@ -194,9 +194,10 @@ def bench_sequence_stats(cfg: Config, n_samples: int, n_items: int,
     return result
 
 
-def bench_training_set(cfg: Config, n_samples: int, n_items: int, n_users: int,
-                       rng: np.random.Generator) -> dict[str, Any]:
-    """The whole local training set: n_samples with sequences of 50, as the stage runs it."""
+def write_training_inputs(cfg: Config, n_samples: int, n_items: int, n_users: int,
+                          rng: np.random.Generator) -> int:
+    """The training set's inputs: n_samples (one per distinct user and time, so none shares a
+    sequence) with random sequences of 50 over a synthetic lake. Returns the samples written."""
     write_synthetic_lake(cfg, n_items, n_users, rng)
     lake = Lake.from_config(cfg)
     samples = entity_frame(n_samples, n_items, rng)
@@ -215,6 +216,13 @@ def bench_training_set(cfg: Config, n_samples: int, n_items: int, n_users: int,
     pv = {"item_id": np.arange(1, n_items + 1), "train_pv": rng.integers(0, 300, n_items)}
     pv["pv_bucket"] = np.minimum(pv["train_pv"] // 60, 4)
     _folder(pa.table(pv, schema=ITEM_PV.arrow_schema()), lake.spark("item_pv"))
+    return n
+
+
+def bench_training_set(cfg: Config, n_samples: int, n_items: int, n_users: int,
+                       rng: np.random.Generator) -> dict[str, Any]:
+    """The whole local training set: n_samples with sequences of 50, as the stage runs it."""
+    n = write_training_inputs(cfg, n_samples, n_items, n_users, rng)
     fs.apply(cfg)
     began = time.perf_counter()
     report = fs.training_set(cfg)

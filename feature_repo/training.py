@@ -248,12 +248,12 @@ def build_training_items(cfg: Config, seen_items: set[int]) -> dict[str, Any]:
             "items_without_multimodal": missing}
 
 
-def training_set(cfg: Config) -> dict[str, Any]:
+def write_training_samples(cfg: Config) -> dict[str, Any]:
+    """The local builder: every split's TRAINING_SAMPLES rows in chunks (no item table)."""
     began = time.perf_counter()
     lake = Lake.from_config(cfg)
     for name, path in (("samples", lake.spark("samples")), ("sequences", lake.spark("sequences")),
-                       ("item_stats", lake.spark("item_stats")),
-                       ("item_multimodal", lake.item_multimodal)):
+                       ("item_stats", lake.spark("item_stats"))):
         if not path.exists():
             raise FileNotFoundError(f"{name}: {path} does not exist (run the stage that writes it)")
     builder = TrainingSetBuilder(cfg, FeatureStore(config=repo_config(cfg)))
@@ -277,11 +277,22 @@ def training_set(cfg: Config) -> dict[str, Any]:
             w.close()
         if rows_in != rows_out:
             raise RuntimeError(f"training set lost samples: in {rows_in}, out {rows_out}")
-    items = build_training_items(cfg, builder.seen_items)
     return {
-        "profile": cfg.feast.profile, "sequence_stats_join": builder.join,
+        "engine": "local", "profile": cfg.feast.profile, "sequence_stats_join": builder.join,
         "samples_in": rows_in, "samples_out": rows_out, "unknown": builder.counts,
-        "items": items, "seconds": {**{k: round(v, 2) for k, v in builder.seconds.items()},
-                                    "total": round(time.perf_counter() - began, 2)},
+        "seen_items": builder.seen_items,
+        "seconds": {**{k: round(v, 2) for k, v in builder.seconds.items()},
+                    "total": round(time.perf_counter() - began, 2)},
         "paths": {s: str(lake.training(s)) for s in SPLITS},
     }
+
+
+def training_set(cfg: Config) -> dict[str, Any]:
+    """The training_set stage with the local builder: samples, then the item table."""
+    lake = Lake.from_config(cfg)
+    if not lake.item_multimodal.exists():
+        raise FileNotFoundError(f"item_multimodal: {lake.item_multimodal} does not exist "
+                                "(run the stage that writes it)")
+    report = write_training_samples(cfg)
+    report["items"] = build_training_items(cfg, report.pop("seen_items"))
+    return report

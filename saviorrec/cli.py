@@ -16,7 +16,7 @@ from typing import Any
 
 from saviorrec.config import REPO_ROOT, Config, ConfigError, ServingConfig, load_config
 from saviorrec.logs import configure_logging
-from saviorrec.pipeline import entry_point
+from saviorrec.pipeline import entry_point, run_training_set
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
 log = logging.getLogger("saviorrec")
@@ -54,7 +54,7 @@ def cmd_spark(args: argparse.Namespace) -> Any:
 def cmd_features(args: argparse.Namespace) -> Any:
     cfg = _config(args)
     if args.action == "training-set":
-        return entry_point("training_set")(cfg)
+        return run_training_set(cfg)
     from feature_repo.store import apply, materialize  # the features stage, one step at a time
 
     return apply(cfg) if args.action == "apply" else materialize(cfg, args.start, args.end)

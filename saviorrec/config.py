@@ -142,12 +142,25 @@ class FeastConfig(_Frozen):
     redis_env: str = "SAVIORREC_REDIS_URL"
     item_stats_ttl_days: int = Field(36_500, ge=1)
     training_chunk_rows: int = Field(1_000_000, ge=1_000)
-    # Point-in-time stats of sequence items: "auto" = duckdb ASOF JOIN on the item_stats source
-    # (local; 6.6 s vs 202 s for get_historical_features on 5M pairs, see feature_repo/README.md),
-    # Feast get_historical_features through the Spark offline store in production.
+    # Who builds the training set: "auto" = the Spark job (spark_jobs/training_set.py, on
+    # spark.master) in the production profile, the local builder (feature_repo/training.py:
+    # duckdb and Feast's duckdb offline store, one process) in the local profile. Both give the
+    # same rows (tests/test_training_set_spark.py).
+    training_set_engine: Literal["auto", "local", "spark"] = "auto"
+    # The local builder's point-in-time stats of sequence items: "auto" = duckdb ASOF JOIN on the
+    # item_stats source (local; 6.6 s vs 202 s for get_historical_features on 5M pairs, see
+    # feature_repo/README.md), Feast get_historical_features through the Spark offline store in
+    # production (when training_set_engine is "local" there).
     sequence_stats_join: Literal["auto", "duckdb_asof", "feast"] = "auto"
     # Connect and read timeout of the Redis online store (seconds): fail fast, never hang.
     redis_timeout_s: float = Field(5.0, gt=0)
+
+    @property
+    def training_engine(self) -> Literal["local", "spark"]:
+        """training_set_engine with "auto" resolved by the profile."""
+        if self.training_set_engine == "auto":
+            return "spark" if self.profile == "production" else "local"
+        return self.training_set_engine
 
 
 class EncoderConfig(_Frozen):

@@ -266,11 +266,16 @@ def atomic_path(final: Path) -> Iterator[Path]:
     tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:8]}")
     try:
         yield tmp
-        if final.is_dir() and not final.is_symlink():
+        if (final.is_dir() or (tmp.is_dir() and final.exists())) and not final.is_symlink():
+            # a folder, or a file replaced by a folder (one builder writes a file, another a
+            # folder of part files): move the old one aside, then rename (rename needs same kinds)
             old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:8]}")
             os.replace(final, old)
             os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
         else:
             os.replace(tmp, final)
     finally:

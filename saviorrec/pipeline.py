@@ -91,6 +91,24 @@ def entry_point(stage: str) -> Callable[..., Any]:
     raise ValueError(f"unknown stage {stage!r}; stages are {', '.join(registry.STAGE_NAMES)}")
 
 
+def run_training_set(cfg: Config) -> dict[str, Any]:
+    """The training_set stage on ``cfg.feast.training_engine``: the registry's local builder, or
+    (production) the Spark job for the samples and feature_repo's item table, joined here
+    because no stage imports another."""
+    if cfg.feast.training_engine == "local":
+        return entry_point("training_set")(cfg)
+    from feature_repo.training import build_training_items
+    from spark_jobs.training_set import run as build_on_spark
+
+    lake = Lake.from_config(cfg)
+    if not lake.item_multimodal.exists():  # fail before the Spark job, not after it
+        raise FileNotFoundError(f"item_multimodal: {lake.item_multimodal} does not exist "
+                                "(run the stage that writes it)")
+    report = build_on_spark(cfg)
+    report["items"] = build_training_items(cfg, set(report.pop("seen_items")))
+    return report
+
+
 def _train_all(cfg: Config, *, variants: tuple[str, ...], backend: str | None) -> Any:
     """Train every variant x seed. Another Keras backend than this process's runs in a child
     process (the backend is fixed when keras is first imported)."""
@@ -119,6 +137,7 @@ def build_stages(
 
     calls: dict[str, Callable[[Config], Any]] = {
         "spark": lambda cfg: entry_point("spark")(cfg, list(registry.SPARK_JOB_NAMES)),
+        "training_set": run_training_set,
         "train": lambda cfg: _train_all(cfg, variants=variants_of(cfg), backend=backend),
         "evaluate": lambda cfg: entry_point("evaluate")(cfg, list(variants_of(cfg))),
         "export": lambda cfg: entry_point("export")(cfg, variant="full", seed=cfg.ranker.seeds[0]),

@@ -8,6 +8,8 @@ as a timestamp by some readers, and nanoseconds are refused by Spark and duckdb)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -54,3 +56,34 @@ def configure(spark: SparkSession, spark_cfg: SparkConfig) -> None:
     spark.conf.set("spark.sql.session.timeZone", "UTC")
     spark.conf.set("spark.sql.shuffle.partitions", str(spark_cfg.shuffle_partitions))
     spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+
+
+RUNTIME_KEYS = ("spark.sql.session.timeZone", "spark.sql.shuffle.partitions",
+                "spark.sql.parquet.outputTimestampType")
+
+
+@contextmanager
+def session_scope(spark_cfg: SparkConfig, master: str | None = None) -> Iterator[SparkSession]:
+    """The session active in this process (its runtime settings set, restored after), else a new
+    one from ``spark_cfg`` (stopped after). A borrowed session on another master than ``master``
+    is an error: the caller asked for a cluster and would silently run elsewhere."""
+    active = SparkSession.getActiveSession()
+    if active is not None and master is not None and active.sparkContext.master != master:
+        raise ValueError(
+            f"a SparkSession on {active.sparkContext.master!r} is already active in this process; "
+            f"cannot run on {master!r} (stop it first or run through spark-submit)"
+        )
+    spark = active or build_session(spark_cfg, master)
+    previous = {key: spark.conf.get(key, None) for key in RUNTIME_KEYS}
+    configure(spark, spark_cfg)
+    try:
+        yield spark
+    finally:
+        if active is None:
+            spark.stop()
+        else:  # leave a borrowed session as it was
+            for key, value in previous.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)

@@ -17,13 +17,18 @@ from saviorrec.lake import atomic_path
 from saviorrec.schema import Table
 
 
-def conform(df: DataFrame, table: Table) -> DataFrame:
-    """Select the table's columns in contract order, cast to the contract's types."""
-    missing = [name for name in table.names if name not in df.columns]
+def conform(df: DataFrame, table: Table, keep: tuple[str, ...] = ()) -> DataFrame:
+    """Select the table's columns in contract order, cast to the contract's types.
+
+    ``keep``: columns outside the contract carried after them as they are (e.g. a partition
+    column that the writer turns into folders).
+    """
+    missing = [name for name in (*table.names, *keep) if name not in df.columns]
     if missing:
         raise ValueError(f"{table.name}: missing columns {missing} (have {df.columns})")
     schema = StructType.fromDDL(table.spark_ddl())
-    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields])
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in schema.fields]
+                     + [F.col(name) for name in keep])
 
 
 def read_table(spark: SparkSession, path: Path, table: Table) -> DataFrame:
