@@ -80,3 +80,22 @@ def check_not_collapsed(codes: np.ndarray, *, codebook_size: int, min_utilizatio
         f"semantic ids collapsed: {'; '.join(problems)} (codes used per level: {per_level}). "
         "Nothing was written. Check that the encoder's embeddings differ between items, or give "
         "the ids more room (rqvae.levels, rqvae.codebook_size).")
+
+
+def disambiguate_new(codes: np.ndarray, existing: np.ndarray) -> np.ndarray:
+    """codes [n, L] of items added to a catalogue whose semantic ids are ``existing`` [m, L + 1]
+    -> their semantic ids [n, L + 1]. An added item whose L codes no item has gets index 0; else
+    the index after the largest one its codes already carry (earlier added items counted), so
+    the catalogue's ids stay unique and the stored ones never change."""
+    codes = np.asarray(codes, dtype=np.int64)
+    existing = np.asarray(existing, dtype=np.int64).reshape(-1, codes.shape[1] + 1)
+    following: dict[tuple[int, ...], int] = {}
+    for row in existing:
+        key = tuple(row[:-1].tolist())
+        following[key] = max(following.get(key, 0), int(row[-1]) + 1)
+    extra = np.empty(len(codes), dtype=np.int64)
+    for i, row in enumerate(codes):
+        key = tuple(row.tolist())
+        extra[i] = following.get(key, 0)
+        following[key] = extra[i] + 1
+    return np.concatenate([codes, extra[:, None]], axis=1)

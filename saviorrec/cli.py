@@ -87,7 +87,31 @@ def cmd_export(args: argparse.Namespace) -> Any:
 def cmd_serve(args: argparse.Namespace) -> Any:
     from serving.app import serve
 
-    return serve(_config(args), host=args.host, port=args.port)
+    cfg = _config(args)
+    onboarder = _onboarder(cfg) if cfg.onboard.in_service else None
+    return serve(cfg, host=args.host, port=args.port,
+                 onboard=onboarder.add_records if onboarder else None)
+
+
+def _onboarder(cfg: Config, *, required: bool = False) -> Any:
+    """The run's Onboarder for the served model; the service runs without POST /items (a
+    warning says why) when it cannot be loaded, ``items add`` fails."""
+    from saviorrec.onboard import Onboarder, served_rqvae_version
+    from serving.service import model_dir
+
+    try:
+        return Onboarder.load(cfg, served_version=served_rqvae_version(model_dir(cfg)))
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        if required:
+            raise
+        log.warning("POST /items is off: cannot load the onboarding models: %s", e)
+        return None
+
+
+def cmd_items(args: argparse.Namespace) -> Any:
+    from pathlib import Path
+
+    return _onboarder(_config(args), required=True).add_file(Path(args.file))
 
 
 def cmd_run(args: argparse.Namespace) -> Any:
@@ -158,6 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", choices=["local", "production"], default=None,
                    help="online store: local reads the run's sqlite file, production the "
                    "Redis in $feast.redis_env (default: the config's feast.profile)")
+
+    p = add("items", cmd_items, "onboard new items into a finished run: embed them with its "
+            "frozen encoder and RQ-VAE and push them to the online and offline store")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("file", help="CSV or JSONL: movieId (or item_id), title, genres, overview, "
+                   "poster_path (docs/serving.md)")
+    p.add_argument("--profile", choices=["local", "production"], default=None)
 
     p = add("run", cmd_run, "the whole pipeline, skipping stages whose outputs are current")
     p.add_argument("--full-grid", action="store_true",

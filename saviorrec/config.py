@@ -363,10 +363,11 @@ class ServingConfig(_Frozen):
     # cached, so a store outage still fails every request (503).
     item_cache_ttl_s: float = Field(300.0, ge=0)
     item_cache_items: int = Field(50_000, ge=0)
-    # An item the store had no row for is kept at most this long (seconds; 0: never cached), so
-    # that an item onboarded by another process (`saviorrec items add`) is served with its own
-    # features within this delay; POST /items invalidates its items at once.
-    item_cache_missing_ttl_s: float = Field(0.5, ge=0)
+    # An item the store had no row for is kept at most this long (seconds; 0: never cached, the
+    # store is asked again on every request), so that an item onboarded by another process
+    # (`saviorrec items add`) is scored with its own features on the first request after its
+    # push (0) or within this delay; POST /items also drops its items from the cache.
+    item_cache_missing_ttl_s: float = Field(0.0, ge=0)
     # Compile the SavedModel's serving signature with XLA when loading it (about 3x faster on
     # CPU). XLA compiles once per input shape, so the candidates are padded to the next power
     # of two (>= 8) and every size up to max_candidates is compiled at start-up.

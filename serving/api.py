@@ -202,3 +202,43 @@ def exact_openapi(app: FastAPI, models: Sequence[type[BaseModel]]) -> Callable[[
         return app.openapi_schema  # type: ignore[return-value]
 
     return openapi
+
+
+class NewItem(_Strict):
+    """One item to onboard (the movies.csv / overviews.csv layout); only the id is required."""
+    item_id: ItemId
+    title: str | None = None
+    genres: str | None = Field(None, description="pipe separated, e.g. Comedy|Drama")
+    overview: str | None = None
+    poster_path: str | None = Field(None, description="absolute path of the poster on the "
+                                                      "service's host")
+
+
+def items_request_model(max_items: int) -> type[BaseModel]:
+    """The body of POST /items: at most ``max_items`` items."""
+    items = Annotated[list[NewItem], Field(min_length=1, max_length=max_items)]
+    return create_model("ItemsRequest", __base__=_Strict, items=(items, ...))
+
+
+class ItemsResponse(BaseModel):
+    added: list[ItemId] = Field(description="items embedded and pushed now")
+    unchanged: list[ItemId] = Field(description="items already there with the same content")
+    without_content: list[ItemId] = Field(description="added with neither text nor image: "
+                                                      "embedded from the missing-modality tokens")
+    seconds: float
+
+
+def parse_json_body(raw: bytes, model: type[BaseModel], shape: str) -> BaseModel:
+    """Like parse_rank_body, for another endpoint's body ``shape``."""
+    try:
+        data = json.loads(raw, parse_float=Decimal, parse_constant=_not_json)
+    except (ValueError, RecursionError) as e:
+        raise RequestValidationError([{
+            "loc": ("body",), "type": "json_invalid",
+            "msg": f"the body is not JSON ({type(e).__name__}: {str(e)[:100]}); "
+                   f"expected {shape}"}]) from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])}
+                                      for error in e.errors(include_url=False)]) from None

@@ -4,6 +4,9 @@
   the model and RQ-VAE versions, and which candidates had no features (scored with defaults).
   The body is read as JSON whatever its Content-Type: a plain `curl -d` works.
 - ``GET /healthz``: the process is up. ``GET /readyz``: the store can be read, the model scores.
+- ``POST /items`` {"items": [{"item_id", "title", "genres", "overview", "poster_path"}, ...]}:
+  onboard new items (only when the service was given an onboarder: ``saviorrec serve`` with
+  ``onboard.in_service``); they are scored with their own features from the next request on.
 - ``GET /metrics``: counters in the Prometheus text format.
 - ``GET /openapi.json`` (and ``/docs``): the contract, every response described.
 
@@ -20,6 +23,7 @@ the model's. docs/serving.md has examples of each.
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -29,17 +33,23 @@ from fastapi.responses import PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
+from feature_repo.online import OnlineStoreUnavailable
 from saviorrec.config import Config
+from saviorrec.datasets.badrows import BadInputError
+from saviorrec.datasets.new_items import OnboardRefused
 from serving.api import (
     BODY_SHAPE,
     Health,
     InvalidRequest,
+    ItemsResponse,
     Problem,
     RankResponse,
     Readiness,
     StoreProblem,
     exact_openapi,
     invalid_request,
+    items_request_model,
+    parse_json_body,
     parse_rank_body,
     request_body,
     request_model,
@@ -54,6 +64,10 @@ from serving.versions import VersionMismatch
 log = logging.getLogger(__name__)
 
 RANK_PATH = "/rank"
+ITEMS_PATH = "/items"
+ITEMS_SHAPE = '{"items": [{"item_id": int, "title", "genres", "overview", "poster_path"}, ...]}'
+# Onboards schema.ITEMS rows given as POST /items records; returns the onboarding report.
+Onboard = Callable[[list[dict[str, Any]]], dict[str, Any]]
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
@@ -73,8 +87,12 @@ def _rank_responses(max_body_bytes: int, max_candidates: int) -> dict[int | str,
     }
 
 
-def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
-    """The app; ``service`` defaults to ``RankingService.start(cfg)`` (model, store, checks)."""
+def create_app(cfg: Config, service: RankingService | None = None,
+               onboard: Onboard | None = None) -> FastAPI:
+    """The app; ``service`` defaults to ``RankingService.start(cfg)`` (model, store, checks).
+
+    ``onboard`` (``saviorrec.onboard.Onboarder.add_records``, handed in by the CLI: this package
+    may not import the encoder) adds POST /items; without it the route does not exist."""
     install_log_redaction(secrets_of(cfg))
     svc = service if service is not None else RankingService.start(cfg)
     counters = svc.counters
@@ -170,16 +188,60 @@ def create_app(cfg: Config, service: RankingService | None = None) -> FastAPI:
         """Counters and latency histograms in the Prometheus text format."""
         return Response(counters.render(), media_type="text/plain; version=0.0.4")
 
+    if onboard is not None:
+        add_items_route(app, svc, onboard, serving.max_candidates)
     return app
 
 
-def serve(cfg: Config, host: str | None = None, port: int | None = None) -> None:
+def add_items_route(app: FastAPI, svc: RankingService, onboard: Onboard, max_items: int) -> None:
+    """POST /items: onboard, then drop the items from the item cache so that the very next
+    request reads their pushed rows."""
+    ItemsRequest = items_request_model(max_items)
+    app.openapi_schema = None
+    app.openapi = exact_openapi(  # type: ignore[method-assign]
+        app, [ItemsRequest, ItemsResponse, InvalidRequest, Problem, StoreProblem])
+
+    async def items_request(request: Request) -> BaseModel:
+        return parse_json_body(await request.body(), ItemsRequest, ITEMS_SHAPE)
+
+    @app.post(ITEMS_PATH, response_model=ItemsResponse, openapi_extra=request_body(ItemsRequest),
+              responses={
+                  409: {"model": Problem, "description": "refused: an id that exists with "
+                        "other content, an item without text or image under onboard.no_content: "
+                        "refuse, or models of another version; nothing was written"},
+                  422: {"model": InvalidRequest, "description": f"not {ITEMS_SHAPE}, or a "
+                        "field that cannot be used (e.g. a poster that is not a file)"},
+                  503: {"model": StoreProblem, "description": "the online store cannot be "
+                        "written; nothing was written"}})
+    def add_items(body: Annotated[BaseModel, Depends(items_request)]) -> Response:
+        """Onboard new items: embed, assign semantic ids, push to the online and offline store."""
+        records = [item.model_dump(exclude_none=True)
+                   for item in body.items]  # type: ignore[attr-defined]
+        try:
+            result = onboard(records)
+        except BadInputError as e:
+            return _json(invalid_request([{"loc": ("body", "items"), "msg": str(e),
+                                           "type": "value_error"}]), 422)
+        except OnboardRefused as e:
+            return _json({"detail": str(e)}, 409)
+        except (StoreUnavailable, OnlineStoreUnavailable) as e:
+            return _json({"detail": redact(str(e)), "store": svc.reader.name}, 503)
+        except Exception as e:  # never a traceback or a secret in the response
+            log.exception("onboarding failed")
+            return _json({"detail": redact(f"internal error: {type(e).__name__}: {e}")}, 500)
+        if svc.reader.item_cache is not None:
+            svc.reader.item_cache.invalidate(result["added"])
+        return _json({k: result[k] for k in ItemsResponse.model_fields})
+
+
+def serve(cfg: Config, host: str | None = None, port: int | None = None,
+          onboard: Onboard | None = None) -> None:
     """Run the service with uvicorn until interrupted (one process; sync handlers in threads)."""
     import uvicorn
 
     logging.basicConfig(level=cfg.serving.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(cfg)
+    app = create_app(cfg, onboard=onboard)
     uvicorn.run(app, host=host if host is not None else cfg.serving.host,
                 port=port if port is not None else cfg.serving.port,
                 log_level=cfg.serving.log_level, access_log=False)

@@ -96,7 +96,8 @@ def item_cache(cfg: Config) -> ItemCache | None:
     serving = cfg.serving
     if serving.item_cache_ttl_s <= 0 or serving.item_cache_items <= 0:
         return None
-    return ItemCache(ttl_s=serving.item_cache_ttl_s, max_items=serving.item_cache_items)
+    return ItemCache(ttl_s=serving.item_cache_ttl_s, max_items=serving.item_cache_items,
+                     missing_ttl_s=serving.item_cache_missing_ttl_s)
 
 
 def _as_arrays(values: dict[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,12 @@ item without features stays flagged and counted while cached. An entry is served
 ``ttl_s`` seconds after it was read, then read again: staleness is bounded by the TTL. The
 user's sequence row is never cached (a user's sequence changes with every click).
 
+An item the store had no row for (``missing``) is kept for ``missing_ttl_s`` only (0: never),
+so that an item onboarded after the service started (``saviorrec items add`` in another
+process) is read with its own features within that delay instead of the unknown-item defaults
+for the whole TTL; :meth:`ItemCache.invalidate` drops entries at once (POST /items calls it for
+the items it pushed).
+
 ``OrderedDict`` under a lock rather than ``cachetools.TTLCache`` (the project does not depend
 on cachetools and the cache needs ~30 lines). Thread-safe: uvicorn runs sync handlers in a
 thread pool.
@@ -32,12 +38,17 @@ class ItemCache:
     """``get_many(ids) -> (found, absent)``, ``put_many({id: item})``; at most ``max_items``
     entries, each served for ``ttl_s`` seconds after it was put."""
 
-    def __init__(self, *, ttl_s: float, max_items: int,
+    def __init__(self, *, ttl_s: float, max_items: int, missing_ttl_s: float | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0 or max_items < 1:
             raise ValueError(f"an item cache needs ttl_s > 0 and max_items >= 1, got "
                              f"ttl_s={ttl_s}, max_items={max_items} (0 disables it: no cache)")
+        missing_ttl_s = ttl_s if missing_ttl_s is None else missing_ttl_s
+        if missing_ttl_s < 0:
+            raise ValueError(f"missing_ttl_s={missing_ttl_s}: use >= 0 (0: never cache a "
+                             "missing item)")
         self.ttl_s, self.max_items, self._clock = ttl_s, max_items, clock
+        self.missing_ttl_s = min(missing_ttl_s, ttl_s)
         self._entries: OrderedDict[int, tuple[float, CachedItem]] = OrderedDict()  # LRU first
         self._lock = threading.Lock()
         self.hits = 0
@@ -64,13 +75,23 @@ class ItemCache:
         return found, absent
 
     def put_many(self, items: dict[int, CachedItem]) -> None:
-        expires = self._clock() + self.ttl_s
+        now = self._clock()
         with self._lock:
             for item_id, item in items.items():
+                if item.missing and self.missing_ttl_s == 0:
+                    self._entries.pop(item_id, None)
+                    continue
+                expires = now + (self.missing_ttl_s if item.missing else self.ttl_s)
                 self._entries[item_id] = (expires, item)
                 self._entries.move_to_end(item_id)
             while len(self._entries) > self.max_items:
                 self._entries.popitem(last=False)
+
+    def invalidate(self, item_ids: Iterable[int]) -> None:
+        """Forget these items: the next request reads them from the store."""
+        with self._lock:
+            for item_id in item_ids:
+                self._entries.pop(int(item_id), None)
 
     def clear(self) -> None:
         with self._lock:

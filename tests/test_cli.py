@@ -19,7 +19,7 @@ from saviorrec.lake import Lake
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
 COMMANDS = ("data", "spark", "features", "encode", "rqvae", "train", "evaluate", "export",
-            "serve", "run", "report")
+            "serve", "items", "run", "report")
 HEAVY = ("tensorflow", "torch", "pyspark", "feast", "keras", "jax", "fastapi")
 
 
