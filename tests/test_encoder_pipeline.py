@@ -67,7 +67,8 @@ def tiny(config: Config, tmp_path: Path) -> tuple[Config, Lake]:
     cfg = config.with_overrides(
         encoder={"epochs": 2, "batch_size": 4, "fusion_layers": 1, "fusion_width": 16,
                  "fusion_heads": 2, "dim": 8, "image_size": 64, "tower_batch_size": 8,
-                 "num_workers": 0, "max_text_tokens": 16, "device": "cpu", "hit_k": 3},
+                 "num_workers": 0, "max_text_tokens": 16, "device": "cpu", "hit_k": 3,
+                 "ablations": True},  # the full grid's text-only and image-only encoders too
         rqvae={"levels": 2, "codebook_size": 4, "latent_dim": 4, "hidden": [8], "epochs": 3,
                "batch_size": 8, "dead_code_every": 1, "device": "cpu", "sinkhorn_iters": 10})
     return cfg, _lake(cfg.run_dir())
