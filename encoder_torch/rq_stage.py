@@ -90,22 +90,14 @@ def plan_for(cfg: Config, items: int) -> CodebookPlan:
                          batch_items_per_code=rc.batch_items_per_code)
 
 
-def rqvae_model_config(cfg: Config, *, assignment: str, input_dim: int,
-                       codebook_size: int) -> RQVAEModelConfig:
-    rc = cfg.rqvae
-    return RQVAEModelConfig(input_dim=input_dim, latent_dim=rc.latent_dim, hidden=tuple(rc.hidden),
-                            levels=rc.levels, codebook_size=codebook_size, assignment=assignment,
-                            sinkhorn_epsilon=rc.sinkhorn_epsilon, sinkhorn_iters=rc.sinkhorn_iters,
-                            beta=rc.beta)
-
-
 def fit(cfg: Config, *, assignment: str, x: torch.Tensor, pairs: np.ndarray) -> tuple[RQVAE, dict[str, Any]]:
     """Train one RQ-VAE (K and batch from ``plan_for``); returns it with its code statistics
     (nearest-code ids of every item)."""
     rc, plan = cfg.rqvae, plan_for(cfg, len(x))
     torch.manual_seed(rc.seed)
-    model = RQVAE(config=rqvae_model_config(cfg, assignment=assignment, input_dim=x.shape[1],
-                                            codebook_size=plan.codebook_size)).to(x.device)
+    config = RQVAEModelConfig.from_run(rc, assignment=assignment, input_dim=x.shape[1],
+                                       codebook_size=plan.codebook_size)
+    model = RQVAE(config=config).to(x.device)
     if not rc.kmeans_init:
         model.fit_input_scaling(x)
     t0 = time.perf_counter()

@@ -18,13 +18,14 @@ dimensions keeps the geometry of z: distances are only rescaled.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from encoder_torch.sinkhorn import sinkhorn_assign
+from saviorrec.config import EncoderConfig, RQVAEConfig
 
 # Code vectors are gathered with F.embedding, not ``codebooks[level][code]``: the backward of
 # advanced indexing is index_put_(accumulate=True), which on CPU with more than one thread (and
@@ -33,21 +34,39 @@ from encoder_torch.sinkhorn import sinkhorn_assign
 # F.embedding gives the same values and its CPU backward sums each code's rows in batch order.
 
 
+_ENCODER, _RQ = EncoderConfig(), RQVAEConfig()  # the run config's defaults, each defined there once
+RUN_DECIDES = ("input_dim", "codebook_size", "assignment")  # not read from the rqvae section as is
+
+
 @dataclass(frozen=True)
 class RQVAEModelConfig:
-    input_dim: int = 64  # d of the SaviorEnc embedding
-    latent_dim: int = 64
-    hidden: tuple[int, ...] = (128,)
-    levels: int = 3  # L (paper: 8)
-    codebook_size: int = 64  # K (paper: 2048)
-    assignment: str = "sinkhorn"  # in training: "sinkhorn" | "argmin"; inference is argmin
-    sinkhorn_epsilon: float = 0.03  # unit: the batch's median nearest-code cost (sinkhorn.py)
-    sinkhorn_iters: int = 50
-    beta: float = 0.25  # weight of the encoder-side commitment term inside L_commit (VQ-VAE)
+    """What the model needs of the run's ``rqvae`` section (saviorrec.config.RQVAEConfig, where
+    every default and its reason live), and three values a run decides: ``input_dim`` (the
+    encoder's d), ``codebook_size`` (K of the RQ stage's plan for the catalogue) and
+    ``assignment`` (training: "sinkhorn" | "argmin"; inference is always the nearest code).
+    Saved in every checkpoint; :meth:`from_run` builds it from a run's config."""
+
+    input_dim: int = _ENCODER.dim
+    latent_dim: int = _RQ.latent_dim
+    hidden: tuple[int, ...] = _RQ.hidden
+    levels: int = _RQ.levels  # L
+    codebook_size: int = _RQ.codebook_size  # K
+    assignment: str = _RQ.assignment
+    sinkhorn_epsilon: float = _RQ.sinkhorn_epsilon
+    sinkhorn_iters: int = _RQ.sinkhorn_iters
+    beta: float = _RQ.beta
 
     def __post_init__(self) -> None:
         if self.assignment not in ("sinkhorn", "argmin"):
             raise ValueError(f"assignment={self.assignment!r}: use 'sinkhorn' or 'argmin'")
+
+    @classmethod
+    def from_run(cls, rc: RQVAEConfig, *, input_dim: int, codebook_size: int,
+                 assignment: str) -> RQVAEModelConfig:
+        """The model config of a run's ``rqvae`` section with the values the run decided."""
+        shared = {f.name: getattr(rc, f.name) for f in fields(cls) if f.name not in RUN_DECIDES}
+        return cls(**shared, input_dim=input_dim, codebook_size=codebook_size,
+                   assignment=assignment)
 
 
 @dataclass

@@ -231,3 +231,25 @@ def test_checkpoint_rebuilds_the_model(tmp_path) -> None:
 def test_bad_assignment_is_an_error() -> None:
     with pytest.raises(ValueError, match="assignment"):
         RQVAEModelConfig(assignment="greedy")
+
+
+def test_model_config_is_the_run_configs_rqvae_section() -> None:
+    """Every default is the run config's (saviorrec.config, defined once); from_run copies a
+    run's values and takes the three the run decides."""
+    from dataclasses import fields
+
+    from saviorrec.config import EncoderConfig, RQVAEConfig
+
+    names = [f.name for f in fields(RQVAEModelConfig)]
+    shared = [n for n in names if n not in ("input_dim", "codebook_size", "assignment")]
+    assert set(shared) <= set(RQVAEConfig.model_fields)  # nothing the run config lacks
+    defaults, run_defaults = RQVAEModelConfig(), RQVAEConfig()
+    assert {n: getattr(defaults, n) for n in names if n != "input_dim"} == {
+        n: getattr(run_defaults, n) for n in names if n != "input_dim"}
+    assert defaults.input_dim == EncoderConfig().dim
+    rc = RQVAEConfig(latent_dim=16, hidden=(32, 8), levels=2, sinkhorn_epsilon=0.1,
+                     sinkhorn_iters=7, beta=0.5, codebook_size=64, assignment="sinkhorn")
+    got = RQVAEModelConfig.from_run(rc, input_dim=12, codebook_size=128, assignment="argmin")
+    assert got == RQVAEModelConfig(input_dim=12, latent_dim=16, hidden=(32, 8), levels=2,
+                                   codebook_size=128, assignment="argmin", sinkhorn_epsilon=0.1,
+                                   sinkhorn_iters=7, beta=0.5)
