@@ -50,13 +50,9 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from saviorrec.config import load_config
 from saviorrec.lake import Lake, read_table
 from saviorrec.schema import ITEM_MULTIMODAL, ITEM_PV, ITEMS, TRAINING_ITEMS
+from tf_ranker.data import fixed_lists
 
 FOLDS = 3
-
-
-def _matrix(table: Any, column: str) -> np.ndarray:
-    flat = pc.list_flatten(table[column]).to_numpy(zero_copy_only=False)
-    return flat.reshape(table.num_rows, -1)
 
 
 def probe_accuracy(features: np.ndarray, topic: np.ndarray, *, categorical: bool = False,
@@ -82,7 +78,7 @@ def topic_probes(lake: Lake) -> dict[str, Any]:
         ("semantic_ids", multimodal, "semantic_ids", True),
     ):
         ids = table["item_id"].to_numpy()
-        x = _matrix(table, column)
+        x = fixed_lists(table[column], "int64" if categorical else "float32")
         if categorical:
             x = x[:, :-1]  # the RQ codes; the last column only disambiguates collisions
         y = np.array([topic_of[i] for i in ids])
@@ -101,13 +97,12 @@ def ranker_inputs(cfg: Any, lake: Lake) -> dict[str, Any]:
                      .to_pylist())
     cold_in_test = sorted(cold & test_items)
     encoder = read_table(lake.item_multimodal, ITEM_MULTIMODAL)
-    enc_emb = dict(zip(encoder["item_id"].to_pylist(), _matrix(encoder, "embedding"), strict=True))
-    enc_ids = dict(zip(encoder["item_id"].to_pylist(), _matrix(encoder, "semantic_ids"),
-                       strict=True))
     table = read_table(lake.training_items, TRAINING_ITEMS)
-    train_emb = dict(zip(table["item_id"].to_pylist(), _matrix(table, "embedding"), strict=True))
-    train_ids = dict(zip(table["item_id"].to_pylist(), _matrix(table, "semantic_ids"),
-                         strict=True))
+    enc_emb, enc_ids, train_emb, train_ids = (
+        dict(zip(t["item_id"].to_pylist(), fixed_lists(t[column], dtype), strict=True))
+        for t, column, dtype in ((encoder, "embedding", "float32"),
+                                 (encoder, "semantic_ids", "int64"),
+                                 (table, "embedding", "float32"), (table, "semantic_ids", "int64")))
 
     def compare(embs: dict[int, np.ndarray], sids: dict[int, np.ndarray]) -> dict[str, Any]:
         present = [i for i in cold_in_test if i in embs and np.abs(embs[i]).sum() > 0]

@@ -348,6 +348,18 @@ def _plt():
     return plt
 
 
+def _save(fig: Any, ax: Any, path: Path, *, title: str, xlabel: str, ylabel: str) -> bool:
+    """Label, title (every figure has one), legend; write the PNG and free the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return True
+
+
 def figure_bucket_auc(metrics: dict[str, Any], buckets: list[str], path: Path) -> bool:
     """Test AUC per PV bucket of the Table 2 models with their 95% bootstrap intervals (error
     bars) and the reference; every bucket on the axis, one without an AUC marked n/a."""
@@ -376,14 +388,8 @@ def figure_bucket_auc(metrics: dict[str, Any], buckets: list[str], path: Path) -
              for b in buckets]
     ax.set_xticks(x, [f"{b}\n(no AUC)" if e else b for b, e in zip(buckets, empty, strict=True)])
     ax.set_xlim(-0.5, len(buckets) - 0.5)
-    ax.set_xlabel("item PV bucket (train ratings)")
-    ax.set_ylabel("test AUC %")
-    ax.legend(fontsize=8)
-    ax.set_title("Test AUC per PV bucket with 95% bootstrap intervals (Table 2)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path, title="Test AUC per PV bucket with 95% bootstrap intervals (Table 2)",
+                 xlabel="item PV bucket (train ratings)", ylabel="test AUC %")
 
 
 def figure_feature_drop(metrics: dict[str, Any], buckets: list[str], path: Path) -> bool:
@@ -405,14 +411,8 @@ def figure_feature_drop(metrics: dict[str, Any], buckets: list[str], path: Path)
         ax.bar(x + i * width, drops, width, label=f"without {name}")
     ax.set_xticks(x + width * (len(series) - 1) / 2, buckets)
     ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("AUC drop vs full (points)")
-    ax.set_xlabel("item PV bucket")
-    ax.legend()
-    ax.set_title("AUC drop without a feature group, per PV bucket (Fig. 4)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path, title="AUC drop without a feature group, per PV bucket (Fig. 4)",
+                 xlabel="item PV bucket", ylabel="AUC drop vs full (points)")
 
 
 def figure_mba_norms(metrics: dict[str, Any], path: Path) -> bool:
@@ -427,15 +427,9 @@ def figure_mba_norms(metrics: dict[str, Any], path: Path) -> bool:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.bar(levels - 0.2, codebook / codebook.sum(), 0.4, label="MBA codebook")
     ax.bar(levels + 0.2, fusion / fusion.sum(), 0.4, label="fusion MLP weights")
-    ax.set_xlabel("residual level")
-    ax.set_ylabel("relative importance")
     ax.set_xticks(levels)
-    ax.legend()
-    ax.set_title("Relative importance of the residual levels (Fig. 3)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return _save(fig, ax, path, title="Relative importance of the residual levels (Fig. 3)",
+                 xlabel="residual level", ylabel="relative importance")
 
 
 def figure_embedding_map(cfg: Config, lake: Lake, path: Path, franchise: str) -> bool:

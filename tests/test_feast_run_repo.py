@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 from test_feast_lake import DIM, SEQ_LEN, SID_LEN, write_lake
-from test_feast_store import assert_online_equals_offline
+from test_feast_store import assert_online_equals_offline, cli_store_yaml
 
 from feature_repo import store as fs
 from saviorrec.cli import main
 from saviorrec.config import CONFIG_ENV, REPO_ROOT, ConfigError, config_path_from_env, load_config
-from saviorrec.lake import Lake
 
 FEAST = str(Path(sys.executable).parent / "feast")
 VIEWS = ("item_stats", "item_multimodal", "user_sequence")
@@ -73,12 +72,7 @@ def test_a_relative_saviorrec_config_with_the_feast_cli(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     cfg = load_config(config)
     write_lake(cfg)
-    feast_dir = Lake.from_config(cfg).feast_data
-    feast_dir.mkdir(parents=True)
-    settings = yaml.safe_load((REPO_ROOT / "feature_repo" / "feature_store.yaml").read_text())
-    settings["registry"] = str(feast_dir / "registry.db")
-    settings["online_store"]["path"] = str(feast_dir / "online.db")
-    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(settings))
+    cli_store_yaml(cfg, tmp_path / "feature_store.yaml")
     for args in ("apply", "feature-views list"):
         out = subprocess.run(
             ["bash", "-c", (f'cd "$1" && {CONFIG_ENV}=config.yaml exec "$2" -c "$3" '

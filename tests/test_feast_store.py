@@ -192,16 +192,23 @@ def test_unknown_entities_get_defaults_and_are_counted(cfg: Config) -> None:
     assert after["item_multimodal"] - before.get("item_multimodal", 0) == 1
 
 
+def cli_store_yaml(cfg: Config, path: Path) -> Path:
+    """feature_repo/feature_store.yaml with the registry and sqlite file of ``cfg``'s run as
+    absolute paths, for ``feast -c feature_repo -f <path>``."""
+    feast_dir = Lake.from_config(cfg).feast_data
+    feast_dir.mkdir(parents=True, exist_ok=True)
+    settings = yaml.safe_load((REPO_ROOT / "feature_repo" / "feature_store.yaml").read_text())
+    settings["registry"] = str(feast_dir / "registry.db")
+    settings["online_store"]["path"] = str(feast_dir / "online.db")
+    path.write_text(yaml.safe_dump(settings))
+    return path
+
+
 def test_feast_cli_apply_and_materialize(config: Config, tmp_path: Path) -> None:
     """`feast -c feature_repo -f <yaml> apply|materialize` as Feast users run it, on this run."""
     cfg = small_config(config)
     write_lake(cfg)
-    feast_dir = Lake.from_config(cfg).feast_data
-    feast_dir.mkdir(parents=True)
-    settings = yaml.safe_load((REPO_ROOT / "feature_repo" / "feature_store.yaml").read_text())
-    settings["registry"] = str(feast_dir / "registry.db")
-    settings["online_store"]["path"] = str(feast_dir / "online.db")
-    (tmp_path / "feature_store.yaml").write_text(yaml.safe_dump(settings))
+    cli_store_yaml(cfg, tmp_path / "feature_store.yaml")
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     env = {**os.environ, "SAVIORREC_CONFIG": str(tmp_path / "config.yaml")}
     feast = [str(Path(sys.executable).parent / "feast"), "-c", str(REPO_ROOT / "feature_repo"),

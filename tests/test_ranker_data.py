@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from test_ranker_fixtures import write_training_set
 
 from saviorrec.config import Config
 from saviorrec.lake import Lake
 from tf_ranker import synthetic_inputs
 from tf_ranker.batches import RankerBatches
-from tf_ranker.data import load_items, load_samples, make_inputs
+from tf_ranker.data import fixed_lists, load_items, load_samples, make_inputs
 
 
 def test_item_features_joined_by_id_for_candidate_and_every_position(config: Config) -> None:
@@ -71,3 +73,13 @@ def test_synthetic_inputs_have_the_real_shapes() -> None:
     assert x["item_stats"].shape == (16, 6) and x["seq_stats"].shape == (16, 50, 6)
     assert x["user_id"].dtype == np.int64 and y.shape == (16, 1)
     assert (x["seq_item_ids"] == 0).any()
+
+
+def test_fixed_lists_by_hand() -> None:
+    column = pa.chunked_array([[[1, 2, 3], [4, 5, 6]], [[7, 8, 9]]])  # two chunks
+    got = fixed_lists(column, "float32")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, [[1, 2, 3], [4, 5, 6], [7, 8, 9]])
+    assert fixed_lists(pa.chunked_array([], pa.list_(pa.int64())), "int64").shape == (0, 0)
+    with pytest.raises(ValueError, match=r"rows of lengths 1\.\.2, expected one fixed length"):
+        fixed_lists(pa.chunked_array([[[1], [2, 3]]]), "int64")

@@ -43,8 +43,9 @@ from saviorrec.schema import (
 )
 
 
-def _fixed_lists(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
-    """A list column whose rows all have the same length -> numpy [n, length]."""
+def fixed_lists(column: pa.ChunkedArray, dtype: str) -> np.ndarray:
+    """A list column whose rows all have the same length -> numpy [n, length] of ``dtype``
+    (embeddings, semantic ids, sequences); rows of other lengths are an error."""
     n = len(column)
     lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False)
     if n and (lengths.min() != lengths.max()):
@@ -99,8 +100,8 @@ class Samples:
 def load_items(path: Path, num_rows: int | None = None) -> ItemLookup:
     table = read_table(path, TRAINING_ITEMS)
     ids = table["item_id"].to_numpy()
-    emb = _fixed_lists(table["embedding"], "float32")
-    sids = _fixed_lists(table["semantic_ids"], "int64")
+    emb = fixed_lists(table["embedding"], "float32")
+    sids = fixed_lists(table["semantic_ids"], "int64")
     if ids.size and ids.min() < 1:
         raise ValueError(f"{path}: item ids must be >= 1 (0 is padding), found {ids.min()}")
     rows = max(int(ids.max(initial=0)) + 1, num_rows or 0)
@@ -117,7 +118,7 @@ def load_samples(path: Path) -> Samples:
     def col(name: str, dtype: str) -> np.ndarray:
         return table[name].to_numpy().astype(dtype, copy=False)
 
-    seq = [_fixed_lists(table[SEQ_STAT_PREFIX + n], "float32") for n in ITEM_STAT_NUMERIC]
+    seq = [fixed_lists(table[SEQ_STAT_PREFIX + n], "float32") for n in ITEM_STAT_NUMERIC]
     has_base = BASE_SCORE in table.column_names
     return Samples(
         user_id=col("user_id", "int64"),
@@ -127,9 +128,9 @@ def load_samples(path: Path) -> Samples:
         eval_pv_bucket=col("eval_pv_bucket", "int64"),
         stats=np.stack([col(n, "float32") for n in ITEM_STAT_NUMERIC], axis=-1),
         pv_bucket=col("pv_bucket", "int64"),
-        seq_item_ids=_fixed_lists(table["seq_item_ids"], "int64"),
+        seq_item_ids=fixed_lists(table["seq_item_ids"], "int64"),
         seq_stats=np.stack(seq, axis=-1),
-        seq_pv_bucket=_fixed_lists(table[SEQ_STAT_PREFIX + "pv_bucket"], "int64"),
+        seq_pv_bucket=fixed_lists(table[SEQ_STAT_PREFIX + "pv_bucket"], "int64"),
         base_score=col(BASE_SCORE, "float32") if has_base else None,
     )
 
