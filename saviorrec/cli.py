@@ -51,6 +51,22 @@ def cmd_spark(args: argparse.Namespace) -> Any:
     return entry_point("spark")(_config(args), jobs, master=args.master)
 
 
+def cmd_stream(args: argparse.Namespace) -> Any:
+    """The streaming statistics job with its Feast sink (joined here: no stage imports another)."""
+    from feature_repo.stream_sink import item_stats_sink
+    from spark_jobs import item_stats_stream
+    from spark_jobs.session import build_session
+
+    cfg = _config(args)
+    sink = item_stats_sink(cfg)
+    spark = build_session(cfg.spark, args.master)
+    try:
+        return item_stats_stream.run(spark, cfg, sink, inbox=args.events,
+                                     available_now=args.available_now)
+    finally:
+        spark.stop()
+
+
 def cmd_features(args: argparse.Namespace) -> Any:
     cfg = _config(args)
     if args.action == "training-set":
@@ -149,6 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("spark", cmd_spark, "run a PySpark feature job (samples, coclick, item_stats, sequences) or all")
     p.add_argument("job", choices=[*SPARK_JOB_NAMES, "all"])
     p.add_argument("--master", default=None, help="Spark master URL (default: from config)")
+
+    p = add("stream", cmd_stream, "Spark Structured Streaming: item statistics from a folder "
+            "of event files, pushed to the online store (docs/live.md)")
+    p.add_argument("job", choices=["item-stats"])
+    p.add_argument("--events", default=None,
+                   help="folder of event parquet files (default: the run's lake/stream/events)")
+    p.add_argument("--available-now", action="store_true",
+                   help="process the files there now, then stop (default: run until killed)")
+    p.add_argument("--master", default=None, help="Spark master URL (default: from config)")
+    p.add_argument("--profile", choices=["local", "production"], default=None)
 
     p = add("features", cmd_features, "Feast: apply the repo, materialize online, build the training set")
     p.add_argument("action", choices=["apply", "materialize", "training-set"])

@@ -108,12 +108,31 @@ class CoclickConfig(_Frozen):
     cold_max_bucket: int = Field(1, ge=0)
 
 
+SECONDS_PER_DAY = 86_400
+# Length in seconds of each value of stats.snapshot_cadence.
+SNAPSHOT_SECONDS: dict[str, int] = {"daily": SECONDS_PER_DAY, "hourly": 3_600}
+
+
 class StatsConfig(_Frozen):
     # Lower edges of the PV buckets: 0, 1-5, 6-20, 21-100, >100.
     pv_buckets: tuple[int, ...] = (0, 1, 6, 21, 101)
     recent_window_days: int = Field(30, ge=1)
     ctr_prior: float = Field(0.5, gt=0.0, lt=1.0)  # smoothed ctr = (clicks + a*prior)/(pv + a)
     ctr_prior_strength: float = Field(10.0, gt=0.0)
+    # Cadence of the item_stats snapshots, honoured by the batch job (spark_jobs/item_stats.py)
+    # and the streaming job (spark_jobs/item_stats_stream.py) alike: rows are stamped at the
+    # start of a UTC period (00:00 of a day, or the top of an hour) and count the events
+    # strictly before it; an event at exactly the start of a period belongs to that period.
+    snapshot_cadence: Literal["daily", "hourly"] = "daily"
+
+    @property
+    def snapshot_seconds(self) -> int:
+        return SNAPSHOT_SECONDS[self.snapshot_cadence]
+
+    @property
+    def recent_window_periods(self) -> int:
+        """The recent window in snapshot periods (a day is a whole number of periods)."""
+        return self.recent_window_days * SECONDS_PER_DAY // self.snapshot_seconds
 
     @field_validator("pv_buckets")
     @classmethod
@@ -128,6 +147,14 @@ class StatsConfig(_Frozen):
             hi = self.pv_buckets[i + 1] - 1 if i + 1 < len(self.pv_buckets) else None
             labels.append(str(lo) if hi == lo else (f"{lo}-{hi}" if hi is not None else f">{lo - 1}"))
         return labels
+
+
+class StreamConfig(_Frozen):
+    # The streaming item_stats job (spark_jobs/item_stats_stream.py) over a folder of event files.
+    # Event files read per micro-batch at most (Spark's maxFilesPerTrigger).
+    max_files_per_trigger: int = Field(100, ge=1)
+    # Seconds between the starts of micro-batches of a running stream (processingTime trigger).
+    trigger_seconds: float = Field(1.0, gt=0)
 
 
 class SequenceConfig(_Frozen):
@@ -403,6 +430,7 @@ class Config(_Frozen):
     spark: SparkConfig = SparkConfig()
     coclick: CoclickConfig = CoclickConfig()
     stats: StatsConfig = StatsConfig()
+    stream: StreamConfig = StreamConfig()
     sequences: SequenceConfig = SequenceConfig()
     feast: FeastConfig = FeastConfig()
     encoder: EncoderConfig = EncoderConfig()

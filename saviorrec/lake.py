@@ -188,6 +188,18 @@ class Lake:
         """The local profile's online store (sqlite)."""
         return self.feast_data / "online.db"
 
+    # the live loop
+    @property
+    def event_inbox(self) -> Path:
+        """Folder of event files (schema.EVENTS parquet) that the streaming item_stats job
+        reads; a writer drops each file whole (write under a name starting with '.' or '_',
+        which Spark skips, then rename)."""
+        return self.root / "lake" / "stream" / "events"
+
+    @property
+    def item_stats_stream(self) -> StreamFiles:
+        return StreamFiles(self.root / "lake" / "stream" / "item_stats")
+
     @property
     def report_dir(self) -> Path:
         return self.root / "report"
@@ -256,6 +268,39 @@ class ExportFiles:
     def sample_request(self) -> Path:
         """A TF-Serving REST body built from real test rows."""
         return self.root / "sample_request.json"
+
+
+@dataclass(frozen=True)
+class StreamFiles:
+    """The streaming item_stats job's own files (Lake.item_stats_stream)."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        """Spark's checkpoint of the query: which files each micro-batch read, which committed."""
+        return self.root / "checkpoint"
+
+    @property
+    def counts(self) -> Path:
+        """The job's state: (item_id, period, pv, clicks) of each micro-batch's good events, one
+        parquet folder per batch id (``batch_id=N``), written once and atomically."""
+        return self.root / "counts"
+
+    @property
+    def quarantine(self) -> Path:
+        """Malformed event files, moved here with a ``<name>.reason.json`` beside each."""
+        return self.root / "quarantine"
+
+    @property
+    def bad_files(self) -> Path:
+        """JSON {"files", "by_reason", "names"}: the quarantined files, counted."""
+        return self.root / "bad_files.json"
+
+    @property
+    def progress(self) -> Path:
+        """JSON of the last committed micro-batch: batch id, snapshot time, events, rows pushed."""
+        return self.root / "progress.json"
 
 
 @contextmanager

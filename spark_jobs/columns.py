@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-SECONDS_PER_DAY = 86_400
+from saviorrec.config import SECONDS_PER_DAY
 
 
 def pv_bucket(pv: Column, lower_edges: Sequence[int]) -> Column:
@@ -16,17 +16,18 @@ def pv_bucket(pv: Column, lower_edges: Sequence[int]) -> Column:
     return (sum(above[1:], above[0]) - 1).cast("bigint")
 
 
-def utc_day(ts: Column) -> Column:
-    """Days since 1970-01-01 of a timestamp, in UTC whatever the session time zone.
+def utc_period(ts: Column, period_seconds: int = SECONDS_PER_DAY) -> Column:
+    """Index of the UTC period of ``period_seconds`` (a day, an hour) holding a timestamp,
+    counted from 1970-01-01 whatever the session time zone.
 
-    An event at exactly 00:00:00 of day d belongs to day d.
+    An event at exactly the start of period p belongs to period p.
     """
-    return F.floor(F.unix_micros(ts) / F.lit(SECONDS_PER_DAY * 1_000_000)).cast("bigint")
+    return F.floor(F.unix_micros(ts) / F.lit(period_seconds * 1_000_000)).cast("bigint")
 
 
-def day_start(day: Column) -> Column:
-    """The timestamp of 00:00:00 UTC of a day number."""
-    return F.timestamp_seconds(day * F.lit(SECONDS_PER_DAY))
+def period_start(period: Column, period_seconds: int = SECONDS_PER_DAY) -> Column:
+    """The timestamp of the start of a period index (00:00:00 UTC of a day number)."""
+    return F.timestamp_seconds(period * F.lit(period_seconds))
 
 
 def smoothed_ctr(clicks: Column, pv: Column, prior: float, strength: float) -> Column:

@@ -18,8 +18,8 @@ from saviorrec.config import DATA_ENV, REPO_ROOT, load_config
 from saviorrec.lake import Lake
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
-COMMANDS = ("data", "spark", "features", "encode", "rqvae", "train", "evaluate", "export",
-            "serve", "items", "run", "report")
+COMMANDS = ("data", "spark", "stream", "features", "encode", "rqvae", "train", "evaluate",
+            "export", "serve", "items", "run", "report")
 HEAVY = ("tensorflow", "torch", "pyspark", "feast", "keras", "jax", "fastapi")
 
 

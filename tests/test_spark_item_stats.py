@@ -8,7 +8,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from spark_jobs.item_stats import daily_counts, snapshot_counts, with_rates
+from spark_jobs.item_stats import period_counts, snapshot_counts, with_rates
 
 SAMPLES_DDL = "item_id BIGINT, label BIGINT, event_timestamp TIMESTAMP"
 STATS_DDL = (
@@ -34,7 +34,7 @@ def stats(spark: SparkSession, window_days: int = 2) -> DataFrame:
     # prior 0.5, strength 2: ctr = (clicks + 1) / (pv + 2); buckets 0 | 1-2 | >= 3
     return (
         spark.createDataFrame(SAMPLES, SAMPLES_DDL)
-        .transform(daily_counts)
+        .transform(period_counts)
         .transform(snapshot_counts, window_days)
         .transform(with_rates, 0.5, 2.0, (0, 1, 3))
     )

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from spark_jobs.item_stats import daily_counts, snapshot_counts
+from spark_jobs.item_stats import period_counts, snapshot_counts
 from spark_jobs.sequences import sequences
 
 DAY_US = 86_400 * 1_000_000
@@ -45,8 +45,8 @@ def frame(spark: SparkSession, rows: list[tuple[int, int, int, int]]) -> DataFra
 def test_item_stats_joined_at_sample_time_match_reference(spark: SparkSession) -> None:
     rows = random_samples()
     stats = (
-        frame(spark, rows).transform(daily_counts).transform(snapshot_counts, WINDOW_DAYS)
-        .select("item_id", (F.col("day") * DAY_US).alias("us"), "pv", "clicks", "pv_recent",
+        frame(spark, rows).transform(period_counts).transform(snapshot_counts, WINDOW_DAYS)
+        .select("item_id", (F.col("period") * DAY_US).alias("us"), "pv", "clicks", "pv_recent",
                 "clicks_recent")
         .collect()
     )

@@ -1,0 +1,79 @@
+"""The streaming statistics job's sink: item_stats rows into the online store by Feast push.
+
+``spark_jobs/item_stats_stream.py`` hands each micro-batch's changed rows (schema ITEM_STATS,
+each the batch job's row as of the stream's snapshot, timestamp included) to
+:func:`item_stats_sink`, which pushes them to ``item_stats_push`` (``PushMode.ONLINE``). The
+apps join the two (``saviorrec stream item-stats``): a stage never imports another.
+
+Overwrite, always. A late event corrects its item's row without changing the row's timestamp
+(the batch job would stamp it the same), and a restarted micro-batch pushes the same rows
+again. Feast's Redis store keeps a row only if it is strictly newer than the stored one, which
+would drop the correction; this sink's store sets the Redis store's ``skip_dedup`` (one writer
+owns item_stats online while the stream runs). Feast's sqlite store always overwrites.
+
+:func:`read_online_item_stats` reads the rows back with their timestamps (the equality checks).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pandas as pd
+from feast import FeatureStore, RepoConfig
+from feast.data_source import PushMode
+
+from feature_repo.definitions import ITEM_KEY, ITEM_STATS_PUSH
+from feature_repo.fields import TIMESTAMP_COLUMN, feature_names
+from feature_repo.online import redis_errors
+from feature_repo.profiles import repo_dir, store_settings
+from saviorrec.config import Config
+from saviorrec.lake import Lake
+from saviorrec.schema import ITEM_STATS
+
+ITEM_STATS_VIEW = "item_stats"
+
+
+def sink_store(cfg: Config) -> FeatureStore:
+    """The run's store (``store.get_store``), writing Redis rows whatever their timestamp."""
+    settings = store_settings(cfg)
+    if settings["online_store"].get("type") == "redis":
+        settings["online_store"]["skip_dedup"] = True
+    Lake.from_config(cfg).feast_data.mkdir(parents=True, exist_ok=True)
+    return FeatureStore(config=RepoConfig(repo_path=repo_dir(cfg), **settings))
+
+
+def push_item_stats(store: FeatureStore, rows: pd.DataFrame) -> None:
+    """Push ITEM_STATS rows online; a Redis outage fails naming host:port only."""
+    if rows.empty:
+        return
+    frame = rows[ITEM_STATS.names].copy()
+    frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
+    with redis_errors(store):
+        store.push(ITEM_STATS_PUSH, frame, to=PushMode.ONLINE)
+
+
+def item_stats_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
+    """The sink the streaming job calls with each micro-batch's changed rows."""
+    store = sink_store(cfg)
+    return lambda rows: push_item_stats(store, rows)
+
+
+def read_online_item_stats(store: FeatureStore, item_ids: list[int]) -> pd.DataFrame:
+    """The online item_stats rows of ``item_ids`` (ITEM_STATS columns); items without one are
+    left out."""
+    names = feature_names(ITEM_STATS, keys=(ITEM_KEY,))
+    if not item_ids:
+        return pd.DataFrame(columns=ITEM_STATS.names)
+    with redis_errors(store):
+        frame = store.get_online_features(
+            features=[f"{ITEM_STATS_VIEW}:{n}" for n in names],
+            entity_rows=[{ITEM_KEY: int(i)} for i in item_ids],
+        ).to_df(include_event_timestamps=True)
+    frame = frame[frame["pv"].notna()]
+    out = pd.DataFrame({ITEM_KEY: frame[ITEM_KEY].astype("int64"),
+                        TIMESTAMP_COLUMN: pd.to_datetime(frame["pv__ts"], unit="s", utc=True)})
+    for column in ITEM_STATS.columns:
+        if column.name in names:  # Feast's timestamps are whole seconds, as the rows' are
+            out[column.name] = frame[column.name].astype(
+                "int64" if column.dtype == "int64" else "float32")
+    return out.reset_index(drop=True)
