@@ -5,7 +5,8 @@ duckdb offline store, the local profile's) and the Spark builder (spark_jobs/tra
 the production profile's, on --master) write the training set of the same inputs; each split
 is compared by value (benchmarks._bench_common.table_differences: sorted, column by column,
 floats within 1e-6), and both are timed. Spark's figure excludes the session's start-up (given
-beside it); the local builder's excludes Feast's apply.
+beside it); the local builder's excludes Feast's apply. Bytes per sample: the parquet files
+on disk (compressed) and the rows in memory (arrow), the layout question of issue 25 item 2.
 
 Lakes (inputs copied into a temporary folder; the source runs are only read):
   quick        runs/movielens-quick (the MovieLens quick subsample's Spark outputs)
@@ -119,7 +120,9 @@ def bench_lake(name: str, source: str, root: Path, master: str, shuffle: int) ->
         "local": {"seconds": round(local_s, 2), "samples_per_s": round(samples / local_s),
                   "stage_seconds": local_report["seconds"],
                   "sequence_stats_join": local_report["sequence_stats_join"],
-                  "bytes_per_sample": round(local_bytes / samples)},
+                  "bytes_per_sample": round(local_bytes / samples),
+                  "arrow_bytes_per_sample": round(sum(t.nbytes for t in local.values())
+                                                  / samples)},
         "spark": {"master": spark_report["master"], "seconds": round(spark_s, 2),
                   "samples_per_s": round(samples / spark_s),
                   "seconds_incl_session_start": round(spark_total_s, 2),

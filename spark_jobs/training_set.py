@@ -25,7 +25,9 @@ Step 2 is an exact equi-join, which Feast's point-in-time join is not (it would 
 older sequence row for a sample without its own).
 
 Samples of one user at one time share their sequence, so step 3 runs once per distinct
-(user, t); (item, t) pairs are deduplicated before the as-of join.
+(user, t). Each as-of join is one window per item over its stats rows and the rows asking
+(samples for 1, exploded sequence positions for 3), which carry their own columns through it:
+no join back.
 
 Output: ``lake.training(split)`` for each split, a parquet folder in the TRAINING_SAMPLES
 contract (written partitioned by split into a temporary folder of the training directory, each
@@ -92,25 +94,25 @@ def _default(name: str) -> Column:
 
 
 def stats_as_of(keys: DataFrame, item_stats: DataFrame, ttl_days: int) -> DataFrame:
-    """(item_id, event_timestamp) keys -> the keys with STATS as of that time, null where none.
+    """Rows of ``keys`` (item_id, event_timestamp, any other columns) with STATS as of their
+    event_timestamp, null where none.
 
     Feast's rule: the latest row of the item stamped <= t, if stamped >= t - ttl. One window per
-    item over its stats rows and keys in time order (a stats row sorts before a key at the same
-    instant, so a row stamped exactly t counts); each key takes the last stats row before it.
+    item over its stats rows and the keys in time order (a stats row sorts before a key at the
+    same instant, so a row stamped exactly t counts); each key takes the last stats row before
+    it. Keys carry their other columns through the window, so nothing is joined back.
     """
     row = F.struct(F.col("event_timestamp").alias("stats_ts"), *STATS)
     stats = item_stats.select(*KEYS, F.lit(0).alias("is_key"), row.alias("row"))
-    row_type = stats.schema["row"].dataType
-    asked = keys.select(*KEYS).distinct().select(
-        *KEYS, F.lit(1).alias("is_key"), F.lit(None).cast(row_type).alias("row"))
+    asked = keys.withColumn("is_key", F.lit(1))
     upto = (Window.partitionBy("item_id").orderBy("event_timestamp", "is_key")
             .rowsBetween(Window.unboundedPreceding, Window.currentRow))
-    found = (stats.unionByName(asked)
+    found = (stats.unionByName(asked, allowMissingColumns=True)
              .withColumn("asof", F.last("row", ignorenulls=True).over(upto))
              .filter(F.col("is_key") == 1))
     age = F.unix_micros(F.col("event_timestamp")) - F.unix_micros(F.col("asof.stats_ts"))
     fresh = age <= F.lit(ttl_days * MICROS_PER_DAY)
-    return found.select(*KEYS, *(F.when(fresh, F.col("asof")[n]).alias(n) for n in STATS))
+    return found.select(*keys.columns, *(F.when(fresh, F.col("asof")[n]).alias(n) for n in STATS))
 
 
 def _filled(name: str) -> Column:
@@ -121,8 +123,7 @@ def _filled(name: str) -> Column:
 
 def candidate_stats(samples: DataFrame, item_stats: DataFrame, ttl_days: int) -> DataFrame:
     """Samples with the candidate's STATS as of the sample time (defaults where none)."""
-    found = stats_as_of(samples, item_stats, ttl_days)
-    return samples.join(found, list(KEYS), "left").select(
+    return stats_as_of(samples, item_stats, ttl_days).select(
         *samples.columns, *(_filled(n) for n in STATS))
 
 
@@ -135,8 +136,7 @@ def sequence_stats(rows: DataFrame, item_stats: DataFrame, ttl_days: int) -> Dat
     """(user, t) sequence rows -> + seq_<stat> lists aligned with seq_item_ids, as of t."""
     exploded = rows.select(*SEQ_KEYS, F.posexplode("seq_item_ids").alias("pos", "item_id")) \
         .filter(F.col("item_id") != PADDING_ITEM_ID)
-    found = stats_as_of(exploded, item_stats, ttl_days)
-    by_pos = exploded.join(found, list(KEYS), "left").groupBy(*SEQ_KEYS).agg(
+    by_pos = stats_as_of(exploded, item_stats, ttl_days).groupBy(*SEQ_KEYS).agg(
         F.map_from_entries(F.collect_list(F.struct("pos", F.struct(*STATS)))).alias("by_pos"))
 
     def aligned(name: str) -> Column:
