@@ -13,7 +13,7 @@ the training set itself: each value's run then shares only the base run's tower-
 ``saviorrec run --config P --only prepare --only spark --only encode --only rqvae --only features
 --only training_set`` before training; the summary adds each run's encoder Hit@K (validation and
 test) from its lake's metrics. ``--set section.field=value`` (repeatable) fixes other keys in
-every value's config, e.g. ``--set encoder.ablations=false`` to skip the ablation encoders.
+every value's config, e.g. ``--set encoder.ablations=true`` to add the ablation encoders.
 Whatever the key, a run shares the base run's training set and RQ-VAE exactly when its config
 differs from the base run's only in keys the training set does not depend on
 (``NOT_IN_TRAINING_SET``) and the base run has them: the incumbent of an upstream sweep then
