@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -33,10 +34,30 @@ def resolve_master(spark_cfg: SparkConfig, master: str | None = None) -> str:
     return spark_cfg.master
 
 
+LOG4J2 = Path(__file__).with_name("log4j2.properties")  # Spark's defaults, less start-up noise
+
+
+@contextmanager
+def _local_ip(master: str) -> Iterator[None]:
+    """SPARK_LOCAL_IP=127.0.0.1 while a local master's JVM starts (restored after): Spark warns
+    twice at start-up that the host name resolves to a loopback address and asks for the
+    variable, and a local master runs on loopback. A cluster master is left alone."""
+    if not master.startswith("local") or "SPARK_LOCAL_IP" in os.environ:
+        yield
+        return
+    os.environ["SPARK_LOCAL_IP"] = "127.0.0.1"
+    try:
+        yield
+    finally:
+        del os.environ["SPARK_LOCAL_IP"]
+
+
 def build_session(spark_cfg: SparkConfig, master: str | None = None) -> SparkSession:
-    """A session on ``resolve_master(spark_cfg, master)`` (default ``local[*]``)."""
+    """A session on ``resolve_master(spark_cfg, master)`` (default ``local[*]``), logging what
+    a user should act on only (LOG4J2, _local_ip)."""
+    master = resolve_master(spark_cfg, master)
     builder = (
-        SparkSession.builder.master(resolve_master(spark_cfg, master))
+        SparkSession.builder.master(master)
         .appName(spark_cfg.app_name)
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
@@ -48,7 +69,11 @@ def build_session(spark_cfg: SparkConfig, master: str | None = None) -> SparkSes
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
     )
-    return builder.getOrCreate()
+    if LOG4J2.is_file():
+        builder = builder.config("spark.driver.extraJavaOptions",
+                                 f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}")
+    with _local_ip(master):
+        return builder.getOrCreate()
 
 
 def configure(spark: SparkSession, spark_cfg: SparkConfig) -> None:

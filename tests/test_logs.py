@@ -5,6 +5,7 @@ to the paper's full grid, not to every run."""
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,3 +71,19 @@ def test_encoder_ablations_belong_to_the_full_grid(tmp_path: Path, full_grid: bo
     cfg = _config(tmp_path)
     run_pipeline(cfg, full_grid=full_grid, only=["prepare"])
     assert load_config(Lake.from_config(cfg).run_config).encoder.ablations is full_grid
+
+
+def test_a_local_spark_session_starts_quietly() -> None:
+    """Spark's start-up said three things a user cannot act on (Hadoop's optional native
+    library, the host name resolving to loopback twice); the JVM's own line about the incubator
+    module Spark 4 asks for is printed before any logging and stays."""
+    code = ("from saviorrec.config import SparkConfig\n"
+            "from spark_jobs.session import build_session\n"
+            "spark = build_session(SparkConfig(master='local[1]'))\n"
+            "assert spark.range(3).count() == 3\n"
+            "spark.stop()\n")
+    env = {k: v for k, v in os.environ.items() if k != "SPARK_LOCAL_IP"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, check=True, env=env)
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert lines in ([], ["WARNING: Using incubator modules: jdk.incubator.vector"]), lines
