@@ -15,6 +15,7 @@ from test_feast_lake import DIM, SEQ_LEN, SID_LEN, write_lake
 from test_feast_store import assert_online_equals_offline, cli_store_yaml
 
 from feature_repo import store as fs
+from feature_repo.profiles import write_run_repo
 from saviorrec.cli import main
 from saviorrec.config import CONFIG_ENV, REPO_ROOT, ConfigError, config_path_from_env, load_config
 
@@ -99,3 +100,18 @@ def test_config_path_from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     with pytest.raises(ConfigError, match=rf"\$SAVIORREC_CONFIG = 'nowhere.yaml': no such file "
                        rf"\(tried {tmp_path / 'nowhere.yaml'}, "):
         config_path_from_env(default)
+
+
+def test_a_production_run_repo_holds_no_password(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config(write_config(tmp_path)).with_overrides(
+        feast={"profile": "production"}, spark={"master": "spark://10.0.0.7:7077"})
+    monkeypatch.setenv(cfg.feast.redis_env, "redis://:s3cret-pw@10.0.0.5:6379/2")
+    folder = write_run_repo(cfg)
+    text = (folder / "feature_store.yaml").read_text()
+    assert "s3cret" not in text
+    settings = yaml.safe_load(text)
+    assert settings["online_store"] == {"type": "redis",
+                                        "connection_string": "${SAVIORREC_FEAST_REDIS}"}
+    assert settings["registry"]["path"] == "registry.db"  # beside the yaml, wherever the run is
+    assert settings["offline_store"]["spark_conf"]["spark.master"] == "spark://10.0.0.7:7077"
