@@ -261,8 +261,13 @@ class ItemStatsStream:
         return n_events
 
     def state(self, batch_id: int) -> DataFrame:
-        return (self.spark.read.schema(COUNTS_DDL)
-                .parquet(str(self.files.counts / f"{BATCH_PREFIX}*"))
+        """The counts of every batch up to ``batch_id`` (folders listed here: a glob would make
+        Spark look for a streaming sink's metadata under it and log a stack trace)."""
+        folders = sorted(str(p) for p in self.files.counts.glob(f"{BATCH_PREFIX}*")
+                         if int(p.name[len(BATCH_PREFIX):]) <= batch_id)
+        if not folders:
+            return self.spark.createDataFrame([], COUNTS_DDL)
+        return (self.spark.read.schema(COUNTS_DDL).parquet(*folders)
                 .filter(F.col("batch_id") <= batch_id))
 
     def quarantine(self, batch_id: int, bad: dict[Path, dict[str, Any]]) -> None:
