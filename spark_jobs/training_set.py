@@ -1,8 +1,8 @@
 """The ranker's point-in-time training set on Spark: the production profile's builder.
 
-The same rows as the local builder (``feature_repo.training``, duckdb and Feast's duckdb
-offline store, in chunks on one process), computed as one Spark plan that scales out on the
-standalone cluster. Per sample (user, item, label, t, split) of ``spark:samples``:
+The same rows as the local builder (``feature_repo.training``: duckdb and Feast's duckdb offline
+store, in chunks on one process), built by one Spark job that scales out on the standalone
+cluster. Per sample (user, item, label, t, split) of ``spark:samples``:
 
 1. the candidate's item_stats as of t: the latest row of the item stamped <= t (a row stamped
    exactly t counts: it was computed from events strictly before t) and no older than the
@@ -13,27 +13,27 @@ standalone cluster. Per sample (user, item, label, t, split) of ``spark:samples`
    seq_item_ids; padding positions and items without a row get the defaults;
 4. eval_pv_bucket: the candidate's ``spark:item_pv`` bucket, 0 when the item has none.
 
-Why Spark SQL and not Feast's Spark offline store. Feast's Spark store has the same point-in-time
-rule (feature_ts <= entity_ts and >= entity_ts - ttl), so it would be exact for 1, but not usable
-at this size: its ``get_historical_features`` takes the entity rows as a pandas frame (or a SQL
-string) and hands back a frame that the caller collects on the driver (``to_arrow``), and its
-query is a generic window over the union of entity and feature rows per request. Step 3 asks for
-samples x max_len (item, t) pairs: 500M at 10M samples. Here every step is a join or a window
-in one plan that never leaves the executors, and the result is written by them straight into
-the lake. The point-in-time rule is written once (:func:`stats_as_of`) and used for 1 and 3.
-Step 2 is an exact equi-join, which Feast's point-in-time join is not (it would silently take an
-older sequence row for a sample without its own).
-
-Samples of one user at one time share their sequence, so step 3 runs once per distinct
-(user, t). Each as-of join is one window per item over its stats rows and the rows asking
-(samples for 1, exploded sequence positions for 3), which carry their own columns through it:
-no join back.
+Engines. 2 and 4 are Spark SQL joins (2 an exact equi-join: Feast's point-in-time join would
+silently take an older sequence row for a sample without its own). 1 and 3 are Feast's
+point-in-time rule, but not through Feast's Spark offline store: its ``get_historical_features``
+takes the entity rows as a pandas frame (or a SQL string), returns a frame the caller collects
+on the driver, and runs a generic window over the union of entity and feature rows per request;
+3 alone asks for samples x max_len (item, t) pairs (500M at 10M samples). A Spark SQL window per
+item over stats rows and exploded (item, t) rows was exact too (tests/test_training_set_spark.py
+ran against it) but ran at 936 samples/s on 100k samples (2 loaded cores): two shuffles of 50
+rows per sample. Here item_stats (one row per item and snapshot, far smaller than the samples)
+is collected once, sorted, and broadcast (:class:`StatsIndex`); every partition of the joined
+samples then looks its candidates and sequence items up by vectorised binary search in Arrow
+batches (``mapInArrow``): no shuffle of the pairs. Memory bound: each executor's Python worker
+holds the index, 56 bytes per item_stats row and 24 per item (``item_stats_index_bytes``). The
+executors run Python, so they need the project's environment (``PYSPARK_PYTHON``).
 
 Output: ``lake.training(split)`` for each split, a parquet folder in the TRAINING_SAMPLES
 contract (written partitioned by split into a temporary folder of the training directory, each
 split then renamed into place). The dense item table (TRAINING_ITEMS) is built from
 item_multimodal by ``feature_repo.training.build_training_items`` with the item ids returned
-here (every candidate's and sequence item's id is a samples item id).
+here (every candidate's and sequence item's id is a samples item id); the pipeline joins the two
+(``saviorrec.pipeline.run_training_set``).
 
     spark-submit spark_jobs/training_set.py --config FILE [--master spark://...]
 """
@@ -53,10 +53,15 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from saviorrec.config import Config, load_config
@@ -72,6 +77,7 @@ from saviorrec.schema import (
     SEQUENCES,
     SPLITS,
     TRAINING_SAMPLES,
+    USER_STAT_NUMERIC,
 )
 from spark_jobs.session import session_scope
 from spark_jobs.tables import conform, read_table
@@ -79,7 +85,6 @@ from spark_jobs.tables import conform, read_table
 log = logging.getLogger(__name__)
 
 STATS: tuple[str, ...] = (*ITEM_STAT_NUMERIC, "pv_bucket")
-KEYS = ("item_id", "event_timestamp")
 SEQ_KEYS = ("user_id", "event_timestamp")
 MICROS_PER_DAY = 86_400 * 1_000_000
 
@@ -89,94 +94,146 @@ def _type(name: str) -> str:
     return "bigint" if name == "pv_bucket" else "float"
 
 
-def _default(name: str) -> Column:
-    return F.lit(ITEM_STAT_DEFAULTS[name]).cast(_type(name))
+def _numpy_type(name: str) -> type:
+    return np.int64 if name == "pv_bucket" else np.float32
 
 
-def stats_as_of(keys: DataFrame, item_stats: DataFrame, ttl_days: int) -> DataFrame:
-    """Rows of ``keys`` (item_id, event_timestamp, any other columns) with STATS as of their
-    event_timestamp, null where none.
+@dataclass(frozen=True)
+class StatsIndex:
+    """item_stats sorted by (item_id, event_timestamp): the as-of lookups of one process.
 
-    Feast's rule: the latest row of the item stamped <= t, if stamped >= t - ttl. One window per
-    item over its stats rows and the keys in time order (a stats row sorts before a key at the
-    same instant, so a row stamped exactly t counts); each key takes the last stats row before
-    it. Keys carry their other columns through the window, so nothing is joined back.
+    ``rows_as_of`` is Feast's rule, vectorised: for each (item, t), the last row of the item
+    stamped <= t (a row stamped exactly t counts), if stamped >= t - ttl; -1 where none. The
+    item's rows are found by binary search over the sorted item ids, then a bisection over its
+    timestamps runs for all queries at once (log2 of the item's row count numpy passes).
     """
-    row = F.struct(F.col("event_timestamp").alias("stats_ts"), *STATS)
-    stats = item_stats.select(*KEYS, F.lit(0).alias("is_key"), row.alias("row"))
-    asked = keys.withColumn("is_key", F.lit(1))
-    upto = (Window.partitionBy("item_id").orderBy("event_timestamp", "is_key")
-            .rowsBetween(Window.unboundedPreceding, Window.currentRow))
-    found = (stats.unionByName(asked, allowMissingColumns=True)
-             .withColumn("asof", F.last("row", ignorenulls=True).over(upto))
-             .filter(F.col("is_key") == 1))
-    age = F.unix_micros(F.col("event_timestamp")) - F.unix_micros(F.col("asof.stats_ts"))
-    fresh = age <= F.lit(ttl_days * MICROS_PER_DAY)
-    return found.select(*keys.columns, *(F.when(fresh, F.col("asof")[n]).alias(n) for n in STATS))
+
+    items: np.ndarray  # sorted unique item ids
+    starts: np.ndarray  # first row of each of them
+    ends: np.ndarray  # one past its last row
+    micros: np.ndarray  # row timestamps, microseconds since the epoch (UTC)
+    values: dict[str, np.ndarray]  # STATS by row
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> StatsIndex:
+        item = table["item_id"].to_numpy()
+        micros = table["event_timestamp"].cast(pa.int64()).to_numpy()
+        order = np.lexsort((micros, item))
+        items, starts, counts = np.unique(item[order], return_index=True, return_counts=True)
+        return cls(items, starts, starts + counts, micros[order],
+                   {n: table[n].to_numpy()[order] for n in STATS})
+
+    @property
+    def nbytes(self) -> int:
+        arrays = (self.items, self.starts, self.ends, self.micros, *self.values.values())
+        return sum(a.nbytes for a in arrays)
+
+    def rows_as_of(self, item: np.ndarray, micros: np.ndarray, ttl_micros: int) -> np.ndarray:
+        if not len(self.items) or not len(item):
+            return np.full(len(item), -1, np.int64)
+        at = np.minimum(np.searchsorted(self.items, item), len(self.items) - 1)
+        known = self.items[at] == item
+        first = np.where(known, self.starts[at], 0)
+        lo, hi = first.copy(), np.where(known, self.ends[at], 0)
+        while True:  # lo: the first row of the item stamped after t
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            right = active & (self.micros[np.minimum(mid, len(self.micros) - 1)] <= micros)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
+        row = lo - 1
+        fresh = known & (row >= first)
+        fresh &= micros - self.micros[np.maximum(row, 0)] <= ttl_micros
+        return np.where(fresh, row, -1)
+
+    def gather(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Statistic ``name`` of ``rows`` in its training-set dtype; the default where -1."""
+        values = self.values[name][np.maximum(rows, 0)].astype(_numpy_type(name))
+        values[rows < 0] = ITEM_STAT_DEFAULTS[name]
+        return values
 
 
-def _filled(name: str) -> Column:
-    """Column ``name`` in its training-set type, the default where null (no stats row)."""
-    return F.coalesce(F.col(name).cast(_type(name)),
-                      _default(name)).alias(name)
+def add_stats(batch: pa.RecordBatch, index: StatsIndex, ttl_micros: int) -> pa.RecordBatch:
+    """A batch of joined rows (sample, its sequence, user statistics, eval_pv_bucket) -> the
+    TRAINING_SAMPLES columns and split: candidate STATS as of t, seq_<stat> lists as of t."""
+    micros = batch["event_timestamp"].cast(pa.int64()).to_numpy()
+    candidate = index.rows_as_of(batch["item_id"].to_numpy(), micros, ttl_micros)
+    seq = batch["seq_item_ids"]
+    offsets = seq.offsets.to_numpy()
+    offsets = pa.array(offsets - offsets[0], pa.int32())
+    flat = pc.list_flatten(seq).to_numpy()
+    parent = pc.list_parent_indices(seq).to_numpy()
+    rows = index.rows_as_of(flat, micros[parent], ttl_micros)
+    rows[flat == PADDING_ITEM_ID] = -1
+    columns = {name: batch[name] for name in batch.schema.names}
+    columns |= {n: pa.array(index.gather(n, candidate)) for n in STATS}
+    columns |= {SEQ_STAT_PREFIX + n: pa.ListArray.from_arrays(offsets, pa.array(index.gather(n, rows)))
+                for n in STATS}
+    return pa.RecordBatch.from_pydict({n: columns[n] for n in (*TRAINING_SAMPLES.names, "split")})
 
 
-def candidate_stats(samples: DataFrame, item_stats: DataFrame, ttl_days: int) -> DataFrame:
-    """Samples with the candidate's STATS as of the sample time (defaults where none)."""
-    return stats_as_of(samples, item_stats, ttl_days).select(
-        *samples.columns, *(_filled(n) for n in STATS))
-
-
-def sequence_rows(samples: DataFrame, sequences: DataFrame) -> DataFrame:
-    """The sequences row of each distinct (user, t) of samples (:func:`check_sequences`: one)."""
-    return samples.select(*SEQ_KEYS).distinct().join(sequences, list(SEQ_KEYS), "inner")
-
-
-def sequence_stats(rows: DataFrame, item_stats: DataFrame, ttl_days: int) -> DataFrame:
-    """(user, t) sequence rows -> + seq_<stat> lists aligned with seq_item_ids, as of t."""
-    exploded = rows.select(*SEQ_KEYS, F.posexplode("seq_item_ids").alias("pos", "item_id")) \
-        .filter(F.col("item_id") != PADDING_ITEM_ID)
-    by_pos = stats_as_of(exploded, item_stats, ttl_days).groupBy(*SEQ_KEYS).agg(
-        F.map_from_entries(F.collect_list(F.struct("pos", F.struct(*STATS)))).alias("by_pos"))
-
-    def aligned(name: str) -> Column:
-        # when/otherwise, not coalesce: Spark would mark coalesce(x, literal) elements non-null,
-        # and list<float not null> is not the contract's list<float32> for pyarrow readers.
-        return F.transform("seq_item_ids", lambda _id, i: F.when(
-            F.try_element_at(F.col("by_pos"), i)[name].isNull(), _default(name)
-        ).otherwise(F.try_element_at(F.col("by_pos"), i)[name].cast(_type(name))))
-
-    return rows.join(by_pos, list(SEQ_KEYS), "left").select(
-        *rows.columns, *(aligned(n).alias(SEQ_STAT_PREFIX + n) for n in STATS))
-
-
-def training_rows(samples: DataFrame, sequences: DataFrame, item_stats: DataFrame,
-                  item_pv: DataFrame, ttl_days: int) -> DataFrame:
-    """TRAINING_SAMPLES columns plus ``split``, in no particular order."""
-    seq = sequence_rows(samples, sequences).transform(
-        lambda rows: sequence_stats(rows, item_stats, ttl_days))
+def joined_rows(samples: DataFrame, sequences: DataFrame, item_pv: DataFrame) -> DataFrame:
+    """Each sample with its (user, t) sequences row (:func:`check_sequences`: exactly one), its
+    user statistics as floats and its eval_pv_bucket (0 where the item has no item_pv row)."""
     buckets = item_pv.select("item_id", F.col("pv_bucket").alias("eval_pv_bucket"))
-    return (samples.transform(lambda s: candidate_stats(s, item_stats, ttl_days))
-            .join(seq, list(SEQ_KEYS), "left")
+    return (samples.join(sequences, list(SEQ_KEYS), "inner")
             .join(F.broadcast(buckets), "item_id", "left")
-            .withColumn("eval_pv_bucket", F.coalesce("eval_pv_bucket", F.lit(0).cast("bigint"))))
+            .select("user_id", "item_id", "label", "event_timestamp", "split",
+                    F.coalesce("eval_pv_bucket", F.lit(0).cast("bigint")).alias("eval_pv_bucket"),
+                    *(F.col(n).cast("float").alias(n) for n in USER_STAT_NUMERIC),
+                    "seq_item_ids", "seq_len"))
 
 
-def check_sequences(samples: DataFrame, sequences: DataFrame) -> dict[str, int]:
-    """Every sample's (user, t) has exactly one sequences row, or ValueError naming one."""
-    counts = sequences.groupBy(*SEQ_KEYS).count()
-    dup = counts.filter(F.col("count") > 1).limit(1).collect()
-    if dup:
-        raise ValueError(f"sequences has {dup[0]['count']} rows for user_id={dup[0]['user_id']} "
-                         f"at {dup[0]['event_timestamp']} (re-run the sequences job)")
-    missing = samples.select(*SEQ_KEYS).distinct().join(counts, list(SEQ_KEYS), "left_anti")
-    first = missing.limit(1).collect()
-    if first:
-        n = missing.count()
-        raise ValueError(f"sequences has no row for the samples of {n} (user, time), e.g. "
-                         f"user_id={first[0]['user_id']} at {first[0]['event_timestamp']} "
-                         "(re-run the sequences job)")
-    return {"sequence_rows": counts.count()}
+def training_rows(spark: SparkSession, samples: DataFrame, sequences: DataFrame,
+                  item_stats: DataFrame, item_pv: DataFrame, ttl_days: int,
+                  partitions: int) -> tuple[DataFrame, StatsIndex]:
+    """TRAINING_SAMPLES columns plus ``split``, in no particular order; and the index used."""
+    index = StatsIndex.from_arrow(item_stats.toArrow())
+    # Broadcast plain arrays: a broadcast is pickled by reference to its class, and under
+    # spark-submit this module is __main__, which executors cannot import by that name.
+    shared = spark.sparkContext.broadcast({f.name: getattr(index, f.name) for f in fields(index)})
+    ttl_micros = ttl_days * MICROS_PER_DAY
+
+    def with_stats(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        local = StatsIndex(**shared.value)
+        for batch in batches:
+            yield add_stats(batch, local, ttl_micros)
+
+    schema = f"{TRAINING_SAMPLES.spark_ddl()}, `split` STRING"
+    # Spread the lookups over spark.shuffle_partitions tasks: a small samples file is one input
+    # split, and a join that Spark turns into a broadcast keeps that single partition (measured:
+    # 100k samples in one task on local[2]).
+    joined = joined_rows(samples, sequences, item_pv).repartition(partitions)
+    return joined.mapInArrow(with_stats, schema), index
+
+
+def check_sequences(samples: DataFrame, sequences: DataFrame) -> None:
+    """Every sample's (user, t) has exactly one sequences row, or ValueError naming one.
+
+    One aggregation (a Spark job) over the samples' distinct (user, t) and the sequences rows.
+    """
+    asked = samples.select(*SEQ_KEYS).distinct().select(
+        *SEQ_KEYS, F.lit(1).alias("asked"), F.lit(0).alias("rows"))
+    present = sequences.select(*SEQ_KEYS, F.lit(0).alias("asked"), F.lit(1).alias("rows"))
+    per_key = asked.unionByName(present).groupBy(*SEQ_KEYS).agg(
+        F.max("asked").alias("asked"), F.sum("rows").alias("rows")).filter("asked = 1")
+    key = F.struct(*SEQ_KEYS)
+    found = per_key.agg(
+        F.sum((F.col("rows") == 0).cast("bigint")).alias("missing"),
+        F.min(F.when(F.col("rows") == 0, key)).alias("first_missing"),
+        F.min(F.when(F.col("rows") > 1, F.struct("rows", *SEQ_KEYS))).alias("first_duplicate"),
+    ).collect()[0]
+    if found["first_duplicate"] is not None:
+        dup = found["first_duplicate"]
+        raise ValueError(f"sequences has {dup['rows']} rows for user_id={dup['user_id']} "
+                         f"at {dup['event_timestamp']} (re-run the sequences job)")
+    if found["missing"]:
+        first = found["first_missing"]
+        raise ValueError(f"sequences has no row for the samples of {found['missing']} "
+                         f"(user, time), e.g. user_id={first['user_id']} at "
+                         f"{first['event_timestamp']} (re-run the sequences job)")
 
 
 def _write_splits(table: DataFrame, lake: Lake) -> dict[str, int]:
@@ -215,14 +272,16 @@ def build(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     item_stats = read_table(spark, lake.spark("item_stats"), ITEM_STATS)
     item_pv = read_table(spark, lake.spark("item_pv"), ITEM_PV)
     began = time.perf_counter()
-    checked = check_sequences(samples, sequences)
+    check_sequences(samples, sequences)
     check_s = time.perf_counter() - began
-    rows = training_rows(samples, sequences, item_stats, item_pv, cfg.feast.item_stats_ttl_days)
+    rows, index = training_rows(spark, samples, sequences, item_stats, item_pv,
+                                cfg.feast.item_stats_ttl_days, cfg.spark.shuffle_partitions)
     written = _write_splits(conform(rows, TRAINING_SAMPLES, keep=("split",)), lake)
     write_s = time.perf_counter() - began - check_s
     seen = [r[0] for r in samples.select("item_id").distinct().collect()]
     return {"engine": "spark", "master": spark.sparkContext.master, "rows": written,
-            **checked, "seen_items": seen,
+            "item_stats_rows": len(index.micros), "item_stats_index_bytes": index.nbytes,
+            "seen_items": seen,
             "seconds": {"check_sequences": round(check_s, 2), "join_and_write": round(write_s, 2)}}
 
 

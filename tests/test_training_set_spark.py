@@ -12,6 +12,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -28,6 +29,7 @@ from saviorrec.lake import Lake
 from saviorrec.pipeline import run_training_set
 from saviorrec.schema import SPLITS, TRAINING_SAMPLES
 from spark_jobs import training_set as spark_training
+from spark_jobs.training_set import StatsIndex
 
 QUICK_RUN = REPO_ROOT / "runs" / "movielens-quick"
 SORT_KEYS = ("user_id", "item_id", "event_timestamp", "label")
@@ -48,6 +50,30 @@ EXTRA_EXPECTED = {
     (13, 3, 1.5): (DEFAULT, [DEFAULT, DEFAULT, DEFAULT], 0),
     (14, 2, 10): (ITEM2_D10, [DEFAULT] * 3, 3),
 }
+
+
+def test_stats_index_finds_the_latest_row_at_or_before_t_within_the_ttl() -> None:
+    us = 1_000_000
+    # item 7: rows at 10 s, 20 s, 20 s + 1 us; item 3: one row at 5 s; given unsorted
+    table = pa.table({
+        "item_id": [7, 3, 7, 7], "event_timestamp": pa.array(
+            [20 * us, 5 * us, 10 * us, 20 * us + 1], pa.timestamp("us", tz="UTC")),
+        **{n: pa.array([2, 9, 1, 3], pa.int64()) for n in STATS}})
+    index = StatsIndex.from_arrow(table)
+    item = np.array([7, 7, 7, 7, 7, 3, 3, 5, 99], np.int64)
+    t = np.array([9, 10, 19, 20, 21, 4, 100, 50, 50], np.int64) * us
+    rows = index.rows_as_of(item, t, ttl_micros=10**12)
+    # by hand: before the first row; exactly at it; between; exactly at 20 s (not 20 s + 1 us);
+    # after the last; item 3 before / after its row; items without rows
+    assert index.gather("pv", rows).tolist() == [0, 1, 1, 2, 3, 0, 9, 0, 0]
+    assert index.gather("pv_bucket", rows).dtype == np.int64
+    assert index.gather("ctr", rows).dtype == np.float32
+    # a TTL of 1 s: item 7 at 21 s sees its 20 s + 1 us row (age < 1 s), item 3 at 100 s none;
+    # at exactly the TTL the row still counts (10 s row at 11 s)
+    rows = index.rows_as_of(np.array([7, 3, 7]), np.array([21 * us, 100 * us, 11 * us]), us)
+    assert index.gather("pv", rows).tolist() == [3, 0, 1]
+    empty = StatsIndex.from_arrow(table.slice(0, 0))
+    assert empty.rows_as_of(item, t, us).tolist() == [-1] * len(item)
 
 
 def read_splits(lake: Lake) -> dict[str, pa.Table]:
