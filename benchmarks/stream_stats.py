@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from spark_jobs.session import build_session
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="stream_stats-"))
+    work.mkdir(parents=True, exist_ok=True)
     events_path, items_path = source_tables(args.events, work)
     events = pq.read_table(events_path).to_pandas()
     item_ids = sorted(int(i) for i in pq.read_table(items_path, columns=["item_id"])
@@ -281,8 +282,26 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: v for k, v in result.items() if k != "rounds"}, indent=1, default=str))
     if not args.no_write:
         existing = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
-        write_json_atomic(RESULTS, {**existing, "stream": result})
+        write_json_atomic(RESULTS, {**existing, "stream": merge(existing.get("stream"), result)})
     return 0 if result["online_equals_batch"] else 1
+
+
+MAIN_VARIANT = "sqlite-daily"
+VARIANT_KEYS = ("online_equals_batch", "items_compared", "items_with_rows", "mismatches",
+                "late_events", "stream_seconds", "batch_job_rows", "date_utc", "command")
+
+
+def merge(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """The "stream" key: the default run (sqlite, daily) in full, every store and cadence run
+    summed up under "variants"; online_equals_batch holds when it holds for all of them."""
+    name = f"{'redis' if result['store'].startswith('redis') else 'sqlite'}-{result['cadence']}"
+    previous = previous or {}
+    variants = {**previous.get("variants", {}), name: {k: result[k] for k in VARIANT_KEYS}}
+    out = dict(result) if name == MAIN_VARIANT else \
+        {k: v for k, v in previous.items() if k != "variants"}
+    out["variants"] = variants
+    out["online_equals_batch"] = all(v["online_equals_batch"] for v in variants.values())
+    return out
 
 
 if __name__ == "__main__":
