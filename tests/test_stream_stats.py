@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import load_benchmark
 from pyspark.sql import SparkSession
 from test_feast_lake import small_config, write_lake
 
@@ -303,3 +304,50 @@ def test_kill_9_neither_loses_nor_double_counts(spark: SparkSession, local: Conf
     assert state.groupBy().sum("pv").first()[0] == len(everything)
     batches = sorted(int(p.name.split("-")[1]) for p in files.counts.glob("batch-*"))
     assert batches == list(range(12))  # one file per batch: each file in exactly one batch
+
+
+# --- the MovieLens benchmark's own checks (benchmarks/stream_stats.py), without Spark -------------
+def stats_frame(rows: list[tuple]) -> pd.DataFrame:
+    return normalise(pd.DataFrame(
+        [{"item_id": i, "event_timestamp": at(d), "pv": pv, "clicks": 1, "ctr": 0.5,
+          "pv_recent": 0, "clicks_recent": 0, "ctr_recent": 0.5, "pv_bucket": 1}
+         for i, d, pv in rows], columns=ITEM_STATS.names))
+
+
+def test_the_benchmark_comparison_sees_every_kind_of_difference() -> None:
+    bench = load_benchmark("stream_stats")
+    batch = stats_frame([(1, 2, 3), (2, 4, 5)])
+    same = bench.compare(stats_frame([(1, 2, 3), (2, 4, 5)]), batch, [1, 2, 3])
+    assert (same["mismatches"], same["items_with_rows"], same["items_online"]) == (0, 2, 2)
+    for online in (stats_frame([(1, 2, 3), (2, 4, 6)]),  # a value
+                   stats_frame([(1, 2, 3), (2, 3, 5)]),  # a timestamp
+                   stats_frame([(1, 2, 3)]),  # a row missing online
+                   stats_frame([(1, 2, 3), (2, 4, 5), (3, 1, 1)])):  # a row that should not be
+        assert bench.compare(online, batch, [1, 2, 3])["mismatches"] == 1
+
+
+def test_the_benchmark_files_hold_every_event_once_some_late() -> None:
+    bench = load_benchmark("stream_stats")
+    events = pd.DataFrame({"user_id": range(1000), "item_id": [1 + u % 7 for u in range(1000)],
+                           "rating": 4.0, "event_timestamp": [at(u % 50, u % 24)
+                                                              for u in range(1000)]})
+    files, n_late = bench.event_files(events, 10, 0.05, seed=0)
+    assert len(files) == 10 and 20 < n_late < 80
+    assert pd.concat(files)["user_id"].sort_values().tolist() == list(range(1000))
+    starts = [f["event_timestamp"].min() for f in files]
+    assert starts[1] < starts[0]  # the first pair arrives swapped
+
+
+def test_the_benchmark_result_holds_only_when_every_variant_does() -> None:
+    bench = load_benchmark("stream_stats")
+
+    def result(store: str, cadence: str, ok: bool) -> dict:
+        return {**{k: 0 for k in bench.VARIANT_KEYS}, "store": store, "cadence": cadence,
+                "online_equals_batch": ok, "rounds": []}
+
+    out = bench.merge(None, result("sqlite (local)", "daily", True))
+    out = bench.merge(out, result("redis (production)", "daily", False))
+    assert out["online_equals_batch"] is False and set(out["variants"]) == {"sqlite-daily",
+                                                                           "redis-daily"}
+    out = bench.merge(out, result("redis (production)", "daily", True))
+    assert out["online_equals_batch"] is True and out["rounds"] == []
