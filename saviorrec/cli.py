@@ -130,6 +130,20 @@ def cmd_items(args: argparse.Namespace) -> Any:
     return _onboarder(_config(args), required=True).add_file(Path(args.file))
 
 
+def cmd_replay(args: argparse.Namespace) -> Any:
+    """The held-back period through the live system; writes the results file's "replay" key."""
+    from pathlib import Path
+
+    from saviorrec.metrics import update_metrics
+    from saviorrec.replay import RESULTS, run_replay
+    from serving.service import model_dir
+
+    cfg = _config(args)
+    result = run_replay(cfg, model_dir(cfg), max_test_rows=args.max_test_rows, port=args.port)
+    update_metrics(Path(args.results) if args.results else RESULTS, "replay", result)
+    return {k: v for k, v in result.items() if k != "differing_rows"}
+
+
 def cmd_run(args: argparse.Namespace) -> Any:
     from saviorrec.pipeline import run_pipeline
 
@@ -215,6 +229,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="CSV or JSONL: movieId (or item_id), title, genres, overview, "
                    "poster_path (docs/serving.md)")
     p.add_argument("--profile", choices=["local", "production"], default=None)
+
+    p = add("replay", cmd_replay, "replay a finished run's held-back events through the live "
+            "system (stream, onboarding, service) and compare online with offline AUC")
+    p.add_argument("--max-test-rows", type=int, default=None,
+                   help="test rows scored, the first in time (default: replay.max_test_rows; 0: all)")
+    p.add_argument("--port", type=int, default=None, help="the replay service's port")
+    p.add_argument("--results", default=None,
+                   help="JSON file whose 'replay' key is written (default: "
+                   "benchmarks/results/live_coldstart.json)")
 
     p = add("run", cmd_run, "the whole pipeline, skipping stages whose outputs are current")
     p.add_argument("--full-grid", action="store_true",

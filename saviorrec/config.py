@@ -415,6 +415,14 @@ class ServingConfig(_Frozen):
         return self
 
 
+class ReplayConfig(_Frozen):
+    # `saviorrec replay` (saviorrec/replay.py): the held-back period through the live system.
+    # Test rows scored, the first ones in time order (0: every one); the cap is in the output.
+    max_test_rows: int = Field(2000, ge=0)
+    # Seconds to wait for the service to be ready, a stream batch to commit or an answer.
+    timeout_s: float = Field(300.0, gt=0)
+
+
 class RunConfig(_Frozen):
     name: str = "movielens"
     # Folder of this run (lake, models, report). Relative paths resolve against the repo root.
@@ -438,6 +446,7 @@ class Config(_Frozen):
     ranker: RankerConfig = RankerConfig()
     serving: ServingConfig = ServingConfig()
     onboard: OnboardConfig = OnboardConfig()
+    replay: ReplayConfig = ReplayConfig()
 
     # ---- resolved paths -------------------------------------------------------------------
     def source_dir(self) -> Path:

@@ -201,6 +201,12 @@ class Lake:
         return StreamFiles(self.root / "lake" / "stream" / "item_stats")
 
     @property
+    def replay_dir(self) -> Path:
+        """`saviorrec replay`'s own run folder: the run as it stood at the replay's start
+        (warm items only, a fresh online store, the stream's inbox and the processes' logs)."""
+        return self.root / "lake" / "replay"
+
+    @property
     def report_dir(self) -> Path:
         return self.root / "report"
 

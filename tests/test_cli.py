@@ -19,7 +19,7 @@ from saviorrec.lake import Lake
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
 COMMANDS = ("data", "spark", "stream", "features", "encode", "rqvae", "train", "evaluate",
-            "export", "serve", "items", "run", "report")
+            "export", "serve", "items", "replay", "run", "report")
 HEAVY = ("tensorflow", "torch", "pyspark", "feast", "keras", "jax", "fastapi")
 
 

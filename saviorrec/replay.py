@@ -1,0 +1,481 @@
+"""The replay: the held-back period of a finished run streamed through the live system.
+
+``saviorrec replay --config C`` (issue 28 item 4). The run must be finished (events, training
+set, the served model's export and test predictions, the Feast repository applied). Then:
+
+1. **Plan** (:func:`plan_replay`, pure): the replay starts at the first validation or test
+   event. The items with at least one training event are *warm*; every other item that has an
+   event from the start on is *new* and is onboarded from its metadata in the period it first
+   appears. Every event from the start on, whatever its split, goes to the stream (statistics
+   count them all), one file per snapshot period (``stats.snapshot_cadence``); the test rows of
+   the training set (``Lake.training("test")``) are scored in time order, the first
+   ``replay.max_test_rows`` of them (0: all; the cap is written in the output).
+2. **Live system** (:func:`run_replay`): a fresh online store (local profile: a new sqlite
+   file) holding the warm items' multimodal rows and the users' sequence rows as of the start;
+   ``saviorrec stream item-stats`` running over the replay's inbox, first fed the events before
+   the start (so it holds the batch job's statistics as of the start); ``saviorrec serve`` with
+   POST /items and no item cache (``serving.item_cache_ttl_s: 0``). Per period P: onboard the
+   items first seen in P (POST /items), drop P's events in the inbox and wait until the stream
+   has committed them (its clock is then P: a row stamped P counts events strictly before P, so
+   the events of P cannot leak into P's rows), then POST /rank each test row of P, alone.
+3. **Compare** (:func:`compare`, pure): online scores against the offline evaluation of the same
+   model on the same rows (the run's ``predictions_test.parquet`` of the exported variant and
+   seed): AUC of each, their difference, per PV bucket, the rows whose scores differ by more
+   than ``SCORE_TOLERANCE`` with the features that differ, and the new items' AUC, full (online)
+   against the base variant's offline predictions on the same rows, with bootstrap intervals.
+
+Known skew, measured rather than hidden: the service reads each user's sequence and user
+statistics from the online store, which holds the rows as of the replay start; the training
+set's rows are as of each sample's time. Nothing in the live loop updates user sequences yet
+(there is no push source for them), so ``skew_auc`` (online - offline) includes that lag.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from saviorrec.config import REPO_ROOT, Config, dump_config
+from saviorrec.lake import ExportFiles, Lake, read_table, write_table
+from saviorrec.metrics import auc, auc_by_bucket, bootstrap_auc, paired_bootstrap_diff
+from saviorrec.schema import (
+    EVENTS,
+    ITEM_MULTIMODAL,
+    ITEM_STAT_NUMERIC,
+    ITEMS,
+    PADDING_ITEM_ID,
+    PREDICTIONS,
+    SAMPLES,
+    SEQ_STAT_PREFIX,
+    TRAINING_ITEMS,
+    TRAINING_SAMPLES,
+    USER_STAT_NUMERIC,
+)
+
+log = logging.getLogger(__name__)
+
+RESULTS = REPO_ROOT / "benchmarks" / "results" / "live_coldstart.json"  # its "replay" key
+SCORE_TOLERANCE = 1e-4  # per-row |online - offline| above this is listed and explained
+LISTED_ROWS = 50  # differing rows written out in full
+TEST_COLUMNS = ("user_id", "item_id", "label", "event_timestamp", "eval_pv_bucket")
+
+
+# --- the plan (pure) ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One snapshot period of the replay."""
+
+    period: int  # period index: event seconds // snapshot seconds
+    events: pa.Table  # EVENTS rows of the period, time order
+    new_items: list[int]  # first seen in this period: onboarded before anything else
+    test_rows: np.ndarray  # positions in ReplayPlan.test, scored in this period, time order
+
+
+@dataclass(frozen=True)
+class ReplayPlan:
+    start: datetime  # the first validation or test event
+    warm_items: np.ndarray  # items with a training event: in the store at the start
+    before: pa.Table  # EVENTS before the start (all train): the stream's first file
+    steps: list[Step]
+    test: pa.Table  # the scored test rows (TEST_COLUMNS + "row": position in the test split)
+    test_rows_total: int  # test rows in the split, before the cap
+
+
+def _seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    return pc.cast(column, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy() // 1_000_000
+
+
+def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
+                max_test_rows: int) -> ReplayPlan:
+    """The replay's steps from the run's SAMPLES (every event, with its split) and its test
+    training rows (TRAINING_SAMPLES, the order of the predictions file)."""
+    split = samples.column("split").to_numpy(zero_copy_only=False)
+    if not (split != "train").any():
+        raise ValueError("samples hold no validation or test event: nothing to replay")
+    seconds = _seconds(samples.column("event_timestamp"))
+    micros = pc.cast(samples.column("event_timestamp"),
+                     pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    start_us = int(micros[split != "train"].min())
+    order = np.lexsort((samples.column("item_id").to_numpy(), samples.column("user_id").to_numpy(),
+                        micros))
+    samples = samples.take(pa.array(order))
+    seconds, micros, split = seconds[order], micros[order], split[order]
+    item_ids = samples.column("item_id").to_numpy()
+    warm = np.unique(item_ids[split == "train"])
+    events = samples.select(list(EVENTS.names)).cast(EVENTS.arrow_schema())
+    before_mask = micros < start_us  # all train, by the choice of the start
+
+    test_table = test.select(list(TEST_COLUMNS)).append_column(
+        "row", pa.array(np.arange(test.num_rows), pa.int64()))
+    t_us = pc.cast(test_table.column("event_timestamp"),
+                   pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+    t_order = np.lexsort((test_table.column("item_id").to_numpy(),
+                          test_table.column("user_id").to_numpy(), t_us))
+    if max_test_rows:
+        t_order = t_order[:max_test_rows]
+    test_table = test_table.take(pa.array(t_order))
+    t_us = t_us[t_order]
+    if len(t_us) and t_us.min() < start_us:
+        raise ValueError(f"test row at {t_us.min()} us is before the first validation/test "
+                         f"event ({start_us} us): the test split and the samples disagree")
+    last_us = int(t_us.max()) if len(t_us) else start_us
+    replayed = (micros >= start_us) & (micros <= last_us)  # nothing after the last scored row
+    periods = seconds // period_seconds
+    t_periods = (t_us // 1_000_000) // period_seconds
+
+    seen = set(warm.tolist())
+    steps = []
+    for period in np.unique(np.concatenate([periods[replayed], t_periods])):
+        mask = replayed & (periods == period)
+        new = []
+        for item in item_ids[mask]:  # time order: first appearance
+            if int(item) not in seen:
+                seen.add(int(item))
+                new.append(int(item))
+        steps.append(Step(int(period), events.filter(pa.array(mask)), new,
+                          np.flatnonzero(t_periods == period)))
+    return ReplayPlan(datetime.fromtimestamp(start_us / 1e6, UTC), warm,
+                      events.filter(pa.array(before_mask)), steps, test_table, test.num_rows)
+
+
+# --- the comparison (pure) ---------------------------------------------------------------------
+def compare(plan: ReplayPlan, online: np.ndarray, offline: np.ndarray, base: np.ndarray | None,
+            bucket_labels: list[str], differences: list[str], *, n_resamples: int = 1000,
+            seed: int = 0) -> dict[str, Any]:
+    """The ``replay`` result: ``online`` scores (served), ``offline`` (the same model's
+    predictions) and ``base`` (the base variant's predictions, or None) on ``plan.test``;
+    ``differences[k]`` names the features of row k that differed online ("" when none seen)."""
+    test = plan.test
+    labels = test.column("label").to_numpy()
+    buckets = test.column("eval_pv_bucket").to_numpy()
+    online_auc, offline_auc = auc(labels, online), auc(labels, offline)
+    diff = np.abs(online.astype(np.float64) - offline.astype(np.float64))
+    differing = np.flatnonzero(diff > SCORE_TOLERANCE)
+    reasons: dict[str, int] = {}
+    for k in differing:
+        reason = differences[k] or "no feature difference seen"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    listed = [{"row": int(test.column("row")[k].as_py()), "user_id": int(test.column("user_id")[k].as_py()),
+               "item_id": int(test.column("item_id")[k].as_py()),
+               "online": float(online[k]), "offline": float(offline[k]),
+               "features_differing": differences[k] or "none seen"}
+              for k in differing[:LISTED_ROWS]]
+    first_seen = {i for step in plan.steps for i in step.new_items}
+    new_mask = np.isin(test.column("item_id").to_numpy(), list(first_seen))
+    new_items: dict[str, Any] = {"rows": int(new_mask.sum()), "items": len(first_seen),
+                                 "items_scored": len(np.unique(
+                                     test.column("item_id").to_numpy()[new_mask]))}
+    y = labels[new_mask]
+    full = {"value": auc(y, online[new_mask]),
+            "ci95": list(bootstrap_auc(y, online[new_mask], n_resamples=n_resamples, seed=seed)),
+            "scores": "online (the served model through the service)"}
+    new_items["auc"] = {"full": full}
+    if base is not None:
+        new_items["auc"]["base"] = {
+            "value": auc(y, base[new_mask]),
+            "ci95": list(bootstrap_auc(y, base[new_mask], n_resamples=n_resamples, seed=seed)),
+            "scores": "offline predictions of the base variant (same rows)"}
+        if y.size and y.min() != y.max():
+            d, lo, hi = paired_bootstrap_diff(y, online[new_mask], base[new_mask],
+                                              n_resamples=n_resamples, seed=seed)
+            new_items["auc"]["full_minus_base"] = {"value": d, "ci95": [lo, hi]}
+    return {
+        "online_auc": online_auc,
+        "offline_auc": offline_auc,
+        "skew_auc": online_auc - offline_auc,
+        "rows": int(test.num_rows),
+        "rows_in_test_split": plan.test_rows_total,
+        "capped": plan.test_rows_total > test.num_rows,
+        "rows_score_diff_gt_1e-4": int(differing.size),
+        "max_abs_score_diff": float(diff.max()) if diff.size else 0.0,
+        "score_diff_reasons": reasons,
+        "differing_rows": listed,
+        "by_bucket": {"online": auc_by_bucket(labels, online, buckets, bucket_labels),
+                      "offline": auc_by_bucket(labels, offline, buckets, bucket_labels),
+                      "rows": {name: int((buckets == b).sum())
+                               for b, name in enumerate(bucket_labels)}},
+        "new_items": new_items,
+        "start": plan.start.isoformat(),
+        "periods": len(plan.steps),
+        "warm_items": int(plan.warm_items.size),
+    }
+
+
+def feature_differences(row: dict[str, Any], sequence: Any, items: dict[int, dict[str, Any]],
+                        trained_item: dict[str, Any] | None, *, rtol: float = 1e-6) -> str:
+    """The features of one test row that the online store gave otherwise than the training
+    row (``row``, TRAINING_SAMPLES) and the training items table (``trained_item``: its
+    embedding and semantic ids) hold: "" when every one checked is equal. ``sequence`` and
+    ``items`` are what ``feature_repo.online.online_features`` read at the row's turn."""
+    def close(a: Any, b: Any) -> bool:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        return a.shape == b.shape and bool(np.all(np.abs(a - b) <= rtol * np.maximum(1, np.abs(b))))
+
+    found = []
+    item = items[int(row["item_id"])]
+    if not close([item[n] for n in ITEM_STAT_NUMERIC], [row[n] for n in ITEM_STAT_NUMERIC]):
+        found.append("item_stats")
+    if int(item["pv_bucket"]) != int(row["pv_bucket"]):
+        found.append("pv_bucket")
+    if trained_item is not None:
+        if not close(item["embedding"], trained_item["embedding"]):
+            found.append("embedding")
+        if list(item["semantic_ids"]) != list(trained_item["semantic_ids"]):
+            found.append("semantic_ids")
+    seq = [int(i) for i in sequence.item_ids]
+    if seq != [int(i) for i in row["seq_item_ids"]]:
+        found.append("sequence")
+    else:
+        real = [i for i in seq if i != PADDING_ITEM_ID]
+        online = [[items[i][n] for i in real] for n in ITEM_STAT_NUMERIC]
+        offline = [[v for i, v in zip(seq, row[SEQ_STAT_PREFIX + n], strict=True)
+                    if i != PADDING_ITEM_ID] for n in ITEM_STAT_NUMERIC]
+        if not close(online, offline):
+            found.append("sequence item_stats")
+    if sequence.stats is None or not close(sequence.stats, [row[n] for n in USER_STAT_NUMERIC]):
+        found.append("user_stats")
+    return ", ".join(found)
+
+
+# --- the live system ---------------------------------------------------------------------------
+def served_model(folder: Path) -> tuple[str, int]:
+    """(variant, seed) of the exported model in ``folder`` (what the service loads)."""
+    meta = ExportFiles(folder).meta
+    if not meta.is_file():
+        raise FileNotFoundError(f"no exported model at {folder} ({meta.name} missing): run "
+                                "`saviorrec export` first")
+    info = json.loads(meta.read_text())
+    return str(info["variant"]), int(info["seed"])
+
+
+def read_predictions(lake: Lake, variant: str, seed: int, test: pa.Table) -> np.ndarray:
+    """A ranker's test predictions, checked row by row against the test split's order."""
+    path = lake.ranker(variant, seed).predictions
+    preds = read_table(path, PREDICTIONS)
+    if preds.num_rows != test.num_rows:
+        raise ValueError(f"{path}: {preds.num_rows} rows, the test split "
+                         f"{lake.training('test')} has {test.num_rows}")
+    for column in ("user_id", "item_id", "label"):
+        a, b = preds.column(column).to_numpy(), test.column(column).to_numpy()
+        bad = np.flatnonzero(a != b)
+        if bad.size:
+            raise ValueError(f"{path}: row {bad[0]} column {column} is {a[bad[0]]}, the test "
+                             f"split has {b[bad[0]]}: predictions of another test set")
+    return preds.column("score").to_numpy().astype(np.float32)
+
+
+def _link(target: Path, link: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink() if not link.is_dir() or link.is_symlink() else shutil.rmtree(link)
+    link.symlink_to(target.resolve())
+
+
+def build_world(cfg: Config, plan: ReplayPlan, work: Path, port: int,
+                model: Path) -> tuple[Config, Path]:
+    """The replay's own run folder ``work``: the run as it stood at the start, seen by the
+    live system. Items and their multimodal rows of the warm items only (so that onboarding
+    adds the new ones), the run's models, export, Spark outputs and tower cache linked, a fresh
+    local Feast store holding the warm items' multimodal rows and the users' sequence rows as
+    of the start. Returns (config, its file)."""
+    from feature_repo.store import apply, get_store
+
+    run = Lake.from_config(cfg)
+    if work.exists():
+        shutil.rmtree(work)
+    world_cfg = cfg.with_overrides(
+        run={"root": str(work.resolve()), "name": f"{cfg.run.name}-replay"},
+        feast={"profile": "local"},
+        serving={"item_cache_ttl_s": 0.0, "host": "127.0.0.1", "port": port,
+                 "model_dir": str(model.resolve())},
+        onboard={"in_service": True})
+    lake = Lake.from_config(world_cfg)
+    warm = pa.array(plan.warm_items, pa.int64())
+    items = read_table(run.items, ITEMS)
+    write_table(items.filter(pc.is_in(items.column("item_id"), warm)), lake.items, ITEMS)
+    multimodal = read_table(run.item_multimodal, ITEM_MULTIMODAL)
+    write_table(multimodal.filter(pc.is_in(multimodal.column("item_id"), warm)),
+                lake.item_multimodal, ITEM_MULTIMODAL)
+    for name in ("item_stats", "sequences"):
+        _link(run.spark(name), lake.spark(name))
+    _link(run.encoder_dir, lake.encoder_dir)
+    _link(run.rqvae_dir, lake.rqvae_dir)
+    _link(run.cache, lake.cache)
+    config_file = lake.root / "config.yaml"
+    config_file.write_text(dump_config(world_cfg))
+    apply(world_cfg)
+    store = get_store(world_cfg)
+    end = plan.start
+    store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end,
+                      feature_views=["user_sequence"])
+    store.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=datetime.now(UTC),
+                      feature_views=["item_multimodal"])
+    return world_cfg, config_file
+
+
+class LiveSystem:
+    """``saviorrec stream item-stats`` and ``saviorrec serve`` over the replay's run, as the
+    production processes (each its own process group, stopped with SIGTERM then SIGKILL)."""
+
+    def __init__(self, cfg: Config, config_file: Path, *, timeout_s: float) -> None:
+        self.cfg, self.config_file, self.timeout_s = cfg, config_file, timeout_s
+        self.lake = Lake.from_config(cfg)
+        self.url = f"http://127.0.0.1:{cfg.serving.port}"
+        self.files_fed = 0
+        self.processes: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def __enter__(self) -> Self:
+        logs = self.lake.root / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.lake.event_inbox.mkdir(parents=True, exist_ok=True)
+        for name, args in (("stream", ["stream", "item-stats"]), ("serve", ["serve"])):
+            with open(logs / f"{name}.log", "wb") as log_file:  # the child keeps its own copy
+                self.processes.append((name, subprocess.Popen(
+                    [sys.executable, "-m", "saviorrec.cli", *args, "--config",
+                     str(self.config_file)],
+                    stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)))
+        self._wait(lambda: self._get("/readyz") == 200, "the service's /readyz")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for _, process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for _, process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def _wait(self, done: Any, what: str) -> None:
+        deadline = time.monotonic() + self.timeout_s
+        while not done():
+            for name, process in self.processes:
+                if process.poll() is not None:
+                    raise RuntimeError(f"the {name} process exited ({process.returncode}) while "
+                                       f"waiting for {what}: see {self.lake.root / 'logs'}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not after {self.timeout_s} s "
+                                   f"(replay.timeout_s); see {self.lake.root / 'logs'}")
+            time.sleep(0.2)
+
+    def _get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as response:
+                return int(response.status)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as e:
+            raise RuntimeError(f"POST {path} answered {e.code}: {e.read()[:500]!r}") from None
+
+    def feed(self, events: pa.Table) -> None:
+        """Drop one event file in the inbox (written aside, then renamed) and wait until the
+        stream has committed it: one file per micro-batch, so batch id = files fed - 1."""
+        if events.num_rows == 0:
+            return
+        final = self.lake.event_inbox / f"events-{self.files_fed:06d}.parquet"
+        tmp = final.with_name("." + final.name)
+        pq.write_table(events, tmp, coerce_timestamps="us")
+        os.replace(tmp, final)
+        batch = self.files_fed
+        self.files_fed += 1
+        progress = self.lake.item_stats_stream.progress
+
+        def committed() -> bool:
+            if not progress.exists():
+                return False
+            try:
+                return int(json.loads(progress.read_text())["batch_id"]) >= batch
+            except (ValueError, KeyError):
+                return False
+        self._wait(committed, f"the stream's batch {batch} ({final.name})")
+
+    def onboard(self, items: pa.Table) -> dict[str, Any]:
+        records = [{"item_id": r["item_id"], "title": r["title"], "genres": r["genres"],
+                    "overview": r["overview"], "poster_path": r["image_path"]}
+                   for r in items.to_pylist()]
+        return self._post("/items", {"items": [{k: v for k, v in r.items() if v is not None}
+                                               for r in records]})
+
+    def rank(self, user_id: int, item_id: int) -> float:
+        answer = self._post("/rank", {"user_id": user_id, "item_ids": [item_id]})
+        return float(answer["items"][0]["score"])
+
+
+def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
+               work: Path | None = None, port: int | None = None) -> dict[str, Any]:
+    """Replay a finished run through the live system (``model``: the export folder the service
+    serves, ``serving.service.model_dir``); return the ``replay`` result."""
+    from feature_repo.online import online_features
+    from feature_repo.store import get_store
+
+    began = time.perf_counter()
+    lake = Lake.from_config(cfg)
+    cap = cfg.replay.max_test_rows if max_test_rows is None else max_test_rows
+    variant, seed = served_model(model)
+    samples = read_table(lake.spark("samples"), SAMPLES)
+    test = read_table(lake.training("test"), TRAINING_SAMPLES)
+    offline_all = read_predictions(lake, variant, seed, test)
+    base_path = lake.ranker("base", seed).predictions
+    base_all = read_predictions(lake, "base", seed, test) if base_path.exists() else None
+    plan = plan_replay(samples, test, period_seconds=cfg.stats.snapshot_seconds,
+                       max_test_rows=cap)
+    rows = plan.test.column("row").to_numpy()
+    trained = read_table(lake.training_items, TRAINING_ITEMS).to_pylist()
+    trained_items = {int(r["item_id"]): r for r in trained}
+    catalogue = read_table(lake.items, ITEMS)
+    work = work or lake.replay_dir
+    world_cfg, config_file = build_world(cfg, plan, work, port or cfg.serving.port, model)
+    log.info("replay from %s: %d warm items, %d periods, %d test rows (of %d)", plan.start,
+             plan.warm_items.size, len(plan.steps), plan.test.num_rows, plan.test_rows_total)
+    online = np.full(plan.test.num_rows, np.nan, np.float32)
+    differences = [""] * plan.test.num_rows
+    onboarded: list[int] = []
+    store = get_store(world_cfg)
+    with LiveSystem(world_cfg, config_file, timeout_s=cfg.replay.timeout_s) as live:
+        live.feed(plan.before)
+        for step in plan.steps:
+            if step.new_items:
+                new = catalogue.filter(pc.is_in(catalogue.column("item_id"),
+                                                pa.array(step.new_items, pa.int64())))
+                onboarded += live.onboard(new)["added"]
+            live.feed(step.events)
+            for k in step.test_rows:
+                row = test.slice(int(rows[k]), 1).to_pylist()[0]
+                online[k] = live.rank(int(row["user_id"]), int(row["item_id"]))
+                seen = online_features(store, int(row["user_id"]), [int(row["item_id"])])
+                differences[k] = feature_differences(row, seen.sequence, seen.items,
+                                                     trained_items.get(int(row["item_id"])))
+    result = compare(plan, online, offline_all[rows],
+                     None if base_all is None else base_all[rows],
+                     cfg.stats.bucket_labels(), differences)
+    result.update({"variant": variant, "seed": seed, "max_test_rows": cap,
+                   "items_onboarded": len(onboarded), "events_replayed":
+                   int(sum(s.events.num_rows for s in plan.steps)),
+                   "seconds": round(time.perf_counter() - began, 1), "run": str(lake.root)})
+    return result

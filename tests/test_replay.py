@@ -1,0 +1,182 @@
+"""saviorrec replay (issue 28 item 4): the plan, the feature check and the comparison, on tables
+built by hand with the expected values worked out by hand.
+
+The live loop itself (run_replay: the stream, the service and onboarding as processes) is run
+by ``saviorrec replay`` on a finished run; see the slow test at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from saviorrec.metrics import auc
+from saviorrec.replay import SCORE_TOLERANCE, compare, feature_differences, plan_replay
+from saviorrec.schema import ITEM_STAT_NUMERIC, SAMPLES, SEQ_STAT_PREFIX, USER_STAT_NUMERIC
+
+DAY = 86_400
+T0 = datetime(2021, 1, 10, tzinfo=UTC)
+
+
+def _samples(rows: list[tuple[int, int, int, float, str]]) -> pa.Table:
+    """(user, item, label, days after T0, split) -> SAMPLES."""
+    return pa.Table.from_pylist(
+        [{"user_id": u, "item_id": i, "label": y, "rating": 4.0 if y else 2.0,
+          "event_timestamp": T0 + timedelta(days=d), "split": s} for u, i, y, d, s in rows],
+        schema=SAMPLES.arrow_schema())
+
+
+def _test_rows(rows: list[tuple[int, int, int, float, int]]) -> pa.Table:
+    """(user, item, label, days after T0, eval_pv_bucket): the columns the plan reads."""
+    return pa.table({
+        "user_id": pa.array([r[0] for r in rows], pa.int64()),
+        "item_id": pa.array([r[1] for r in rows], pa.int64()),
+        "label": pa.array([r[2] for r in rows], pa.int64()),
+        "event_timestamp": pa.array([T0 + timedelta(days=r[3]) for r in rows],
+                                    pa.timestamp("us", tz="UTC")),
+        "eval_pv_bucket": pa.array([r[4] for r in rows], pa.int64()),
+    })
+
+
+# The world: items 1, 2 have train events; 3 first appears on day 2.5 (a validation event of
+# user 2), 4 on day 3.2 (a test event); user 1's train event on day 2.1 (after the start: another
+# user's split) is replayed too; the day-4 event is after the last scored test row.
+SAMPLES_ROWS = [
+    (1, 1, 1, 0.5, "train"), (2, 2, 0, 1.0, "train"), (1, 2, 1, 1.5, "train"),
+    (2, 1, 1, 2.05, "valid"), (1, 1, 0, 2.1, "train"), (2, 3, 1, 2.5, "valid"),
+    (1, 4, 1, 3.2, "test"), (2, 4, 0, 3.3, "test"), (2, 1, 1, 3.6, "test"),
+    (1, 3, 1, 4.5, "test"),
+]
+TEST_ROWS = [  # in the test split's own order (not time order)
+    (2, 1, 1, 3.6, 3), (1, 4, 1, 3.2, 0), (2, 4, 0, 3.3, 0), (1, 3, 1, 4.5, 1),
+]
+
+
+def test_the_plan_starts_at_the_first_valid_event_and_onboards_items_where_first_seen() -> None:
+    plan = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
+                       max_test_rows=0)
+    assert plan.start == T0 + timedelta(days=2.05)
+    assert plan.warm_items.tolist() == [1, 2]
+    assert plan.before.num_rows == 3  # the three train events before the start
+    assert plan.before.column("event_timestamp").to_pylist() == sorted(
+        plan.before.column("event_timestamp").to_pylist())
+    day = (int(T0.timestamp()) // DAY)
+    assert [s.period for s in plan.steps] == [day + 2, day + 3, day + 4]
+    # day 2: the valid event, user 1's late train event, item 3 first seen
+    assert [s.events.num_rows for s in plan.steps] == [3, 3, 1]
+    assert [s.new_items for s in plan.steps] == [[3], [4], []]
+    # test rows in time order: (1,4) 3.2, (2,4) 3.3, (2,1) 3.6, (1,3) 4.5
+    assert plan.test.column("row").to_pylist() == [1, 2, 0, 3]
+    assert [s.test_rows.tolist() for s in plan.steps] == [[], [0, 1, 2], [3]]
+    assert plan.test_rows_total == 4
+
+
+def test_the_cap_keeps_the_first_test_rows_and_stops_the_events_after_the_last() -> None:
+    plan = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
+                       max_test_rows=2)
+    assert plan.test.column("row").to_pylist() == [1, 2]
+    assert [s.events.num_rows for s in plan.steps] == [3, 2]  # up to day 3.3 only
+    assert plan.test_rows_total == 4
+
+
+def test_a_run_without_held_back_events_is_refused() -> None:
+    with pytest.raises(ValueError, match="no validation or test event"):
+        plan_replay(_samples(SAMPLES_ROWS[:3]), _test_rows([]), period_seconds=DAY,
+                    max_test_rows=0)
+
+
+def test_a_test_row_before_the_start_is_refused() -> None:
+    with pytest.raises(ValueError, match="before the first validation/test event"):
+        plan_replay(_samples(SAMPLES_ROWS), _test_rows([(1, 1, 1, 1.0, 0)]),
+                    period_seconds=DAY, max_test_rows=0)
+
+
+def _row(item_id: int = 7) -> dict:
+    stats = dict(zip(ITEM_STAT_NUMERIC, [10.0, 4.0, 0.35, 3.0, 1.0, 0.4], strict=False))
+    return {"item_id": item_id, **stats, "pv_bucket": 2, "seq_item_ids": [0, 5],
+            **dict(zip(USER_STAT_NUMERIC, [3.0, 2.0, 0.6], strict=True)),
+            **{SEQ_STAT_PREFIX + n: [0.0, float(k)] for k, n in enumerate(ITEM_STAT_NUMERIC)}}
+
+
+def _online(row: dict) -> tuple[SimpleNamespace, dict]:
+    item = {n: row[n] for n in ITEM_STAT_NUMERIC} | {
+        "pv_bucket": row["pv_bucket"], "embedding": [0.5, -1.0], "semantic_ids": [1, 2, 0]}
+    seq_item = {n: float(k) for k, n in enumerate(ITEM_STAT_NUMERIC)} | {"pv_bucket": 0}
+    sequence = SimpleNamespace(item_ids=[0, 5], stats=(3.0, 2.0, 0.6))
+    return sequence, {row["item_id"]: item, 5: seq_item}
+
+
+def test_feature_differences_names_what_the_store_gave_otherwise() -> None:
+    row = _row()
+    trained = {"embedding": [0.5, -1.0], "semantic_ids": [1, 2, 0]}
+    sequence, items = _online(row)
+    assert feature_differences(row, sequence, items, trained) == ""
+    items[7]["pv"] = 11.0
+    items[7]["semantic_ids"] = [1, 2, 1]  # another disambiguation index
+    items[5]["ctr"] = 0.99
+    assert feature_differences(row, sequence, items, trained) == \
+        "item_stats, semantic_ids, sequence item_stats"
+    sequence.item_ids, sequence.stats = [5, 5], None
+    assert feature_differences(row, sequence, items, None) == "item_stats, sequence, user_stats"
+
+
+def test_compare_by_hand() -> None:
+    plan = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
+                       max_test_rows=0)
+    # plan.test (time order): (1,4,y1,b0) (2,4,y0,b0) (2,1,y1,b3) (1,3,y1,b1)
+    offline = np.array([0.6, 0.4, 0.3, 0.8], np.float32)
+    online = offline.copy()
+    online[2] += 5e-5  # within the tolerance
+    online[3] = 0.2  # beyond: listed with its reason
+    base = np.array([0.1, 0.9, 0.5, 0.5], np.float32)
+    labels = np.array([1, 0, 1, 1])
+    result = compare(plan, online, offline, base, ["0", "1-5", "6-20", ">20"],
+                     ["", "", "", "item_stats"], n_resamples=50)
+    assert result["rows"] == 4 and not result["capped"]
+    # positives 0.6, 0.3(0005), 0.2 (online) or 0.8 (offline) against the one negative, 0.4
+    assert result["online_auc"] == auc(labels, online) == pytest.approx(1 / 3)
+    assert result["offline_auc"] == pytest.approx(2 / 3)
+    assert result["skew_auc"] == pytest.approx(1 / 3 - 2 / 3)
+    assert result["rows_score_diff_gt_1e-4"] == 1
+    assert result["max_abs_score_diff"] == pytest.approx(0.6, abs=1e-6)
+    assert SCORE_TOLERANCE == 1e-4
+    assert result["differing_rows"] == [{"row": 3, "user_id": 1, "item_id": 3, "online": pytest.approx(0.2),
+                                         "offline": pytest.approx(0.8),
+                                         "features_differing": "item_stats"}]
+    assert result["score_diff_reasons"] == {"item_stats": 1}
+    assert result["by_bucket"]["rows"] == {"0": 2, "1-5": 1, "6-20": 0, ">20": 1}
+    assert result["by_bucket"]["online"]["0"] == pytest.approx(1.0)
+    assert np.isnan(result["by_bucket"]["online"]["1-5"])  # one class only
+    # new items: 3 and 4, rows 0, 1 and 3 of plan.test: labels 1, 0, 1
+    new = result["new_items"]
+    assert new["rows"] == 3 and new["items"] == 2 and new["items_scored"] == 2
+    assert new["auc"]["full"]["value"] == pytest.approx(0.5)  # 0.6 > 0.4, 0.2 < 0.4
+    assert new["auc"]["base"]["value"] == pytest.approx(0.0)  # 0.1 and 0.5 < 0.9
+    assert new["auc"]["full_minus_base"]["value"] == pytest.approx(0.5)
+
+
+RUN = os.environ.get("SAVIORREC_REPLAY_RUN")  # a finished run's config (a copy: it is written)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RUN, reason="set SAVIORREC_REPLAY_RUN to a copy of a finished run's "
+                    "config to replay it end to end")
+def test_replay_end_to_end(tmp_path: Path) -> None:  # pragma: no cover (minutes)
+    from conftest import free_port
+
+    from saviorrec.config import load_config
+    from saviorrec.replay import run_replay
+    from serving.service import model_dir
+
+    cfg = load_config(RUN)
+    result = run_replay(cfg, model_dir(cfg), max_test_rows=50, port=free_port())
+    assert result["rows"] == 50
+    assert not np.isnan(result["online_auc"])
+    # every differing row is explained by a feature the store gave otherwise
+    assert "no feature difference seen" not in result["score_diff_reasons"]
