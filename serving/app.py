@@ -8,6 +8,7 @@
   onboard new items (only when the service was given an onboarder: ``saviorrec serve`` with
   ``onboard.in_service``); they are scored with their own features from the next request on.
 - ``GET /metrics``: counters in the Prometheus text format.
+- ``GET /``: a page to look at (choose a user, rank, onboard; serving/page.py).
 - ``GET /openapi.json`` (and ``/docs``): the contract, every response described.
 
 Errors: 413 for a body over ``serving.max_body_bytes``, refused before it is read; 422 for a
@@ -56,6 +57,7 @@ from serving.api import (
 )
 from serving.body_limit import BodyLimit, BodyTooLarge
 from serving.features import StoreUnavailable
+from serving.page import add_page_routes
 from serving.redact import install_log_redaction, redact, secrets_of
 from serving.service import RankingService
 from serving.tensors import FeatureShapeError
@@ -190,6 +192,7 @@ def create_app(cfg: Config, service: RankingService | None = None,
 
     if onboard is not None:
         add_items_route(app, svc, onboard, serving.max_candidates)
+    add_page_routes(app, svc, onboarding=onboard is not None)
     return app
 
 
