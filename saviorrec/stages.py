@@ -91,7 +91,8 @@ STAGES: tuple[Stage, ...] = (
           reads=("spark:samples", "spark:sequences", "spark:item_stats", "spark:item_pv",
                  "item_multimodal", "feast_registry"),
           writes=("training_dir",), sections=("feast", "sequences"), after=("features",),
-          doc="the ranker's point-in-time training set"),
+          doc="the ranker's point-in-time training set (production profile: the Spark job "
+              "spark_jobs/training_set.py, joined by saviorrec.pipeline.run_training_set)"),
     Stage("train", "tf_ranker.train.run_train",
           reads=("training_dir", "rqvae_codebooks", "rqvae_version"), writes=("ranker_root",),
           sections=("ranker",), after=("training_set",), doc="ranker variants x seeds"),
