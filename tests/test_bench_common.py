@@ -43,3 +43,32 @@ def test_serving_benchmark_rebuilds_a_world_built_by_other_code(tmp_path: Path) 
     assert "stamp abc, now def" in serving.stale_world(work, "def")
     stamp = serving.source_stamp(serving.WORLD_SOURCES)
     assert stamp == serving.source_stamp(serving.WORLD_SOURCES)
+
+
+def test_table_differences_compares_values_not_order_or_counts() -> None:
+    import pyarrow as pa
+
+    bench = load_benchmark("_bench_common")
+    left = pa.table({"k": [2, 1, 3], "x": pa.array([0.5, 1.0, 2.0], pa.float32()),
+                     "s": pa.array([[1.0, 2.0], [3.0], []], pa.list_(pa.float32()))})
+    shuffled = left.take([2, 0, 1])
+    assert bench.table_differences(left, shuffled, ["k"])["equal"]
+    # a float within the tolerance is equal; beyond it, the column and the first key are named
+    near = left.set_column(1, "x", pa.array([0.5, 1.0 + 1e-8, 2.0], pa.float32()))
+    assert bench.table_differences(near, left, ["k"])["equal"]
+    far = left.set_column(1, "x", pa.array([0.5, 1.001, 2.0], pa.float32()))
+    diff = bench.table_differences(far, left, ["k"])
+    assert not diff["equal"]
+    assert diff["columns"]["x"]["rows_differing"] == 1
+    assert diff["columns"]["x"]["first_row"] == {"k": "1"}
+    assert abs(diff["columns"]["x"]["max_abs_diff"] - 0.001) < 1e-6
+    # one list element differs: that row; a list of another length: that row
+    element = left.set_column(2, "s", pa.array([[1.0, 2.5], [3.0], []], pa.list_(pa.float32())))
+    assert bench.table_differences(element, left, ["k"])["columns"]["s"]["first_row"] == {"k": "2"}
+    longer = left.set_column(2, "s", pa.array([[1.0, 2.0], [3.0, 0.0], []],
+                                              pa.list_(pa.float32())))
+    assert bench.table_differences(longer, left, ["k"])["columns"]["s"]["rows_differing"] == 1
+    # same counts are not enough, other counts are never equal
+    assert not bench.table_differences(left.slice(0, 2), left, ["k"])["equal"]
+    assert bench.table_differences(left.drop_columns(["s"]), left, ["k"])["columns"] == {
+        "s": {"missing_in": "left"}}
