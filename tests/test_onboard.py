@@ -419,3 +419,45 @@ def test_cli_items_add(run: Run, tmp_path: Path, capsys: pytest.CaptureFixture[s
     other = items_file(tmp_path, [{"item_id": NEW, "title": "Other"}], "o.jsonl")
     assert main(["items", "add", "--config", str(config), str(other)]) == 1
     assert "already exist with other content" in capsys.readouterr().err
+
+
+# --- the local profile: the sqlite online store ----------------------------------------------
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Onboarder:
+    root = tmp_path_factory.mktemp("onboard_local")
+    cfg = load_config(REPO_ROOT / "configs" / "movielens.yaml").with_overrides(
+        run={"root": str(root / "run")})
+    cfg = world_config(cfg, profile="local", redis_env=REDIS_ENV).with_overrides(
+        serving={"xla": False, "max_candidates": 16, "max_body_bytes": 65_536})
+    build_world(cfg, rqvae_version=save_frozen_models(cfg))
+    return Onboarder.load(cfg, served_version=served_rqvae_version(Lake.from_config(cfg).export_dir))
+
+
+def test_local_profile_pushes_to_sqlite_and_puts_it_back_on_failure(
+        local_run: Onboarder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from feature_repo.online import read_items
+
+    onboarder, lake = local_run, Lake.from_config(local_run.cfg)
+    path = items_file(tmp_path, [{"item_id": NEW, "title": TITLE}])
+    before = hashlib.sha256(lake.item_multimodal.read_bytes()).hexdigest()
+
+    def fail_on_stats(store: Any, view: str, table: Any) -> None:
+        if view == "item_stats":
+            raise OSError("injected: disk full")
+        push_module.push_online(store, view, table)
+
+    monkeypatch.setattr("saviorrec.onboard.push_online", fail_on_stats)
+    with pytest.raises(OSError, match="injected"):
+        onboarder.add_file(path)
+    items, missing = read_items(onboarder.store, [NEW])
+    assert missing == [NEW] and items[NEW]["rqvae_version"] == ""  # the pushed row is gone
+    assert hashlib.sha256(lake.item_multimodal.read_bytes()).hexdigest() == before
+
+    monkeypatch.undo()
+    report = onboarder.add_file(path)
+    items, missing = read_items(onboarder.store, [NEW, 5])
+    assert report["added"] == [NEW] and missing == []
+    offline = pq.read_table(lake.item_multimodal).to_pandas().set_index("item_id").loc[NEW]
+    np.testing.assert_allclose(items[NEW]["embedding"], offline["embedding"])
+    assert items[NEW]["semantic_ids"] == list(offline["semantic_ids"])
+    assert items[NEW]["pv"] == 0 and items[NEW]["rqvae_version"] == report["rqvae_version"]
