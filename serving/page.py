@@ -74,6 +74,7 @@ def add_page_routes(app: FastAPI, svc: RankingService, onboarding: bool) -> None
     """GET / and the /ui/ endpoints over the service's store and the run's catalogue."""
     lake = Lake.from_config(svc.cfg)
     catalog = Catalog(lake)
+    catalog.entries([])  # read now: the first read in a process pays pyarrow's start-up
     page = PAGE.read_text()
     limit = svc.cfg.serving.max_candidates
 
