@@ -135,12 +135,16 @@ def cmd_replay(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from saviorrec.metrics import update_metrics
-    from saviorrec.replay import RESULTS, run_replay
+    from saviorrec.replay import RESULTS, replay
     from serving.service import model_dir
 
     cfg = _config(args)
-    result = run_replay(cfg, model_dir(cfg), max_test_rows=args.max_test_rows, port=args.port)
-    update_metrics(Path(args.results) if args.results else RESULTS, "replay", result)
+    result = replay(cfg, model_dir(cfg), max_test_rows=args.max_test_rows, port=args.port,
+                    rows=args.rows)
+    # --rows new_items measures the cold-start rows only: it fills replay.new_items
+    key = "replay" if args.rows == "first" else "replay.new_items"
+    update_metrics(Path(args.results) if args.results else RESULTS, key,
+                   result if args.rows == "first" else {**result["new_items"], "run": result})
     return {k: v for k, v in result.items() if k != "differing_rows"}
 
 
@@ -234,6 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
             "system (stream, onboarding, service) and compare online with offline AUC")
     p.add_argument("--max-test-rows", type=int, default=None,
                    help="test rows scored, the first in time (default: replay.max_test_rows; 0: all)")
+    p.add_argument("--rows", choices=["first", "new_items"], default="first",
+                   help="test rows scored: the first in time (writes 'replay'), or only those "
+                   "of items without a training event (writes 'replay.new_items')")
     p.add_argument("--port", type=int, default=None, help="the replay service's port")
     p.add_argument("--results", default=None,
                    help="JSON file whose 'replay' key is written (default: "

@@ -24,10 +24,19 @@ set, the served model's export and test predictions, the Feast repository applie
    than ``SCORE_TOLERANCE`` with the features that differ, and the new items' AUC, full (online)
    against the base variant's offline predictions on the same rows, with bootstrap intervals.
 
-Known skew, measured rather than hidden: the service reads each user's sequence and user
-statistics from the online store, which holds the rows as of the replay start; the training
-set's rows are as of each sample's time. Nothing in the live loop updates user sequences yet
-(there is no push source for them), so ``skew_auc`` (online - offline) includes that lag.
+User features, the known skew. The service reads each user's sequence and statistics from
+the online store; nothing in the live loop updates them yet (no user stream job, no push source
+for the user_sequence view). Two modes (``USER_FEATURES``), both run by :func:`replay`:
+
+- ``per_row``: before each test row is scored, its own training row's sequence and user
+  statistics are written to the online store (``write_to_online_store``): a stand-in for a
+  user-feature stream that is exactly right. What then differs is the live loop's own doing
+  (the stream's item statistics, onboarding's embeddings and semantic ids, the service): the
+  ``replay`` key's figures and the |online - offline| AUC target.
+- ``as_of_start``: the user rows materialised as of the replay start, as today's system would
+  serve them (a batch sequence row stamped t holds the clicks strictly before t, so even at the
+  start a user's latest row misses their last event). ``skew_auc`` = online - offline AUC of
+  this mode measures what that lag costs (``replay.user_features_as_of_start``).
 """
 
 from __future__ import annotations
@@ -64,6 +73,7 @@ from saviorrec.schema import (
     PREDICTIONS,
     SAMPLES,
     SEQ_STAT_PREFIX,
+    SEQUENCES,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
     USER_STAT_NUMERIC,
@@ -72,6 +82,7 @@ from saviorrec.schema import (
 log = logging.getLogger(__name__)
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "live_coldstart.json"  # its "replay" key
+USER_FEATURES = ("per_row", "as_of_start")
 SCORE_TOLERANCE = 1e-4  # per-row |online - offline| above this is listed and explained
 LISTED_ROWS = 50  # differing rows written out in full
 TEST_COLUMNS = ("user_id", "item_id", "label", "event_timestamp", "eval_pv_bucket")
@@ -102,10 +113,21 @@ def _seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return pc.cast(column, pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy() // 1_000_000
 
 
+ROW_SELECTIONS = ("first", "new_items")
+
+
 def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
-                max_test_rows: int) -> ReplayPlan:
+                max_test_rows: int, rows: str = "first") -> ReplayPlan:
     """The replay's steps from the run's SAMPLES (every event, with its split) and its test
-    training rows (TRAINING_SAMPLES, the order of the predictions file)."""
+    training rows (TRAINING_SAMPLES, the order of the predictions file).
+
+    ``rows``: "first" scores the test rows in time order; "new_items" only those of items
+    without a training event (the cold-start rows); either capped at ``max_test_rows``. A step
+    is a period with rows to score: the events of the periods before it that have none go into
+    its file too (a row stamped P counts the events before P, wherever they were fed, so the
+    stream's rows as of P are the same; fewer micro-batches)."""
+    if rows not in ROW_SELECTIONS:
+        raise ValueError(f"rows {rows!r}: one of {ROW_SELECTIONS}")
     split = samples.column("split").to_numpy(zero_copy_only=False)
     if not (split != "train").any():
         raise ValueError("samples hold no validation or test event: nothing to replay")
@@ -128,6 +150,9 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
                    pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
     t_order = np.lexsort((test_table.column("item_id").to_numpy(),
                           test_table.column("user_id").to_numpy(), t_us))
+    if rows == "new_items":
+        cold = ~np.isin(test_table.column("item_id").to_numpy(), warm)
+        t_order = t_order[cold[t_order]]
     if max_test_rows:
         t_order = t_order[:max_test_rows]
     test_table = test_table.take(pa.array(t_order))
@@ -141,9 +166,9 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
     t_periods = (t_us // 1_000_000) // period_seconds
 
     seen = set(warm.tolist())
-    steps = []
-    for period in np.unique(np.concatenate([periods[replayed], t_periods])):
-        mask = replayed & (periods == period)
+    steps, fed_before = [], np.iinfo(np.int64).min
+    for period in np.unique(t_periods):
+        mask = replayed & (periods > fed_before) & (periods <= period)
         new = []
         for item in item_ids[mask]:  # time order: first appearance
             if int(item) not in seen:
@@ -151,6 +176,7 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
                 new.append(int(item))
         steps.append(Step(int(period), events.filter(pa.array(mask)), new,
                           np.flatnonzero(t_periods == period)))
+        fed_before = period
     return ReplayPlan(datetime.fromtimestamp(start_us / 1e6, UTC), warm,
                       events.filter(pa.array(before_mask)), steps, test_table, test.num_rows)
 
@@ -427,10 +453,44 @@ class LiveSystem:
         return float(answer["items"][0]["score"])
 
 
+def push_user_row(store: Any, row: dict[str, Any]) -> None:
+    """Write a training row's user sequence and statistics to the online user_sequence view
+    (the ``per_row`` mode: what a right user-feature stream would hold at the row's time)."""
+    import pandas as pd
+
+    frame = pd.DataFrame([{
+        "user_id": int(row["user_id"]),
+        "event_timestamp": pd.Timestamp(row["event_timestamp"]),
+        "seq_item_ids": [int(i) for i in row["seq_item_ids"]], "seq_len": int(row["seq_len"]),
+        **{n: (float(row[n]) if SEQUENCES.column(n).dtype.startswith("float")
+               else round(float(row[n]))) for n in USER_STAT_NUMERIC}}])
+    store.write_to_online_store("user_sequence", frame)
+
+
+def replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
+           port: int | None = None, rows: str = "first") -> dict[str, Any]:
+    """Both modes of USER_FEATURES: the ``replay`` result is the per_row run's, with the
+    as_of_start run's figures (and its skew) under ``user_features_as_of_start``."""
+    result = run_replay(cfg, model, max_test_rows=max_test_rows, port=port,
+                        user_features="per_row", rows=rows)
+    start = run_replay(cfg, model, max_test_rows=max_test_rows, port=port,
+                       user_features="as_of_start", rows=rows)
+    result["skew_auc"] = start["skew_auc"]
+    result["online_minus_offline_auc"] = result["online_auc"] - result["offline_auc"]
+    result["user_features_as_of_start"] = {k: start[k] for k in (
+        "online_auc", "offline_auc", "skew_auc", "rows", "rows_score_diff_gt_1e-4",
+        "max_abs_score_diff", "score_diff_reasons", "new_items", "seconds")}
+    return result
+
+
 def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
-               work: Path | None = None, port: int | None = None) -> dict[str, Any]:
+               work: Path | None = None, port: int | None = None,
+               user_features: str = "per_row", rows: str = "first") -> dict[str, Any]:
     """Replay a finished run through the live system (``model``: the export folder the service
-    serves, ``serving.service.model_dir``); return the ``replay`` result."""
+    serves, ``serving.service.model_dir``) with user features in one of USER_FEATURES' modes;
+    return the result."""
+    if user_features not in USER_FEATURES:
+        raise ValueError(f"user_features {user_features!r}: one of {USER_FEATURES}")
     from feature_repo.online import online_features
     from feature_repo.store import get_store
 
@@ -444,7 +504,7 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     base_path = lake.ranker("base", seed).predictions
     base_all = read_predictions(lake, "base", seed, test) if base_path.exists() else None
     plan = plan_replay(samples, test, period_seconds=cfg.stats.snapshot_seconds,
-                       max_test_rows=cap)
+                       max_test_rows=cap, rows=rows)
     rows = plan.test.column("row").to_numpy()
     trained = read_table(lake.training_items, TRAINING_ITEMS).to_pylist()
     trained_items = {int(r["item_id"]): r for r in trained}
@@ -467,6 +527,8 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
             live.feed(step.events)
             for k in step.test_rows:
                 row = test.slice(int(rows[k]), 1).to_pylist()[0]
+                if user_features == "per_row":
+                    push_user_row(store, row)
                 online[k] = live.rank(int(row["user_id"]), int(row["item_id"]))
                 seen = online_features(store, int(row["user_id"]), [int(row["item_id"])])
                 differences[k] = feature_differences(row, seen.sequence, seen.items,
@@ -475,6 +537,7 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
                      None if base_all is None else base_all[rows],
                      cfg.stats.bucket_labels(), differences)
     result.update({"variant": variant, "seed": seed, "max_test_rows": cap,
+                   "user_features": user_features, "rows_selected": rows,
                    "items_onboarded": len(onboarded), "events_replayed":
                    int(sum(s.events.num_rows for s in plan.steps)),
                    "seconds": round(time.perf_counter() - began, 1), "run": str(lake.root)})

@@ -67,13 +67,14 @@ def test_the_plan_starts_at_the_first_valid_event_and_onboards_items_where_first
     assert plan.before.column("event_timestamp").to_pylist() == sorted(
         plan.before.column("event_timestamp").to_pylist())
     day = (int(T0.timestamp()) // DAY)
-    assert [s.period for s in plan.steps] == [day + 2, day + 3, day + 4]
-    # day 2: the valid event, user 1's late train event, item 3 first seen
-    assert [s.events.num_rows for s in plan.steps] == [3, 3, 1]
-    assert [s.new_items for s in plan.steps] == [[3], [4], []]
+    # one step per period with test rows: day 2 (the valid event, user 1's later train event,
+    # item 3 first seen; nothing to score) goes into day 3's file
+    assert [s.period for s in plan.steps] == [day + 3, day + 4]
+    assert [s.events.num_rows for s in plan.steps] == [6, 1]
+    assert [s.new_items for s in plan.steps] == [[3, 4], []]
     # test rows in time order: (1,4) 3.2, (2,4) 3.3, (2,1) 3.6, (1,3) 4.5
     assert plan.test.column("row").to_pylist() == [1, 2, 0, 3]
-    assert [s.test_rows.tolist() for s in plan.steps] == [[], [0, 1, 2], [3]]
+    assert [s.test_rows.tolist() for s in plan.steps] == [[0, 1, 2], [3]]
     assert plan.test_rows_total == 4
 
 
@@ -81,8 +82,16 @@ def test_the_cap_keeps_the_first_test_rows_and_stops_the_events_after_the_last()
     plan = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
                        max_test_rows=2)
     assert plan.test.column("row").to_pylist() == [1, 2]
-    assert [s.events.num_rows for s in plan.steps] == [3, 2]  # up to day 3.3 only
+    assert [s.events.num_rows for s in plan.steps] == [5]  # up to day 3.3 only
     assert plan.test_rows_total == 4
+
+
+def test_new_items_rows_are_those_of_items_without_a_training_event() -> None:
+    plan = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
+                       max_test_rows=0, rows="new_items")
+    assert plan.test.column("item_id").to_pylist() == [4, 4, 3]
+    assert [s.test_rows.tolist() for s in plan.steps] == [[0, 1], [2]]
+    assert [s.new_items for s in plan.steps] == [[3, 4], []]
 
 
 def test_a_run_without_held_back_events_is_refused() -> None:
