@@ -112,12 +112,13 @@ def cmd_serve(args: argparse.Namespace) -> Any:
 def _onboarder(cfg: Config, *, required: bool = False) -> Any:
     """The run's Onboarder for the served model; the service runs without POST /items (a
     warning says why) when it cannot be loaded, ``items add`` fails."""
-    from saviorrec.onboard import Onboarder, served_rqvae_version
     from serving.service import model_dir
 
-    try:
+    try:  # a [serve]-only host has no torch: the service then runs without POST /items
+        from saviorrec.onboard import Onboarder, served_rqvae_version
+
         return Onboarder.load(cfg, served_version=served_rqvae_version(model_dir(cfg)))
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (ImportError, FileNotFoundError, ValueError, RuntimeError) as e:
         if required:
             raise
         log.warning("POST /items is off: cannot load the onboarding models: %s", e)
