@@ -202,10 +202,13 @@ def training_rows(spark: SparkSession, samples: DataFrame, sequences: DataFrame,
             yield add_stats(batch, local, ttl_micros)
 
     schema = f"{TRAINING_SAMPLES.spark_ddl()}, `split` STRING"
-    # Spread the lookups over spark.shuffle_partitions tasks: a small samples file is one input
-    # split, and a join that Spark turns into a broadcast keeps that single partition (measured:
-    # 100k samples in one task on local[2]).
-    joined = joined_rows(samples, sequences, item_pv).repartition(partitions)
+    # Spread the samples over spark.shuffle_partitions before the join: a small samples file is
+    # one input split, and a join that Spark turns into a broadcast keeps that single partition
+    # (measured: 100k samples in one task on local[2]). Repartitioning the joined rows instead
+    # shuffles the sequences twice: 1M samples, join and write 232 / 172 s against 120 / 96 s
+    # this way (two rounds each, alternated, local[2] under a load average of ~12;
+    # benchmarks/results/training_set_spark_repartition_ab.json).
+    joined = joined_rows(samples.repartition(partitions), sequences, item_pv)
     return joined.mapInArrow(with_stats, schema), index
 
 
