@@ -453,6 +453,15 @@ class LiveSystem:
         return float(answer["items"][0]["score"])
 
 
+def _plain(value: Any) -> Any:
+    """json.dumps' fallback for numpy values left in a result."""
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
 def push_user_row(store: Any, row: dict[str, Any]) -> None:
     """Write a training row's user sequence and statistics to the online user_sequence view
     (the ``per_row`` mode: what a right user-feature stream would hold at the row's time)."""
@@ -480,7 +489,7 @@ def replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     result["user_features_as_of_start"] = {k: start[k] for k in (
         "online_auc", "offline_auc", "skew_auc", "rows", "rows_score_diff_gt_1e-4",
         "max_abs_score_diff", "score_diff_reasons", "new_items", "seconds")}
-    return result
+    return json.loads(json.dumps(result, default=_plain))
 
 
 def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
