@@ -514,7 +514,7 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     base_all = read_predictions(lake, "base", seed, test) if base_path.exists() else None
     plan = plan_replay(samples, test, period_seconds=cfg.stats.snapshot_seconds,
                        max_test_rows=cap, rows=rows)
-    rows = plan.test.column("row").to_numpy()
+    positions = plan.test.column("row").to_numpy()  # in the test split
     trained = read_table(lake.training_items, TRAINING_ITEMS).to_pylist()
     trained_items = {int(r["item_id"]): r for r in trained}
     catalogue = read_table(lake.items, ITEMS)
@@ -535,15 +535,15 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
                 onboarded += live.onboard(new)["added"]
             live.feed(step.events)
             for k in step.test_rows:
-                row = test.slice(int(rows[k]), 1).to_pylist()[0]
+                row = test.slice(int(positions[k]), 1).to_pylist()[0]
                 if user_features == "per_row":
                     push_user_row(store, row)
                 online[k] = live.rank(int(row["user_id"]), int(row["item_id"]))
                 seen = online_features(store, int(row["user_id"]), [int(row["item_id"])])
                 differences[k] = feature_differences(row, seen.sequence, seen.items,
                                                      trained_items.get(int(row["item_id"])))
-    result = compare(plan, online, offline_all[rows],
-                     None if base_all is None else base_all[rows],
+    result = compare(plan, online, offline_all[positions],
+                     None if base_all is None else base_all[positions],
                      cfg.stats.bucket_labels(), differences)
     result.update({"variant": variant, "seed": seed, "max_test_rows": cap,
                    "user_features": user_features, "rows_selected": rows,
