@@ -86,16 +86,20 @@ class SaviorEnc(nn.Module):
         self.norm = nn.LayerNorm(c.width)
         self.head = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.dim))
         self.register_buffer("center", torch.zeros(c.dim))  # set_center: the catalogue's mean z
+        self._centred = False  # center is not zero: forward subtracts it and normalises again
 
     def set_center(self, mean_z: torch.Tensor) -> None:
         """Centre z on ``mean_z`` [d], the mean of the uncentred z over the catalogue."""
         self.center.copy_(mean_z.to(self.center))
+        self._centred = bool(self.center.any())
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
         """Checkpoints saved before centring existed have no ``center``: they load uncentred."""
         if "center" not in state_dict:
             state_dict = {**state_dict, "center": torch.zeros_like(self.center)}
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._centred = bool(self.center.any())
+        return result
 
     def forward(self, *, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
                 image_present: torch.Tensor) -> torch.Tensor:
@@ -113,7 +117,9 @@ class SaviorEnc(nn.Module):
             keeps.append(keep)
         h = self.fusion(torch.cat(parts, 1), src_key_padding_mask=~torch.cat(keeps, 1))
         z = F.normalize(self.head(self.norm(h[:, 0])), dim=-1)
-        return F.normalize(z - self.center, dim=-1)
+        # A zero centre leaves z bit for bit as it was (normalising a unit vector again moves it
+        # by up to ~2e-7, enough to change a sensitive RQ-VAE's codes).
+        return F.normalize(z - self.center, dim=-1) if self._centred else z
 
 
 def encoder_model_config(cfg: Config, modalities: tuple[str, ...]) -> SaviorEncConfig:

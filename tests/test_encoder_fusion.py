@@ -98,3 +98,17 @@ def test_centring_removes_the_catalogue_mean_and_survives_the_checkpoint(tmp_pat
     old.load_state_dict(state)
     with torch.no_grad():
         assert torch.allclose(old(**x), raw, atol=1e-6)
+
+
+def test_a_zero_centre_leaves_z_bit_for_bit() -> None:
+    model, x = _model().eval(), _inputs(n=64)
+    seen = []
+    model.head.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        z = model(**x)
+        # z as computed before centring existed: the head's output, normalised once
+        assert torch.equal(z, torch.nn.functional.normalize(seen[-1], dim=-1))
+        model.set_center(z.mean(dim=0))
+        assert not torch.equal(model(**x), z)
+        model.set_center(torch.zeros(CFG.dim))
+        assert torch.equal(model(**x), z)
