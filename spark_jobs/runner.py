@@ -26,7 +26,7 @@ from pyspark.sql import SparkSession
 from saviorrec.config import Config, load_config
 from saviorrec.stages import SPARK_JOB_NAMES
 from spark_jobs import coclick, item_stats, samples, sequences
-from spark_jobs.session import build_session, configure
+from spark_jobs.session import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ JOB_RUNS: dict[str, Callable[[SparkSession, Config], dict[str, Any]]] = {
     module.__name__.rpartition(".")[2]: module.run
     for module in (samples, coclick, item_stats, sequences)
 }
-RUNTIME_KEYS = ("spark.sql.session.timeZone", "spark.sql.shuffle.partitions",
-                "spark.sql.parquet.outputTimestampType")
 
 
 def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[str, Any]:
@@ -50,23 +48,14 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
     unknown = sorted(set(jobs) - set(JOBS))
     if unknown:
         raise ValueError(f"unknown Spark job(s) {unknown}; choose from {list(JOBS)}")
-    active = SparkSession.getActiveSession()
-    if active is not None and master is not None and active.sparkContext.master != master:
-        raise ValueError(
-            f"a SparkSession on {active.sparkContext.master!r} is already active in this process; "
-            f"cannot run on {master!r} (stop it first or run through spark-submit)"
-        )
     started = time.perf_counter()
-    spark = active or build_session(cfg.spark, master)
-    previous = {key: spark.conf.get(key, None) for key in RUNTIME_KEYS}
-    configure(spark, cfg.spark)
-    result: dict[str, Any] = {
-        "master": spark.sparkContext.master,
-        "spark_version": spark.version,
-        "startup_seconds": round(time.perf_counter() - started, 3),
-        "jobs": {},
-    }
-    try:
+    with session_scope(cfg.spark, master) as spark:
+        result: dict[str, Any] = {
+            "master": spark.sparkContext.master,
+            "spark_version": spark.version,
+            "startup_seconds": round(time.perf_counter() - started, 3),
+            "jobs": {},
+        }
         for job in (j for j in JOBS if j in jobs):
             t0 = time.perf_counter()
             log.info("spark job %s on %s", job, result["master"])
@@ -74,15 +63,6 @@ def run_jobs(cfg: Config, jobs: list[str], master: str | None = None) -> dict[st
             out = {"seconds": round(time.perf_counter() - t0, 3), **out}
             out.setdefault("bad_rows", {})
             result["jobs"][job] = out
-    finally:
-        if active is None:
-            spark.stop()
-        else:  # leave a borrowed session as it was
-            for key, value in previous.items():
-                if value is None:
-                    spark.conf.unset(key)
-                else:
-                    spark.conf.set(key, value)
     result["total_seconds"] = round(time.perf_counter() - started, 3)
     return result
 
