@@ -8,6 +8,7 @@ as a timestamp by some readers, and nanoseconds are refused by Spark and duckdb)
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -69,6 +70,10 @@ def build_session(spark_cfg: SparkConfig, master: str | None = None) -> SparkSes
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")
     )
+    if master.startswith("local"):
+        # Python workers (the training set's as-of lookup) run this interpreter, whose
+        # environment has the project's packages, not whatever `python3` is first on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     if LOG4J2.is_file():
         builder = builder.config("spark.driver.extraJavaOptions",
                                  f"-Dlog4j2.configurationFile={LOG4J2.as_uri()}")

@@ -64,6 +64,9 @@ def spark() -> Iterator[object]:
     """One local SparkSession for the whole test session (start-up is slow)."""
     from pyspark.sql import SparkSession
 
+    # Python workers run the tests' interpreter (the venv's packages), whatever PATH holds.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
     session = (
         SparkSession.builder.master("local[2]")
         .appName("saviorrec-tests")
