@@ -91,16 +91,15 @@ def per_batch_hooks(callback: keras.callbacks.Callback) -> list[str]:
     return [n for n in ASYNC_BREAKING_HOOKS if not utils.is_default(getattr(callback, n))]
 
 
-def epoch_tensorboard(log_dir: str) -> keras.callbacks.Callback:
+class EpochTensorBoard(keras.callbacks.TensorBoard):
     """Keras's TensorBoard writing epoch summaries only (no per-batch scalars, graph or trace).
 
-    Its per-batch hook writes batch scalars and the graph; turned back to the default it leaves
-    the epoch summaries (``update_freq="epoch"``), which are what the run's logs keep.
+    Its per-batch hooks write batch scalars and the graph; turned back to the defaults they
+    leave the epoch summaries (``update_freq="epoch"``), which are what the run's logs keep.
     """
 
-    class EpochTensorBoard(keras.callbacks.TensorBoard):
-        on_train_batch_begin = keras.callbacks.Callback.on_train_batch_begin
-        on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
+    on_train_batch_begin = keras.callbacks.Callback.on_train_batch_begin
+    on_train_batch_end = keras.callbacks.Callback.on_train_batch_end
 
-    return EpochTensorBoard(log_dir=log_dir, update_freq="epoch", write_graph=False,
-                            profile_batch=0)
+    def __init__(self, log_dir: str) -> None:
+        super().__init__(log_dir=log_dir, update_freq="epoch", write_graph=False, profile_batch=0)

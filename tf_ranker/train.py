@@ -44,9 +44,9 @@ from saviorrec.schema import PREDICTIONS, SPLITS
 from tf_ranker.batches import RankerBatches, data_placement
 from tf_ranker.callbacks import (
     BestWeightsCheckpoint,
+    EpochTensorBoard,
     StepProgbarLogger,
     StopOnNaN,
-    epoch_tensorboard,
 )
 from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
@@ -221,7 +221,7 @@ def _callbacks(out: RankerFiles, patience: int) -> list[keras.callbacks.Callback
     ]
     # Keras writes TensorBoard events through tf.summary, which needs both packages.
     if all(importlib.util.find_spec(m) for m in ("tensorflow", "tensorboard")):
-        callbacks.append(epoch_tensorboard(str(out.logs)))
+        callbacks.append(EpochTensorBoard(str(out.logs)))
     return callbacks
 
 
