@@ -92,6 +92,22 @@ def test_direct_redis_reader_equals_feast(client: TestClient, served: Served) ->
                 assert got == (pytest.approx(value) if isinstance(value, list | float) else value)
 
 
+def test_direct_reader_item_keys_are_feasts(client: TestClient) -> None:
+    """The reader builds item keys from a template; Feast's serializer is the expectation."""
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    service = client.app.state.service
+    direct, config = service.reader.direct, service.reader.store.config
+    assert direct._item_layout is not None
+    for item in (0, 1, 7, 40, 777, 2**31, 2**63 - 1, -1, -(2**63)):
+        entity = EntityKey(join_keys=["item_id"], entity_values=[Value(int64_val=item)])
+        expected = serialize_entity_key(
+            entity, entity_key_serialization_version=config.entity_key_serialization_version)
+        assert direct._item_key(item) == expected + config.project.encode()
+
+
 def test_feast_reader_gives_the_same_scores(client: TestClient, served: Served) -> None:
     via_feast = TestClient(create_app(served.cfg.with_overrides(serving={"online_reader": "feast"})))
     body = {"user_id": 4, "item_ids": [2, 9, 33, *COLD, *UNKNOWN]}
