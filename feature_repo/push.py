@@ -40,17 +40,22 @@ from feast.infra.online_stores.helpers import _mmh3, compute_table_id, compute_v
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
 from feast.protos.feast.types.Value_pb2 import Value
 
-from feature_repo.definitions import ITEM_KEY, ITEM_MULTIMODAL_PUSH, ITEM_STATS_PUSH
+from feature_repo.definitions import ITEM_KEY, ITEM_MULTIMODAL_PUSH, ITEM_STATS_PUSH, USER_KEY
 from feature_repo.fields import feature_names
 from feature_repo.online import redis_errors, sqlite_file
 from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path, read_table
-from saviorrec.schema import ITEM_MULTIMODAL, ITEM_STATS, Table
+from saviorrec.schema import ITEM_MULTIMODAL, ITEM_STATS, SEQUENCES, Table
 
 log = logging.getLogger(__name__)
 
 PUSH_SOURCES = {"item_multimodal": ITEM_MULTIMODAL_PUSH, "item_stats": ITEM_STATS_PUSH}
 VIEW_TABLES = {"item_multimodal": ITEM_MULTIMODAL, "item_stats": ITEM_STATS}
+# What OnlineSnapshot can take: view -> (its table, its join key). user_sequence for the replay
+# (saviorrec/replay.py), which writes user rows and puts them back.
+SNAPSHOT_VIEWS: dict[str, tuple[Table, str]] = {
+    **{view: (table, ITEM_KEY) for view, table in VIEW_TABLES.items()},
+    "user_sequence": (SEQUENCES, USER_KEY)}
 
 
 def offline_source(cfg: Config, view: str) -> Path:
@@ -106,24 +111,29 @@ class OfflineWrites:
         self._backups.clear()
 
 
-def _entity_key(store: FeatureStore, item_id: int) -> bytes:
-    key = EntityKey(join_keys=[ITEM_KEY], entity_values=[Value(int64_val=int(item_id))])
+def _entity_key(store: FeatureStore, entity_id: int, join_key: str = ITEM_KEY) -> bytes:
+    key = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=int(entity_id))])
     return serialize_entity_key(
         key, entity_key_serialization_version=store.config.entity_key_serialization_version)
 
 
 class OnlineSnapshot:
-    """The online fields of some items in some views, as they were, to write back on failure."""
+    """The online fields of some entities (items, or users) in some views (SNAPSHOT_VIEWS, all
+    of one join key), as they were, to write back on failure."""
 
-    def __init__(self, store: FeatureStore, item_ids: list[int], views: tuple[str, ...]) -> None:
-        self.store, self.item_ids, self.views = store, [int(i) for i in item_ids], views
+    def __init__(self, store: FeatureStore, entity_ids: list[int], views: tuple[str, ...]) -> None:
+        keys = {SNAPSHOT_VIEWS[v][1] for v in views}
+        if len(keys) != 1:
+            raise ValueError(f"views {views}: one join key per snapshot, these have {sorted(keys)}")
+        self.store, self.entity_ids, self.views = store, [int(i) for i in entity_ids], views
+        self.join_key = keys.pop()
         self._redis: list[tuple[bytes, dict[bytes, bytes | None]]] = []
         self._sqlite: dict[str, list[tuple[Any, ...]]] = {}
 
     @classmethod
-    def take(cls, store: FeatureStore, item_ids: list[int],
+    def take(cls, store: FeatureStore, entity_ids: list[int],
              views: tuple[str, ...] = tuple(PUSH_SOURCES)) -> OnlineSnapshot:
-        snapshot = cls(store, item_ids, views)
+        snapshot = cls(store, entity_ids, views)
         with redis_errors(store):
             if store.config.online_store.type == "sqlite":
                 snapshot._take_sqlite()
@@ -142,15 +152,15 @@ class OnlineSnapshot:
         fields = []
         for view in self.views:
             name = compute_versioned_name(self.store.get_feature_view(view), versioning)
-            fields += [_mmh3(f"{name}:{n}") for n in feature_names(VIEW_TABLES[view],
-                                                                   keys=(ITEM_KEY,))]
+            table, key = SNAPSHOT_VIEWS[view]
+            fields += [_mmh3(f"{name}:{n}") for n in feature_names(table, keys=(key,))]
             fields.append(f"_ts:{name}".encode())
         return fields
 
     def _take_redis(self) -> None:
         client, fields = self._redis_client(), self._fields()
         project = self.store.config.project.encode()
-        keys = [_entity_key(self.store, i) + project for i in self.item_ids]
+        keys = [_entity_key(self.store, i, self.join_key) + project for i in self.entity_ids]
         with client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hmget(key, fields)
@@ -169,7 +179,7 @@ class OnlineSnapshot:
 
     def _take_sqlite(self) -> None:
         path, tables = self._sqlite_target()
-        keys = [_entity_key(self.store, i) for i in self.item_ids]
+        keys = [_entity_key(self.store, i, self.join_key) for i in self.entity_ids]
         marks = ",".join("?" * len(keys))
         with closing(sqlite3.connect(path)) as conn:
             existing = {r[0] for r in conn.execute(
@@ -184,7 +194,7 @@ class OnlineSnapshot:
         with redis_errors(self.store):
             if self.store.config.online_store.type == "sqlite":
                 path, tables = self._sqlite_target()
-                keys = [_entity_key(self.store, i) for i in self.item_ids]
+                keys = [_entity_key(self.store, i, self.join_key) for i in self.entity_ids]
                 marks = ",".join("?" * len(keys))
                 with closing(sqlite3.connect(path)) as conn, conn:
                     for table in tables.values():

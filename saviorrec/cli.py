@@ -136,16 +136,15 @@ def cmd_replay(args: argparse.Namespace) -> Any:
     from pathlib import Path
 
     from saviorrec.metrics import update_metrics
-    from saviorrec.replay import RESULTS, replay
+    from saviorrec.replay import RESULTS, replay, replay_entry
     from serving.service import model_dir
 
     cfg = _config(args)
     result = replay(cfg, model_dir(cfg), max_test_rows=args.max_test_rows, port=args.port,
-                    rows=args.rows)
-    # --rows new_items measures the cold-start rows only: it fills replay.new_items
-    key = "replay" if args.rows == "first" else "replay.new_items"
-    update_metrics(Path(args.results) if args.results else RESULTS, key,
-                   result if args.rows == "first" else {**result["new_items"], "run": result})
+                    rows=args.rows, online_store=args.online_store)
+    path = Path(args.results) if args.results else RESULTS
+    previous = json.loads(path.read_text()).get("replay") if path.exists() else None
+    update_metrics(path, "replay", replay_entry(previous, result))
     return {k: v for k, v in result.items() if k != "differing_rows"}
 
 
@@ -243,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test rows scored: the first in time (writes 'replay'), or only those "
                    "of items without a training event (writes 'replay.new_items')")
     p.add_argument("--port", type=int, default=None, help="the replay service's port")
+    p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
+                   help="the replay's own online store: a fresh sqlite file (local profile) or "
+                   "a redis-server it starts (production profile; redis-server on PATH)")
     p.add_argument("--results", default=None,
                    help="JSON file whose 'replay' key is written (default: "
                    "benchmarks/results/live_coldstart.json)")

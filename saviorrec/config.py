@@ -419,8 +419,13 @@ class ReplayConfig(_Frozen):
     # `saviorrec replay` (saviorrec/replay.py): the held-back period through the live system.
     # Test rows scored, the first ones in time order (0: every one); the cap is in the output.
     max_test_rows: int = Field(2000, ge=0)
-    # Seconds to wait for the service to be ready, a stream batch to commit or an answer.
+    # Seconds to wait for the service to be ready (the SavedModel, the onboarding models and the
+    # store loaded) or for one HTTP answer (POST /items embeds a step's new items).
     timeout_s: float = Field(300.0, gt=0)
+    # Seconds to wait for the stream to commit one event file. A micro-batch takes 2-7 s on two
+    # shared cores, but Spark compacts the file source's log every 10 batches, once measured at
+    # 95 s on a loaded machine: a wait shorter than that fails a long replay for nothing.
+    batch_timeout_s: float = Field(900.0, gt=0)
 
 
 class RunConfig(_Frozen):

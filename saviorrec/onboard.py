@@ -12,7 +12,7 @@ before its first event) unless the store already has statistics for it.
   ``rqvae_version``), and must have been trained on the SaviorEnc on disk; else refused naming
   both.
 - Idempotent: an item whose id is known with the same content (title, genres, overview, poster
-  path; the catalogue's items.parquet or an earlier onboarding, kept in Lake.onboarded_items)
+  path, tags; the catalogue's items.parquet or an earlier onboarding, kept in Lake.onboarded_items)
   is left as it is; an id known with other content refuses the whole request, naming it.
 - Atomic: everything is computed and the online store read (a store that is down fails here,
   named) before the first write; the offline writes are undone and the online fields put back
@@ -66,7 +66,7 @@ from saviorrec.schema import ITEM_MULTIMODAL, ITEM_STAT_DEFAULTS, ITEM_STATS, IT
 
 log = logging.getLogger(__name__)
 
-CONTENT = ("title", "genres", "overview", "image_path")  # what "the same item" compares
+CONTENT = ("title", "genres", "tags", "overview", "image_path")  # what "the same item" compares
 SHOWN = 5  # conflicting ids named in a refusal
 
 
@@ -234,7 +234,7 @@ class Onboarder:
                 snapshot.restore()
             except Exception as e:  # noqa: BLE001 (the first error is the one to raise)
                 log.error("online rows of items %s could not be put back: %s",
-                          snapshot.item_ids[:SHOWN], e)
+                          snapshot.entity_ids[:SHOWN], e)
             offline.rollback()
             raise
         offline.commit()

@@ -10,14 +10,16 @@ set, the served model's export and test predictions, the Feast repository applie
    count them all), one file per snapshot period (``stats.snapshot_cadence``); the test rows of
    the training set (``Lake.training("test")``) are scored in time order, the first
    ``replay.max_test_rows`` of them (0: all; the cap is written in the output).
-2. **Live system** (:func:`run_replay`): a fresh online store (local profile: a new sqlite
-   file) holding the warm items' multimodal rows and the users' sequence rows as of the start;
+2. **Live system** (:func:`run_replay`): a fresh online store (``online_store``: a new sqlite
+   file, the local profile; or a redis-server of the replay's own, the production profile)
+   holding the warm items' multimodal rows and the users' sequence rows as of the start;
    ``saviorrec stream item-stats`` running over the replay's inbox, first fed the events before
    the start (so it holds the batch job's statistics as of the start); ``saviorrec serve`` with
    POST /items and no item cache (``serving.item_cache_ttl_s: 0``). Per period P: onboard the
    items first seen in P (POST /items), drop P's events in the inbox and wait until the stream
    has committed them (its clock is then P: a row stamped P counts events strictly before P, so
-   the events of P cannot leak into P's rows), then POST /rank each test row of P, alone.
+   the events of P cannot leak into P's rows), then score P's test rows: one POST /rank per
+   user and distinct user row (:func:`rounds`), every candidate of it at once.
 3. **Compare** (:func:`compare`, pure): online scores against the offline evaluation of the same
    model on the same rows (the run's ``predictions_test.parquet`` of the exported variant and
    seed): AUC of each, their difference, per PV bucket, the rows whose scores differ by more
@@ -26,7 +28,8 @@ set, the served model's export and test predictions, the Feast repository applie
 
 User features, the known skew. The service reads each user's sequence and statistics from
 the online store; nothing in the live loop updates them yet (no user stream job, no push source
-for the user_sequence view). Two modes (``USER_FEATURES``), both run by :func:`replay`:
+for the user_sequence view). Two modes (``USER_FEATURES``), both scored in the one pass of
+:func:`run_replay` (the stream and onboarding are the same for both; only the user rows differ):
 
 - ``per_row``: before each test row is scored, its own training row's sequence and user
   statistics are written to the online store (``write_to_online_store``): a stand-in for a
@@ -46,11 +49,14 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -106,7 +112,8 @@ class ReplayPlan:
     before: pa.Table  # EVENTS before the start (all train): the stream's first file
     steps: list[Step]
     test: pa.Table  # the scored test rows (TEST_COLUMNS + "row": position in the test split)
-    test_rows_total: int  # test rows in the split, before the cap
+    test_rows_total: int  # test rows in the split
+    selected_rows: int  # of those, the rows of the selection (ROW_SELECTIONS), before the cap
 
 
 def _seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -114,6 +121,7 @@ def _seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
 
 
 ROW_SELECTIONS = ("first", "new_items")
+ONLINE_STORES = ("sqlite", "redis")  # the local profile's store; the production profile's
 
 
 def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
@@ -153,6 +161,7 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
     if rows == "new_items":
         cold = ~np.isin(test_table.column("item_id").to_numpy(), warm)
         t_order = t_order[cold[t_order]]
+    selected = len(t_order)
     if max_test_rows:
         t_order = t_order[:max_test_rows]
     test_table = test_table.take(pa.array(t_order))
@@ -178,7 +187,8 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
                           np.flatnonzero(t_periods == period)))
         fed_before = period
     return ReplayPlan(datetime.fromtimestamp(start_us / 1e6, UTC), warm,
-                      events.filter(pa.array(before_mask)), steps, test_table, test.num_rows)
+                      events.filter(pa.array(before_mask)), steps, test_table, test.num_rows,
+                      selected)
 
 
 # --- the comparison (pure) ---------------------------------------------------------------------
@@ -228,7 +238,8 @@ def compare(plan: ReplayPlan, online: np.ndarray, offline: np.ndarray, base: np.
         "skew_auc": online_auc - offline_auc,
         "rows": int(test.num_rows),
         "rows_in_test_split": plan.test_rows_total,
-        "capped": plan.test_rows_total > test.num_rows,
+        "rows_selected_before_cap": plan.selected_rows,
+        "capped": plan.selected_rows > test.num_rows,
         "rows_score_diff_gt_1e-4": int(differing.size),
         "max_abs_score_diff": float(diff.max()) if diff.size else 0.0,
         "score_diff_reasons": reasons,
@@ -248,7 +259,9 @@ def feature_differences(row: dict[str, Any], sequence: Any, items: dict[int, dic
                         trained_item: dict[str, Any] | None, *, rtol: float = 1e-6) -> str:
     """The features of one test row that the online store gave otherwise than the training
     row (``row``, TRAINING_SAMPLES) and the training items table (``trained_item``: its
-    embedding and semantic ids) hold: "" when every one checked is equal. ``sequence`` and
+    embedding and semantic ids) hold: "" when every one checked is equal. Semantic ids are two
+    findings: "semantic codes" (one of the L codes, which MBA reads) and "disambiguation index"
+    (only the last id, which keeps ids unique and which no ranker reads). ``sequence`` and
     ``items`` are what ``feature_repo.online.online_features`` read at the row's turn."""
     def close(a: Any, b: Any) -> bool:
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
@@ -263,8 +276,11 @@ def feature_differences(row: dict[str, Any], sequence: Any, items: dict[int, dic
     if trained_item is not None:
         if not close(item["embedding"], trained_item["embedding"]):
             found.append("embedding")
-        if list(item["semantic_ids"]) != list(trained_item["semantic_ids"]):
-            found.append("semantic_ids")
+        online_ids, trained_ids = list(item["semantic_ids"]), list(trained_item["semantic_ids"])
+        if online_ids[:-1] != trained_ids[:-1]:
+            found.append("semantic codes")
+        elif online_ids != trained_ids:  # the last id only: no ranker reads it (MBA: L codes)
+            found.append("disambiguation index")
     seq = [int(i) for i in sequence.item_ids]
     if seq != [int(i) for i in row["seq_item_ids"]]:
         found.append("sequence")
@@ -315,20 +331,22 @@ def _link(target: Path, link: Path) -> None:
 
 
 def build_world(cfg: Config, plan: ReplayPlan, work: Path, port: int,
-                model: Path) -> tuple[Config, Path]:
+                model: Path, *, online_store: str = "sqlite") -> tuple[Config, Path]:
     """The replay's own run folder ``work``: the run as it stood at the start, seen by the
-    live system. Items and their multimodal rows of the warm items only (so that onboarding
+    live system (``work`` is new or empty). Items and their multimodal rows of the warm items only (so that onboarding
     adds the new ones), the run's models, export, Spark outputs and tower cache linked, a fresh
-    local Feast store holding the warm items' multimodal rows and the users' sequence rows as
-    of the start. Returns (config, its file)."""
+    Feast store holding the warm items' multimodal rows and the users' sequence rows as of the
+    start: ``online_store`` sqlite (the local profile) or redis (the production profile, over
+    the empty Redis that ``$feast.redis_env`` names: :func:`private_redis`). Returns (config,
+    its file)."""
+    if online_store not in ONLINE_STORES:
+        raise ValueError(f"online_store {online_store!r}: one of {ONLINE_STORES}")
     from feature_repo.store import apply, get_store
 
     run = Lake.from_config(cfg)
-    if work.exists():
-        shutil.rmtree(work)
     world_cfg = cfg.with_overrides(
         run={"root": str(work.resolve()), "name": f"{cfg.run.name}-replay"},
-        feast={"profile": "local"},
+        feast={"profile": "local" if online_store == "sqlite" else "production"},
         serving={"item_cache_ttl_s": 0.0, "host": "127.0.0.1", "port": port,
                  "model_dir": str(model.resolve())},
         onboard={"in_service": True})
@@ -356,12 +374,56 @@ def build_world(cfg: Config, plan: ReplayPlan, work: Path, port: int,
     return world_cfg, config_file
 
 
+@contextmanager
+def private_redis(cfg: Config, work: Path) -> Iterator[str]:
+    """A redis-server of the replay's own (loopback, a free port, no persistence, its files in
+    ``work``), named in ``$feast.redis_env`` for this process and the ones it starts, so that
+    the replay never writes to another store. Yields its URL; stopped on exit."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise FileNotFoundError("the replay over Redis needs redis-server on PATH "
+                                "(apt-get install redis-server)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    work.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                                "--appendonly", "no", "--dir", str(work)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, env = f"redis://127.0.0.1:{port}/0", cfg.feast.redis_env
+    before = os.environ.get(env)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server on port {port} did not start")
+            time.sleep(0.05)
+        os.environ[env] = url
+        yield url
+    finally:
+        if before is None:
+            os.environ.pop(env, None)
+        else:
+            os.environ[env] = before
+        process.terminate()
+        process.wait(10)
+
+
 class LiveSystem:
     """``saviorrec stream item-stats`` and ``saviorrec serve`` over the replay's run, as the
-    production processes (each its own process group, stopped with SIGTERM then SIGKILL)."""
+    production processes (each its own process group, stopped with SIGTERM then SIGKILL).
 
-    def __init__(self, cfg: Config, config_file: Path, *, timeout_s: float) -> None:
-        self.cfg, self.config_file, self.timeout_s = cfg, config_file, timeout_s
+    Waits, each failing with a TimeoutError that names what it waited for: the service's
+    /readyz and each HTTP answer (``replay.timeout_s``), the stream's commit of one event file
+    (``replay.batch_timeout_s``)."""
+
+    POLL_S = 0.05  # a committed batch is seen within this
+
+    def __init__(self, cfg: Config, config_file: Path) -> None:
+        self.cfg, self.config_file = cfg, config_file
         self.lake = Lake.from_config(cfg)
         self.url = f"http://127.0.0.1:{cfg.serving.port}"
         self.files_fed = 0
@@ -377,7 +439,12 @@ class LiveSystem:
                     [sys.executable, "-m", "saviorrec.cli", *args, "--config",
                      str(self.config_file)],
                     stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)))
-        self._wait(lambda: self._get("/readyz") == 200, "the service's /readyz")
+        try:
+            self._wait(lambda: self._get("/readyz") == 200, "the service's /readyz",
+                       self.cfg.replay.timeout_s, "replay.timeout_s")
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -391,17 +458,17 @@ class LiveSystem:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
 
-    def _wait(self, done: Any, what: str) -> None:
-        deadline = time.monotonic() + self.timeout_s
+    def _wait(self, done: Any, what: str, timeout_s: float, setting: str) -> None:
+        deadline = time.monotonic() + timeout_s
         while not done():
             for name, process in self.processes:
                 if process.poll() is not None:
                     raise RuntimeError(f"the {name} process exited ({process.returncode}) while "
                                        f"waiting for {what}: see {self.lake.root / 'logs'}")
             if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not after {self.timeout_s} s "
-                                   f"(replay.timeout_s); see {self.lake.root / 'logs'}")
-            time.sleep(0.2)
+                raise TimeoutError(f"{what}: not after {timeout_s:g} s ({setting}); see "
+                                   f"{self.lake.root / 'logs'}")
+            time.sleep(self.POLL_S)
 
     def _get(self, path: str) -> int:
         try:
@@ -413,11 +480,15 @@ class LiveSystem:
     def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         request = urllib.request.Request(self.url + path, data=json.dumps(body).encode(),
                                          headers={"Content-Type": "application/json"})
+        timeout_s = self.cfg.replay.timeout_s
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())
         except urllib.error.HTTPError as e:
             raise RuntimeError(f"POST {path} answered {e.code}: {e.read()[:500]!r}") from None
+        except TimeoutError:
+            raise TimeoutError(f"POST {path}: no answer after {timeout_s:g} s "
+                               f"(replay.timeout_s); see {self.lake.root / 'logs'}") from None
 
     def feed(self, events: pa.Table) -> None:
         """Drop one event file in the inbox (written aside, then renamed) and wait until the
@@ -439,18 +510,22 @@ class LiveSystem:
                 return int(json.loads(progress.read_text())["batch_id"]) >= batch
             except (ValueError, KeyError):
                 return False
-        self._wait(committed, f"the stream's batch {batch} ({final.name})")
+        self._wait(committed, f"the stream's micro-batch {batch} ({final.name}, "
+                   f"{events.num_rows} events) to commit", self.cfg.replay.batch_timeout_s,
+                   "replay.batch_timeout_s")
 
     def onboard(self, items: pa.Table) -> dict[str, Any]:
+        """POST /items of catalogue rows, every content field the batch encoder read."""
         records = [{"item_id": r["item_id"], "title": r["title"], "genres": r["genres"],
-                    "overview": r["overview"], "poster_path": r["image_path"]}
+                    "tags": r["tags"], "overview": r["overview"], "poster_path": r["image_path"]}
                    for r in items.to_pylist()]
         return self._post("/items", {"items": [{k: v for k, v in r.items() if v is not None}
                                                for r in records]})
 
-    def rank(self, user_id: int, item_id: int) -> float:
-        answer = self._post("/rank", {"user_id": user_id, "item_ids": [item_id]})
-        return float(answer["items"][0]["score"])
+    def rank(self, user_id: int, item_ids: list[int]) -> dict[int, float]:
+        """item_id -> score of one user's candidates, in one POST /rank (ids made unique)."""
+        answer = self._post("/rank", {"user_id": user_id, "item_ids": list(dict.fromkeys(item_ids))})
+        return {int(r["item_id"]): float(r["score"]) for r in answer["items"]}
 
 
 def _plain(value: Any) -> Any:
@@ -462,47 +537,102 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON: {type(value).__name__}")
 
 
-def push_user_row(store: Any, row: dict[str, Any]) -> None:
-    """Write a training row's user sequence and statistics to the online user_sequence view
-    (the ``per_row`` mode: what a right user-feature stream would hold at the row's time)."""
+def user_rows_frame(rows: list[dict[str, Any]]) -> Any:
+    """Training rows' user sequences and statistics as user_sequence rows (one per row; the
+    ``per_row`` mode: what a right user-feature stream would hold at the row's time)."""
     import pandas as pd
 
-    frame = pd.DataFrame([{
+    return pd.DataFrame([{
         "user_id": int(row["user_id"]),
         "event_timestamp": pd.Timestamp(row["event_timestamp"]),
         "seq_item_ids": [int(i) for i in row["seq_item_ids"]], "seq_len": int(row["seq_len"]),
         **{n: (float(row[n]) if SEQUENCES.column(n).dtype.startswith("float")
-               else round(float(row[n]))) for n in USER_STAT_NUMERIC}}])
-    store.write_to_online_store("user_sequence", frame)
+               else round(float(row[n]))) for n in USER_STAT_NUMERIC}} for row in rows])
+
+
+def user_row_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    """What the per_row mode writes for a test row: rows of one user with equal keys are
+    scored together."""
+    return (tuple(int(i) for i in row["seq_item_ids"]), int(row["seq_len"]),
+            *(float(row[n]) for n in USER_STAT_NUMERIC))
+
+
+def rounds(keys: list[tuple[int, Any]]) -> list[dict[int, list[int]]]:
+    """The requests of one step: ``keys[j]`` = (user_id, user row key) of the step's j-th test
+    row, in time order. Round r maps each user to the rows of its r-th distinct user row, so a
+    round is one write of user rows (at most one per user) and then one POST /rank per user."""
+    out: list[dict[int, list[int]]] = []
+    seen: dict[int, dict[Any, int]] = {}  # user -> user row key -> its round
+    for j, (user, key) in enumerate(keys):
+        mine = seen.setdefault(user, {})
+        r = mine.setdefault(key, len(mine))
+        if r == len(out):
+            out.append({})
+        out[r].setdefault(user, []).append(j)
+    return out
+
+
+@dataclass
+class Scored:
+    """One mode's online scores and the features the store gave otherwise (per plan.test row)."""
+
+    online: np.ndarray
+    differences: list[str]
+    requests: int = 0
+
+    @classmethod
+    def empty(cls, rows: int) -> Scored:
+        return cls(np.full(rows, np.nan, np.float32), [""] * rows)
 
 
 def replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
-           port: int | None = None, rows: str = "first") -> dict[str, Any]:
-    """Both modes of USER_FEATURES: the ``replay`` result is the per_row run's, with the
-    as_of_start run's figures (and its skew) under ``user_features_as_of_start``."""
-    result = run_replay(cfg, model, max_test_rows=max_test_rows, port=port,
-                        user_features="per_row", rows=rows)
-    start = run_replay(cfg, model, max_test_rows=max_test_rows, port=port,
-                       user_features="as_of_start", rows=rows)
+           port: int | None = None, rows: str = "first",
+           online_store: str = "sqlite") -> dict[str, Any]:
+    """Both modes of USER_FEATURES in one pass: the ``replay`` result is the per_row mode's,
+    with the as_of_start mode's figures (and its skew) under ``user_features_as_of_start``."""
+    results = run_replay(cfg, model, max_test_rows=max_test_rows, port=port, rows=rows,
+                         online_store=online_store)
+    result, start = results["per_row"], results["as_of_start"]
     result["skew_auc"] = start["skew_auc"]
     result["online_minus_offline_auc"] = result["online_auc"] - result["offline_auc"]
     result["user_features_as_of_start"] = {k: start[k] for k in (
         "online_auc", "offline_auc", "skew_auc", "rows", "rows_score_diff_gt_1e-4",
-        "max_abs_score_diff", "score_diff_reasons", "new_items", "seconds")}
+        "max_abs_score_diff", "score_diff_reasons", "new_items", "rank_requests")}
     return json.loads(json.dumps(result, default=_plain))
+
+
+def replay_entry(previous: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """The results file's ``replay`` key after ``result`` (of :func:`replay`), given the one
+    there before. A ``--rows new_items`` run fills ``new_items`` only (with its whole result
+    under ``run``); a ``first`` run replaces the rest, and its own ``new_items`` too unless it
+    was capped and a new_items run had measured every new-item row."""
+    previous = dict(previous or {})
+    if result["rows_selected"] == "new_items":
+        return {**previous, "new_items": {**result["new_items"], "run": result}}
+    kept = previous.get("new_items", {})
+    if result["capped"] and kept.get("run", {}).get("rows_selected") == "new_items":
+        return {**result, "new_items": kept}
+    return result
 
 
 def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
                work: Path | None = None, port: int | None = None,
-               user_features: str = "per_row", rows: str = "first") -> dict[str, Any]:
+               user_features: tuple[str, ...] = USER_FEATURES,
+               rows: str = "first", online_store: str = "sqlite") -> dict[str, dict[str, Any]]:
     """Replay a finished run through the live system (``model``: the export folder the service
-    serves, ``serving.service.model_dir``) with user features in one of USER_FEATURES' modes;
-    return the result."""
-    if user_features not in USER_FEATURES:
-        raise ValueError(f"user_features {user_features!r}: one of {USER_FEATURES}")
-    from feature_repo.online import online_features
-    from feature_repo.store import get_store
+    serves, ``serving.service.model_dir``) once, scoring each test row in every mode of
+    ``user_features`` (USER_FEATURES); return mode -> result.
 
+    Per step: onboard, feed, then the modes in turn. The store holds every user's row as of
+    the start between steps: as_of_start scores against it (one POST /rank per user of the
+    step: its rows share every feature); per_row takes a snapshot of the step's users' rows,
+    writes each distinct training user row (one write per round of :func:`rounds`) and scores
+    its rows (one POST /rank per user and round), then puts the snapshot back."""
+    unknown = set(user_features) - set(USER_FEATURES)
+    if unknown or not user_features:
+        raise ValueError(f"user_features {user_features!r}: some of {USER_FEATURES}")
+    if online_store not in ONLINE_STORES:
+        raise ValueError(f"online_store {online_store!r}: one of {ONLINE_STORES}")
     began = time.perf_counter()
     lake = Lake.from_config(cfg)
     cap = cfg.replay.max_test_rows if max_test_rows is None else max_test_rows
@@ -514,40 +644,96 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     base_all = read_predictions(lake, "base", seed, test) if base_path.exists() else None
     plan = plan_replay(samples, test, period_seconds=cfg.stats.snapshot_seconds,
                        max_test_rows=cap, rows=rows)
+    work = work or lake.replay_dir
+    if work.exists():
+        shutil.rmtree(work)
+    with ExitStack() as stack:
+        if online_store == "redis":
+            stack.enter_context(private_redis(cfg, work / "redis"))
+        return _replay_in_world(
+            cfg, plan, build_world(cfg, plan, work, port or cfg.serving.port, model,
+                                          online_store=online_store),
+            test=test, offline_all=offline_all, base_all=base_all, user_features=user_features,
+            meta={"variant": variant, "seed": seed, "max_test_rows": cap, "rows_selected": rows,
+                  "online_store": online_store, "run": str(lake.root)}, began=began)
+
+
+def _replay_in_world(cfg: Config, plan: ReplayPlan, world: tuple[Config, Path], *,
+                     test: pa.Table, offline_all: np.ndarray, base_all: np.ndarray | None,
+                     user_features: tuple[str, ...], meta: dict[str, Any],
+                     began: float) -> dict[str, dict[str, Any]]:
+    """run_replay's live part, in the world that build_world made."""
+    from feature_repo.online import online_features
+    from feature_repo.push import OnlineSnapshot
+    from feature_repo.stream_sink import sink_store
+
+    world_cfg, config_file = world
+    lake = Lake.from_config(cfg)
     positions = plan.test.column("row").to_numpy()  # in the test split
     trained = read_table(lake.training_items, TRAINING_ITEMS).to_pylist()
     trained_items = {int(r["item_id"]): r for r in trained}
     catalogue = read_table(lake.items, ITEMS)
-    work = work or lake.replay_dir
-    world_cfg, config_file = build_world(cfg, plan, work, port or cfg.serving.port, model)
     log.info("replay from %s: %d warm items, %d periods, %d test rows (of %d)", plan.start,
              plan.warm_items.size, len(plan.steps), plan.test.num_rows, plan.test_rows_total)
-    online = np.full(plan.test.num_rows, np.nan, np.float32)
-    differences = [""] * plan.test.num_rows
+    scored = {mode: Scored.empty(plan.test.num_rows) for mode in user_features}
     onboarded: list[int] = []
-    store = get_store(world_cfg)
-    with LiveSystem(world_cfg, config_file, timeout_s=cfg.replay.timeout_s) as live:
+    # writes user rows whatever their timestamp (Redis keeps only newer rows otherwise)
+    store = sink_store(world_cfg)
+    stream_s = 0.0
+
+    def score(live: LiveSystem, mode: str, step_rows: list[dict[str, Any]],
+              ks: np.ndarray, round_: dict[int, list[int]]) -> None:
+        out = scored[mode]
+        for user, js in round_.items():
+            items = [int(step_rows[j]["item_id"]) for j in js]
+            scores = live.rank(user, items)
+            out.requests += 1
+            seen = online_features(store, user, list(dict.fromkeys(items)))
+            for j in js:
+                row, k = step_rows[j], ks[j]
+                out.online[k] = scores[int(row["item_id"])]
+                out.differences[k] = feature_differences(
+                    row, seen.sequence, seen.items, trained_items.get(int(row["item_id"])))
+
+    with LiveSystem(world_cfg, config_file) as live:
         live.feed(plan.before)
-        for step in plan.steps:
+        for n, step in enumerate(plan.steps):
             if step.new_items:
                 new = catalogue.filter(pc.is_in(catalogue.column("item_id"),
                                                 pa.array(step.new_items, pa.int64())))
                 onboarded += live.onboard(new)["added"]
+            fed = time.perf_counter()
             live.feed(step.events)
-            for k in step.test_rows:
-                row = test.slice(int(positions[k]), 1).to_pylist()[0]
-                if user_features == "per_row":
-                    push_user_row(store, row)
-                online[k] = live.rank(int(row["user_id"]), int(row["item_id"]))
-                seen = online_features(store, int(row["user_id"]), [int(row["item_id"])])
-                differences[k] = feature_differences(row, seen.sequence, seen.items,
-                                                     trained_items.get(int(row["item_id"])))
-    result = compare(plan, online, offline_all[positions],
-                     None if base_all is None else base_all[positions],
-                     cfg.stats.bucket_labels(), differences)
-    result.update({"variant": variant, "seed": seed, "max_test_rows": cap,
-                   "user_features": user_features, "rows_selected": rows,
-                   "items_onboarded": len(onboarded), "events_replayed":
-                   int(sum(s.events.num_rows for s in plan.steps)),
-                   "seconds": round(time.perf_counter() - began, 1), "run": str(lake.root)})
-    return result
+            stream_s += time.perf_counter() - fed
+            ks = step.test_rows
+            step_rows = test.take(pa.array(positions[ks])).to_pylist()
+            if "as_of_start" in scored:
+                for round_ in rounds([(int(r["user_id"]), None) for r in step_rows]):
+                    score(live, "as_of_start", step_rows, ks, round_)
+            if "per_row" in scored:
+                users = sorted({int(r["user_id"]) for r in step_rows})
+                snapshot = OnlineSnapshot.take(store, users, ("user_sequence",))
+                try:
+                    for round_ in rounds([(int(r["user_id"]), user_row_key(r))
+                                          for r in step_rows]):
+                        store.write_to_online_store("user_sequence", user_rows_frame(
+                            [step_rows[js[0]] for js in round_.values()]))
+                        score(live, "per_row", step_rows, ks, round_)
+                finally:
+                    snapshot.restore()
+            if (n + 1) % 10 == 0 or n + 1 == len(plan.steps):
+                log.info("replay: step %d of %d (%s), %.0f s", n + 1, len(plan.steps),
+                         datetime.fromtimestamp(step.period * cfg.stats.snapshot_seconds, UTC)
+                         .date(), time.perf_counter() - began)
+    seconds = round(time.perf_counter() - began, 1)
+    results = {}
+    for mode, out in scored.items():
+        result = compare(plan, out.online, offline_all[positions],
+                         None if base_all is None else base_all[positions],
+                         cfg.stats.bucket_labels(), out.differences)
+        result.update({**meta, "user_features": mode, "items_onboarded": len(onboarded),
+                       "events_replayed": int(sum(s.events.num_rows for s in plan.steps)),
+                       "rank_requests": out.requests, "stream_wait_s": round(stream_s, 1),
+                       "seconds": seconds, "modes_in_one_pass": list(scored)})
+        results[mode] = result
+    return results

@@ -209,6 +209,8 @@ class NewItem(_Strict):
     item_id: ItemId
     title: str | None = None
     genres: str | None = Field(None, description="pipe separated, e.g. Comedy|Drama")
+    tags: str | None = Field(None, description="free text, e.g. 'dark, twist ending' "
+                                               "(MovieLens' tags of the item, joined)")
     overview: str | None = None
     poster_path: str | None = Field(None, description="absolute path of the poster on the "
                                                       "service's host")

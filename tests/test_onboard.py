@@ -233,6 +233,9 @@ def test_csv_in_the_movielens_layout_reads_as_items(tmp_path: Path, movielens_di
                        "overview": "An overview.", "image_path": str((tmp_path / "p.jpg").resolve()),
                        "topic": None}
     assert rows[1]["title"] == "" and rows[1]["overview"] is None and rows[1]["image_path"] is None
+    # tags (MovieLens' tags.csv joined per item): the batch encoder embeds them with the title
+    csv.write_text('movieId,title,tags\n11,C," dark,  twist ending "\n')
+    assert read_new_items(csv).to_pylist()[0]["tags"] == "dark,  twist ending"
 
 
 def test_new_semantic_ids_continue_the_stored_disambiguation() -> None:

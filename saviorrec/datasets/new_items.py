@@ -2,8 +2,10 @@
 
 The layout is MovieLens' movies.csv and overviews.csv side by side: the id (``movieId`` or
 ``item_id``), ``title``, ``genres`` (pipe separated), ``overview`` and the poster
-(``poster_path`` or ``image_path``; a relative path resolves against the file's folder). Only the
-id is required; text and image are each optional. Errors name the file (or "request"), the row
+(``poster_path`` or ``image_path``; a relative path resolves against the file's folder), and
+``tags`` (one string, e.g. "dark, twist ending": MovieLens' tags.csv joined per item, which the
+batch encoder embeds with the title; an item onboarded without the tags its catalogue row has
+gets another embedding). Only the id is required; text and image are each optional. Errors name the file (or "request"), the row
 (CSV: its line, counting the header; JSONL: its line; records: the index), the column and the
 value. Strings are stripped; empty ones and MovieLens' "(no genres listed)" are absent.
 """
@@ -23,7 +25,7 @@ from saviorrec.schema import ITEMS
 
 ID_COLUMNS = ("movieId", "item_id")
 POSTER_COLUMNS = ("poster_path", "image_path")
-TEXT_COLUMNS = ("title", "genres", "overview")
+TEXT_COLUMNS = ("title", "genres", "tags", "overview")
 COLUMNS = (*ID_COLUMNS, *TEXT_COLUMNS, *POSTER_COLUMNS)
 INT64_MAX = 2**63 - 1
 
@@ -91,7 +93,8 @@ def item_rows(records: Iterable[tuple[str, dict[str, Any]]], *, base: Path | Non
             poster = str(path.resolve())
         genres = _text(record.get("genres"), where, "genres")
         rows.append({"item_id": item_id, "title": _text(record.get("title"), where, "title") or "",
-                     "genres": None if genres == NO_GENRES else genres, "tags": None,
+                     "genres": None if genres == NO_GENRES else genres,
+                     "tags": _text(record.get("tags"), where, "tags"),
                      "overview": _text(record.get("overview"), where, "overview"),
                      "image_path": poster, "topic": None})
     return pa.Table.from_pylist(rows, schema=ITEMS.arrow_schema())
@@ -138,7 +141,6 @@ def request_items(records: list[Any]) -> pa.Table:
 
 
 def has_content(table: pa.Table) -> list[bool]:
-    """Per row: some text (title, genres, overview) or an image."""
-    columns = [table.column(c).to_pylist() for c in ("title", "genres", "overview",
-                                                     "image_path")]
+    """Per row: some text (title, genres, tags, overview) or an image."""
+    columns = [table.column(c).to_pylist() for c in (*TEXT_COLUMNS, "image_path")]
     return [any(bool(v) for v in values) for values in zip(*columns, strict=True)]
