@@ -256,16 +256,31 @@ def compare(plan: ReplayPlan, online: np.ndarray, offline: np.ndarray, base: np.
 
 
 def feature_differences(row: dict[str, Any], sequence: Any, items: dict[int, dict[str, Any]],
-                        trained_item: dict[str, Any] | None, *, rtol: float = 1e-6) -> str:
+                        trained: dict[int, dict[str, Any]], *, rtol: float = 1e-6) -> str:
     """The features of one test row that the online store gave otherwise than the training
-    row (``row``, TRAINING_SAMPLES) and the training items table (``trained_item``: its
-    embedding and semantic ids) hold: "" when every one checked is equal. Semantic ids are two
-    findings: "semantic codes" (one of the L codes, which MBA reads) and "disambiguation index"
-    (only the last id, which keeps ids unique and which no ranker reads). ``sequence`` and
-    ``items`` are what ``feature_repo.online.online_features`` read at the row's turn."""
+    row (``row``, TRAINING_SAMPLES) and the training items table (``trained``: item_id -> its
+    embedding and semantic ids) hold, for the candidate and, when the sequence is the same, for
+    each sequence item: "" when every one checked is equal. Semantic ids are two findings:
+    "semantic codes" (one of the L codes, which MBA reads) and "disambiguation index" (only the
+    last id, which keeps ids unique and which no ranker reads). ``sequence`` and ``items`` are
+    what ``feature_repo.online.online_features`` read at the row's turn."""
     def close(a: Any, b: Any) -> bool:
         a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
         return a.shape == b.shape and bool(np.all(np.abs(a - b) <= rtol * np.maximum(1, np.abs(b))))
+
+    def content(item_ids: list[int], prefix: str) -> list[str]:
+        known = [i for i in item_ids if i in trained]
+        online_ids = [list(items[i]["semantic_ids"]) for i in known]
+        trained_ids = [list(trained[i]["semantic_ids"]) for i in known]
+        out = []
+        if not close([items[i]["embedding"] for i in known],
+                     [trained[i]["embedding"] for i in known]):
+            out.append(prefix + "embedding")
+        if [ids[:-1] for ids in online_ids] != [ids[:-1] for ids in trained_ids]:
+            out.append(prefix + "semantic codes")
+        elif online_ids != trained_ids:  # the last id only: no ranker reads it (MBA: L codes)
+            out.append(prefix + "disambiguation index")
+        return out
 
     found = []
     item = items[int(row["item_id"])]
@@ -273,14 +288,7 @@ def feature_differences(row: dict[str, Any], sequence: Any, items: dict[int, dic
         found.append("item_stats")
     if int(item["pv_bucket"]) != int(row["pv_bucket"]):
         found.append("pv_bucket")
-    if trained_item is not None:
-        if not close(item["embedding"], trained_item["embedding"]):
-            found.append("embedding")
-        online_ids, trained_ids = list(item["semantic_ids"]), list(trained_item["semantic_ids"])
-        if online_ids[:-1] != trained_ids[:-1]:
-            found.append("semantic codes")
-        elif online_ids != trained_ids:  # the last id only: no ranker reads it (MBA: L codes)
-            found.append("disambiguation index")
+    found += content([int(row["item_id"])], "")
     seq = [int(i) for i in sequence.item_ids]
     if seq != [int(i) for i in row["seq_item_ids"]]:
         found.append("sequence")
@@ -289,8 +297,11 @@ def feature_differences(row: dict[str, Any], sequence: Any, items: dict[int, dic
         online = [[items[i][n] for i in real] for n in ITEM_STAT_NUMERIC]
         offline = [[v for i, v in zip(seq, row[SEQ_STAT_PREFIX + n], strict=True)
                     if i != PADDING_ITEM_ID] for n in ITEM_STAT_NUMERIC]
-        if not close(online, offline):
+        buckets = [b for i, b in zip(seq, row[SEQ_STAT_PREFIX + "pv_bucket"], strict=True)
+                   if i != PADDING_ITEM_ID]
+        if not close(online, offline) or [int(items[i]["pv_bucket"]) for i in real] != buckets:
             found.append("sequence item_stats")
+        found += content(real, "sequence ")
     if sequence.stats is None or not close(sequence.stats, [row[n] for n in USER_STAT_NUMERIC]):
         found.append("user_stats")
     return ", ".join(found)
@@ -692,8 +703,8 @@ def _replay_in_world(cfg: Config, plan: ReplayPlan, world: tuple[Config, Path], 
             for j in js:
                 row, k = step_rows[j], ks[j]
                 out.online[k] = scores[int(row["item_id"])]
-                out.differences[k] = feature_differences(
-                    row, seen.sequence, seen.items, trained_items.get(int(row["item_id"])))
+                out.differences[k] = feature_differences(row, seen.sequence, seen.items,
+                                                         trained_items)
 
     with LiveSystem(world_cfg, config_file) as live:
         live.feed(plan.before)

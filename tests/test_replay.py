@@ -127,22 +127,32 @@ def _row(item_id: int = 7) -> dict:
     stats = dict(zip(ITEM_STAT_NUMERIC, [10.0, 4.0, 0.35, 3.0, 1.0, 0.4], strict=False))
     return {"item_id": item_id, **stats, "pv_bucket": 2, "seq_item_ids": [0, 5],
             **dict(zip(USER_STAT_NUMERIC, [3.0, 2.0, 0.6], strict=True)),
-            **{SEQ_STAT_PREFIX + n: [0.0, float(k)] for k, n in enumerate(ITEM_STAT_NUMERIC)}}
+            **{SEQ_STAT_PREFIX + n: [0.0, float(k)] for k, n in enumerate(ITEM_STAT_NUMERIC)},
+            SEQ_STAT_PREFIX + "pv_bucket": [0, 1]}
 
 
 def _online(row: dict) -> tuple[SimpleNamespace, dict]:
     item = {n: row[n] for n in ITEM_STAT_NUMERIC} | {
         "pv_bucket": row["pv_bucket"], "embedding": [0.5, -1.0], "semantic_ids": [1, 2, 0]}
-    seq_item = {n: float(k) for k, n in enumerate(ITEM_STAT_NUMERIC)} | {"pv_bucket": 0}
+    seq_item = {n: float(k) for k, n in enumerate(ITEM_STAT_NUMERIC)} | {
+        "pv_bucket": 1, "embedding": [0.25, 0.75], "semantic_ids": [3, 4, 2]}
     sequence = SimpleNamespace(item_ids=[0, 5], stats=(3.0, 2.0, 0.6))
     return sequence, {row["item_id"]: item, 5: seq_item}
 
 
 def test_feature_differences_names_what_the_store_gave_otherwise() -> None:
     row = _row()
-    trained = {"embedding": [0.5, -1.0], "semantic_ids": [1, 2, 0]}
+    trained = {7: {"embedding": [0.5, -1.0], "semantic_ids": [1, 2, 0]},
+               5: {"embedding": [0.25, 0.75], "semantic_ids": [3, 4, 2]}}
     sequence, items = _online(row)
     assert feature_differences(row, sequence, items, trained) == ""
+    # a sequence item's content (an onboarded item embedded otherwise) and pv bucket
+    items[5]["embedding"] = [0.25, 0.76]
+    assert feature_differences(row, sequence, items, trained) == "sequence embedding"
+    items[5] |= {"embedding": [0.25, 0.75], "semantic_ids": [3, 4, 0], "pv_bucket": 2}
+    assert feature_differences(row, sequence, items, trained) == \
+        "sequence item_stats, sequence disambiguation index"
+    items[5] |= {"semantic_ids": [3, 4, 2], "pv_bucket": 1}
     items[7]["pv"] = 11.0
     items[7]["semantic_ids"] = [1, 2, 1]  # another disambiguation index
     items[5]["ctr"] = 0.99
@@ -152,7 +162,7 @@ def test_feature_differences_names_what_the_store_gave_otherwise() -> None:
     assert feature_differences(row, sequence, items, trained) == \
         "item_stats, semantic codes, sequence item_stats"
     sequence.item_ids, sequence.stats = [5, 5], None
-    assert feature_differences(row, sequence, items, None) == "item_stats, sequence, user_stats"
+    assert feature_differences(row, sequence, items, {}) == "item_stats, sequence, user_stats"
 
 
 def test_rounds_write_one_user_row_per_user_and_score_its_rows_together() -> None:
