@@ -11,7 +11,10 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -237,12 +240,16 @@ STAGES = ("prepare", "spark", "encode", "rqvae", "features", "training_set", "tr
           "evaluate", "export")
 
 
-@pytest.fixture(scope="module")
-def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The world built by ``saviorrec run``, then ``saviorrec replay --rows new_items``
-    (every test row of an item without a training event) with its result file."""
-    from conftest import free_port
+@dataclass
+class BuiltWorld:
+    config: Path
+    lake: Lake
+    cli: Callable[..., subprocess.CompletedProcess]
 
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> BuiltWorld:
+    """The world built by ``saviorrec run`` (every stage to the export)."""
     tmp = tmp_path_factory.mktemp("replay")
     config = tmp / "world.yaml"
     config.write_text(yaml.safe_dump({**WORLD, "run": {"name": "replay-e2e",
@@ -258,18 +265,26 @@ def replayed(tmp_path_factory: pytest.TempPathFactory) -> dict:
         return done
 
     cli("run", *[arg for stage in STAGES for arg in ("--only", stage)])
-    results = tmp / "live.json"
-    cli("replay", "--rows", "new_items", "--max-test-rows", "0", "--port", str(free_port()),
-        "--results", str(results))
-    return {"lake": Lake.from_config(load_config(config)),
-            "result": json.loads(results.read_text())["replay"]["new_items"]}
+    return BuiltWorld(config, Lake.from_config(load_config(config)), cli)
 
 
 @pytest.mark.slow
-def test_replay_end_to_end_serves_what_the_offline_evaluation_scored(replayed: dict) -> None:
-    new_items, run = replayed["result"], replayed["result"]["run"]
+@pytest.mark.parametrize("online_store",
+                         ["sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_replay_end_to_end_serves_what_the_offline_evaluation_scored(
+        world: BuiltWorld, online_store: str, tmp_path: Path) -> None:
+    """``saviorrec replay --rows new_items`` (every test row of an item without a training
+    event) over the local profile's sqlite store, and over a redis-server (production profile)."""
+    from conftest import free_port
+
+    results = tmp_path / "live.json"
+    world.cli("replay", "--rows", "new_items", "--max-test-rows", "0", "--port",
+              str(free_port()), "--online-store", online_store, "--results", str(results))
+    new_items = json.loads(results.read_text())["replay"]["new_items"]
+    run = new_items["run"]
+    assert run["online_store"] == online_store
     # every test row of a cold item scored, nothing capped; items onboarded where first seen
-    lake = replayed["lake"]
+    lake = world.lake
     test = pq.read_table(lake.training("test"), columns=["item_id"]).column("item_id").to_numpy()
     samples = read_table(lake.spark("samples"), SAMPLES).select(["item_id", "split"]).to_pandas()
     warm = set(samples.loc[samples["split"] == "train", "item_id"])
