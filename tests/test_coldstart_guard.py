@@ -37,7 +37,7 @@ WORLD = {
     "ranker": {"variants": ["base", "full"], "seeds": [0], "epochs": 6, "bootstrap_samples": 50,
                "unseen_item_ids": "shared", "attention_normalization": "none"},
 }
-MIN_GAIN = 0.03  # full - base AUC on PV 0; measured in this world: 56.5 - 51.4 = +5.1 points
+MIN_GAIN = 0.03  # full - base AUC on PV 0; measured in this world: 56.1 - 51.7 = +4.4 points (lr 0.05 schedule)
 
 
 @pytest.fixture(scope="module")
