@@ -233,7 +233,8 @@ class Load:
                 "errors": errors, "statuses": self.statuses, **percentiles(self.latencies)}
 
 
-def start_server(cfg: Any, work: Path, port: int) -> subprocess.Popen[bytes]:
+def start_server(cfg: Any, work: Path, port: int, ready_s: float = 180
+                 ) -> subprocess.Popen[bytes]:
     import httpx
     import yaml
 
@@ -243,7 +244,7 @@ def start_server(cfg: Any, work: Path, port: int) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, "-m", "saviorrec.cli", "serve", "--config",
                              str(config_path), "--port", str(port)],
                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + ready_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: see {work / 'server.log'}")
@@ -254,7 +255,7 @@ def start_server(cfg: Any, work: Path, port: int) -> subprocess.Popen[bytes]:
             pass
         time.sleep(0.5)
     proc.terminate()
-    raise RuntimeError("server not ready within 180 s")
+    raise RuntimeError(f"server not ready within {ready_s} s")
 
 
 def restart_phase(url: str, redis_server: Any, requests: int, concurrency: int) -> dict[str, Any]:
@@ -540,12 +541,27 @@ def phase_counts(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def catalogue_phase(url: str, bodies: list[dict[str, Any]], concurrency: int,
-                    first: int = 1000) -> dict[str, Any]:
+                    pids: dict[str, int], first: int = 1000) -> dict[str, Any]:
+    """One load phase; with the CPU each process spent per request (server: every thread,
+    TensorFlow's included; clients: this process), which other jobs on the machine do not
+    inflate the way they inflate latency."""
     metrics = url.replace("/rank", "/metrics")
     before = server_counts(metrics)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    client_before = time.process_time()
     load = Load(url, bodies, concurrency)
     result = load.run()
+    result["cpu_ms_per_request"] = {
+        **{name: round(1e3 * (cpu_seconds(pid) - cpu_before[name]) / len(bodies), 3)
+           for name, pid in pids.items()},
+        "clients": round(1e3 * (time.process_time() - client_before) / len(bodies), 3)}
     result.update(phase_counts(before, server_counts(metrics)))
     result[f"first_{first}"] = percentiles(load.latencies[:first])  # in completion order
     return result
@@ -686,10 +702,13 @@ def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
                     phase_cfg = cfg if cache_on else cfg.with_overrides(
                         serving={"item_cache_ttl_s": 0})
                     port = free_port()
-                    server = start_server(phase_cfg, work, port)
+                    # XLA compiles every candidate bucket at start-up: minutes under load
+                    server = start_server(phase_cfg, work, port, ready_s=900)
                     url = f"http://127.0.0.1:{port}/rank"
                 bodies = catalogue_bodies(args.requests, seed, n_items, n_users)
-                phases[name] = catalogue_phase(url, bodies, args.concurrency)
+                assert redis_server.proc is not None
+                phases[name] = catalogue_phase(url, bodies, args.concurrency, {
+                    "server": server.pid, "redis_server": redis_server.proc.pid})
                 phases[name]["load_after"] = machine_load()
                 print(f"{name}: {json.dumps(phases[name])}", flush=True)
             server.terminate()
