@@ -7,6 +7,7 @@ serves one request: one sequence read, one batched item read, one model call.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -60,6 +61,16 @@ def _check_defaults(layout: Layout, defaults: dict[str, Any]) -> None:
             f"{layout.semantic_id_width}: apply the store with the model's config")
 
 
+def freeze_startup_objects() -> None:
+    """Move every object alive after start-up (TensorFlow, Feast, the model: about a million)
+    to the collector's permanent generation, so that a full collection walks only what requests
+    made since. The item cache keeps request-made objects alive, which triggers full
+    collections; each walked everything, and at a 1M-item catalogue those pauses were the
+    service's p99 (benchmarks/serving.py --mode catalogue, docs/performance.md)."""
+    gc.collect()
+    gc.freeze()
+
+
 @dataclass
 class RankingService:
     cfg: Config
@@ -94,6 +105,7 @@ class RankingService:
             log.warning("cannot check the RQ-VAE version at start-up (%s); every request "
                         "checks its items, /readyz retries", e)
         seconds = ranker.warm_up(service.dummy_inputs)
+        freeze_startup_objects()
         log.info("serving model %s (variant %s, rqvae %s) from %s with the %s; XLA %s; "
                  "warm-up %.2fs", ranker.model_version, ranker.variant, ranker.rqvae_version,
                  ranker.export_dir, reader.name,
