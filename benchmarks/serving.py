@@ -80,6 +80,32 @@ def stale_world(work: Path, stamp: str) -> str | None:
     return None
 
 
+def open_world(work: Path, stamp: str, args: argparse.Namespace,
+               keep_stale: bool = False) -> tuple[bool, Any, Any]:
+    """The world cached in ``work`` (removed first when stale, built by other code, unless
+    ``keep_stale``, or with --rebuild) with its redis-server started: (whether the world must
+    be built, the server, the benchmark's config)."""
+    from conftest import RedisServer
+
+    stale = stale_world(work, stamp)
+    if stale and keep_stale:
+        print(f"measuring the cached world in {work} although it is {stale} (--keep-world)")
+        stale = None
+    if stale:
+        print(f"the world cached in {work} is {stale}: rebuilding it", flush=True)
+    if (args.rebuild or stale) and work.exists():
+        shutil.rmtree(work)
+    fresh = not (work / "dump.rdb").is_file()
+    work.mkdir(parents=True, exist_ok=True)
+    redis_server = RedisServer(work, password=PASSWORD)
+    redis_server.start()
+    os.environ[REDIS_ENV] = redis_server.url
+    cfg = bench_config(work)
+    if args.tf_threads is not None:
+        cfg = cfg.with_overrides(serving={"tf_threads": args.tf_threads})
+    return fresh, redis_server, cfg
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -650,29 +676,14 @@ def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
     import json
 
     import redis
-    from conftest import RedisServer
 
     n_items, n_users = args.items, args.users
     key = args.key or f"serving_{catalogue_label(n_items)}"
     work = Path(args.work_dir or f"/tmp/saviorrec-serving-catalogue-{catalogue_label(n_items)}")
     stamp = f"{source_stamp(WORLD_SOURCES)} items={n_items} users={n_users} load={args.load_path}"
-    stale = stale_world(work, stamp)
-    if stale and args.keep_world and (work / WORLD_FILE).is_file():
-        print(f"measuring the cached world in {work} although it is {stale} (--keep-world)")
-        stale = None
-    if stale:
-        print(f"the world cached in {work} is {stale}: rebuilding it", flush=True)
-    if (args.rebuild or stale) and work.exists():
-        shutil.rmtree(work)
-    fresh = not (work / "dump.rdb").is_file()
-    work.mkdir(parents=True, exist_ok=True)
-    redis_server = RedisServer(work, password=PASSWORD)
-    redis_server.start()
-    os.environ[REDIS_ENV] = redis_server.url
+    keep = args.keep_world and (work / WORLD_FILE).is_file()
+    fresh, redis_server, cfg = open_world(work, stamp, args, keep_stale=keep)
     redis_load_s = round(wait_loaded(redis_server.url), 2)
-    cfg = bench_config(work)
-    if args.tf_threads is not None:
-        cfg = cfg.with_overrides(serving={"tf_threads": args.tf_threads})
     load_start = machine_load()
     phases: dict[str, Any] = {}
     server = None
@@ -811,23 +822,10 @@ def main(argv: list[str]) -> int:
     args.work_dir = args.work_dir or "/tmp/saviorrec-serving-bench"
     args.out = args.out or RESULTS
 
-    from conftest import RedisServer
 
     work = Path(args.work_dir)
     stamp = source_stamp(WORLD_SOURCES)
-    stale = stale_world(work, stamp)
-    if stale:
-        print(f"the world cached in {work} is {stale}: rebuilding it", flush=True)
-    if (args.rebuild or stale) and work.exists():
-        shutil.rmtree(work)
-    fresh = not (work / "dump.rdb").is_file()
-    work.mkdir(parents=True, exist_ok=True)
-    redis_server = RedisServer(work, password=PASSWORD)
-    redis_server.start()
-    os.environ[REDIS_ENV] = redis_server.url
-    cfg = bench_config(work)
-    if args.tf_threads is not None:
-        cfg = cfg.with_overrides(serving={"tf_threads": args.tf_threads})
+    fresh, redis_server, cfg = open_world(work, stamp, args)
     server = None
     try:
         if fresh:

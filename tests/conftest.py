@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -42,6 +42,28 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def world_cli(tmp: Path, world: dict, name: str,
+              timeout_s: float = 1800) -> tuple[Path, Callable[..., subprocess.CompletedProcess]]:
+    """A run config under ``tmp`` (``world``, a config overlay, named ``name``) and
+    ``cli(*args)``: ``saviorrec <args> --config <it>`` in a subprocess, as a user runs it,
+    asserting success with the output's tail."""
+    import yaml
+
+    config = tmp / "world.yaml"
+    config.write_text(yaml.safe_dump({**world, "run": {"name": name, "root": str(tmp / "run")}}))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("KERAS_BACKEND", None)
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        done = subprocess.run([sys.executable, "-m", "saviorrec.cli", *args, "--config",
+                               str(config)], cwd=REPO_ROOT, env=env, capture_output=True,
+                              text=True, timeout=timeout_s, check=False)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+        return done
+
+    return config, cli
 
 
 @pytest.fixture(scope="session")

@@ -11,14 +11,10 @@ id handling), full falls to base's level on PV 0 and the test fails.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from saviorrec.config import REPO_ROOT
 
@@ -42,17 +38,11 @@ MIN_GAIN = 0.03  # full - base AUC on PV 0; measured in this world: 56.1 - 51.7 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    from conftest import world_cli
+
     tmp = tmp_path_factory.mktemp("coldstart")
-    config = tmp / "world.yaml"
-    config.write_text(yaml.safe_dump({**WORLD, "run": {"name": "coldstart-guard",
-                                                       "root": str(tmp / "run")}}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("KERAS_BACKEND", None)
-    only = [arg for stage in STAGES for arg in ("--only", stage)]
-    done = subprocess.run([sys.executable, "-m", "saviorrec.cli", "run", "--config", str(config),
-                           *only], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
-                          timeout=1800, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    _, cli = world_cli(tmp, WORLD, "coldstart-guard")
+    cli("run", *[arg for stage in STAGES for arg in ("--only", stage)])
     root = tmp / "run"
     return {"root": root, "metrics": json.loads((root / "report" / "metrics.json").read_text())}
 

@@ -8,9 +8,7 @@ the slow test at the end, on a tiny world that the test builds with ``saviorrec 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from saviorrec.config import REPO_ROOT, load_config
 from saviorrec.lake import Lake, read_table
@@ -250,20 +247,9 @@ class BuiltWorld:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> BuiltWorld:
     """The world built by ``saviorrec run`` (every stage to the export)."""
-    tmp = tmp_path_factory.mktemp("replay")
-    config = tmp / "world.yaml"
-    config.write_text(yaml.safe_dump({**WORLD, "run": {"name": "replay-e2e",
-                                                       "root": str(tmp / "run")}}))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("KERAS_BACKEND", None)
+    from conftest import world_cli
 
-    def cli(*args: str) -> subprocess.CompletedProcess:
-        done = subprocess.run([sys.executable, "-m", "saviorrec.cli", *args, "--config",
-                               str(config)], cwd=REPO_ROOT, env=env, capture_output=True,
-                              text=True, timeout=1500, check=False)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-        return done
-
+    config, cli = world_cli(tmp_path_factory.mktemp("replay"), WORLD, "replay-e2e")
     cli("run", *[arg for stage in STAGES for arg in ("--only", stage)])
     return BuiltWorld(config, Lake.from_config(load_config(config)), cli)
 
