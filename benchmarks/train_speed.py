@@ -78,13 +78,13 @@ common.ensure_repo_on_path()
 RESULTS = common.REPO_ROOT / "benchmarks" / "results" / "train_speed.json"
 SHIPPED_CONFIG = common.REPO_ROOT / "configs" / "movielens.yaml"
 VARIANT, SEED = "full", 0
-PARTS = ("ours", "din_fit", "din_best")
+PARTS = ("ours", "ours_bf16", "din_fit", "din_best")
 # Seconds each part may take. On one H200 (estimated from ranker_throughput_jax*.json and
 # issue 24, not yet measured): the world ~50 s, ours ~2 x 50 s (lake load, compilation, 4
 # epochs, prediction, the step), FuxiCTR's fit ~2 x 20 s, DIN at its best ~4 compilations of
 # 20-40 s. The whole run within --budget-s (520).
-GPU_LIMITS_S = {"ours": 220, "din_fit": 100, "din_best": 180}
-SMOKE_LIMITS_S = {"ours": 900, "din_fit": 300, "din_best": 900}
+GPU_LIMITS_S = {"ours": 200, "ours_bf16": 150, "din_fit": 100, "din_best": 150}
+SMOKE_LIMITS_S = {"ours": 900, "ours_bf16": 900, "din_fit": 300, "din_best": 900}
 # FuxiCTR's LongCTR DIN config (model_zoo/LongCTR/config/din_config/model_config.yaml).
 FUXICTR_WORKERS = 4
 FUXICTR_MAX_GRADIENT_NORM = 10.0
@@ -313,12 +313,16 @@ def build_world(root: Path, sizes: WorldSizes, *, din_fit_rows: int, step_rows: 
     return manifest
 
 
-def shipped_config(world: Path, batch_size: int, epochs: int) -> Any:
-    """configs/movielens.yaml with the world as run.root; the overrides ``overrides`` names."""
+def shipped_config(world: Path, batch_size: int, epochs: int, *,
+                   mixed_precision: bool = False) -> Any:
+    """configs/movielens.yaml with the world as run.root; the overrides ``overrides`` names, and
+    ``ranker.mixed_precision`` for the bf16 part (the shipped default is float32)."""
     from saviorrec.config import load_config
 
-    return load_config(SHIPPED_CONFIG).with_overrides(
-        run={"root": str(world)}, ranker=overrides(batch_size, epochs))
+    ranker = overrides(batch_size, epochs)
+    if mixed_precision:
+        ranker["mixed_precision"] = True
+    return load_config(SHIPPED_CONFIG).with_overrides(run={"root": str(world)}, ranker=ranker)
 
 
 def overrides(batch_size: int, epochs: int) -> dict[str, Any]:
@@ -440,8 +444,10 @@ def clock_in_run_train(clock: Any, seen: list[dict[str, Any]]) -> Iterator[None]
 
 
 def time_compiled_step(model: Any, world: Path, cfg: Any, *, steps: int,
-                       repeats: int) -> dict[str, Any]:
-    """The fitted model's compiled train function alone, on packed batches on the device."""
+                       repeats: int, profile_dir: Path | None = None) -> dict[str, Any]:
+    """The fitted model's compiled train function alone, on packed batches on the device; with
+    ``profile_dir`` (JAX on a GPU), then a device profile of a few calls of it
+    (:func:`profile_steps`) under the key ``profile``."""
     import keras
     import ranker_throughput as rt
 
@@ -474,13 +480,141 @@ def time_compiled_step(model: Any, world: Path, cfg: Any, *, steps: int,
             out = step(i)
         runner.sync(out)
         seconds.append(time.perf_counter() - start)
+    profile: dict[str, Any] | None = None
+    if profile_dir is not None:
+        try:
+            profile = profile_steps(step, runner.sync, calls=min(calls, PROFILE_CALLS),
+                                    steps_per_call=spe, trace_dir=profile_dir)
+        except Exception as e:  # noqa: BLE001 - a profiler failure must not lose the timing
+            traceback.print_exc()
+            profile = {"error": f"{type(e).__name__}: {e}"[:2000]}
     finish()
     median = timed_runs(seconds)
-    return {"samples_per_s": round(r.batch_size * spe * calls / median, 1),
+    return {**({"profile": profile} if profile is not None else {}),
+            "samples_per_s": round(r.batch_size * spe * calls / median, 1),
             "ms_per_step": round(1e3 * median / (spe * calls), 4), "steps_per_execution": spe,
             "calls": calls, "steps": spe * calls, "repeats": repeats,
             "seconds": [round(s, 6) for s in seconds], "first_call_s": round(first, 4),
             "device_batches": len(device_batches)}
+
+
+# ---- the device profile of the compiled step ----------------------------------------------------
+PROFILE_CALLS = 4  # calls of the compiled train function traced (each steps_per_execution steps)
+PROFILE_TOP = 25  # kernels and XLA ops listed, by device time
+# Kernel or op name fragments -> a kind of work; the first that matches names the kind.
+KERNEL_KINDS = (
+    ("matmul", ("gemm", "cublas", "cutlass", "dot", "matmul", "xmma", "sm90_", "nvjet")),
+    ("attention / softmax", ("softmax", "flash", "fmha", "attention")),
+    ("gather / scatter", ("gather", "scatter", "dynamic-slice", "dynamic_slice",
+                          "dynamic-update-slice", "take", "index")),
+    ("reduction", ("reduce", "reduction", "argmax", "argmin")),
+    ("copy / transpose", ("memcpy", "memset", "copy", "transpose")),
+    ("fused elementwise", ("fusion", "loop_", "input_", "elementwise", "convert")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    for kind, fragments in KERNEL_KINDS:
+        if any(f in lowered for f in fragments):
+            return kind
+    return "other"
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of (start, end) intervals (microseconds in, seconds out)."""
+    busy, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        busy += b - max(a, end)
+        end = b
+    return busy / 1e6
+
+
+def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """Where the device's time goes in a Chrome/Perfetto trace of ``steps`` train steps: device
+    busy share of the traced window (the union of kernel intervals on the GPU's stream lines),
+    device time per kind of work (:data:`KERNEL_KINDS`), the top kernels and the top XLA ops.
+    Lines are told apart by the process name ("/device:GPU:N") and thread name ("Stream ...":
+    kernels; "XLA Ops": HLO ops, which overlap the kernels and are summed apart)."""
+    processes = {e["pid"]: e["args"]["name"] for e in events
+                 if e.get("ph") == "M" and e.get("name") == "process_name"}
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
+               if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    device_pids = {pid for pid, name in processes.items() if "/device:GPU" in name}
+    kernels: dict[str, float] = {}
+    ops: dict[str, float] = {}
+    intervals: list[tuple[float, float]] = []
+    window = [float("inf"), float("-inf")]
+    for e in events:
+        if e.get("ph") != "X" or "dur" not in e:
+            continue
+        start, dur = float(e["ts"]), float(e["dur"])
+        window[0], window[1] = min(window[0], start), max(window[1], start + dur)
+        if e["pid"] not in device_pids:
+            continue
+        line = threads.get((e["pid"], e.get("tid")), "")
+        if line.startswith("Stream"):
+            kernels[e["name"]] = kernels.get(e["name"], 0.0) + dur
+            intervals.append((start, start + dur))
+        elif line == "XLA Ops":
+            ops[e["name"]] = ops.get(e["name"], 0.0) + dur
+    if not intervals:
+        return {"error": "no GPU kernel in the trace", "processes": sorted(processes.values())}
+    kernel_s = sum(kernels.values()) / 1e6
+    by_kind: dict[str, float] = {}
+    for name, dur in kernels.items():
+        kind = kernel_kind(name)
+        by_kind[kind] = by_kind.get(kind, 0.0) + dur / 1e6
+    wall_s = (window[1] - window[0]) / 1e6
+    busy_s = _union_seconds(intervals)
+
+    def top(table: dict[str, float]) -> list[dict[str, Any]]:
+        total = sum(table.values()) or 1.0
+        return [{"name": n[:160], "ms_per_step": round(d / 1e3 / steps, 4),
+                 "share": round(d / total, 4)}
+                for n, d in sorted(table.items(), key=lambda kv: -kv[1])[:PROFILE_TOP]]
+
+    return {
+        "steps": steps, "traced_window_s": round(wall_s, 6),
+        "device_busy_s": round(busy_s, 6),
+        "device_busy_share_of_window": round(busy_s / wall_s, 4) if wall_s else None,
+        "kernel_ms_per_step": round(1e3 * kernel_s / steps, 4),
+        "kernels": len(kernels),
+        "kernel_launches": len(intervals),
+        "kernel_launches_per_step": round(len(intervals) / steps, 1),
+        "by_kind_ms_per_step": {k: round(1e3 * v / steps, 4)
+                                for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "by_kind_share": {k: round(v / kernel_s, 4)
+                          for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
+        "top_kernels": top(kernels), "top_xla_ops": top(ops),
+    }
+
+
+def profile_steps(step: Callable[[int], Any], sync: Callable[[Any], Any], *, calls: int,
+                  steps_per_call: int, trace_dir: Path) -> dict[str, Any]:
+    """Trace ``calls`` calls of a compiled train function with JAX's profiler (CUPTI kernel
+    timings), then :func:`summarize_trace` the Perfetto trace it writes."""
+    import gzip
+
+    import jax
+
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    with jax.profiler.trace(str(trace_dir), create_perfetto_trace=True):
+        out = None
+        for i in range(calls):
+            out = step(i)
+        sync(out)
+    traces = sorted(trace_dir.rglob("perfetto_trace.json.gz"))
+    if not traces:
+        return {"error": f"no perfetto_trace.json.gz under {trace_dir}"}
+    with gzip.open(traces[-1], "rt") as f:
+        data = json.load(f)
+    events = data["traceEvents"] if isinstance(data, dict) else data
+    summary = summarize_trace(events, calls * steps_per_call)
+    summary["trace_mib"] = round(traces[-1].stat().st_size / 2**20, 2)
+    return summary
 
 
 def part_ours(args: argparse.Namespace, frag: Fragment) -> None:
@@ -497,12 +631,15 @@ def part_ours(args: argparse.Namespace, frag: Fragment) -> None:
         frag.data["jax_devices"] = [str(d) for d in jax.devices()]
         frag.data["jax_default_matmul_precision"] = getattr(
             jax.config, "jax_default_matmul_precision", None)
-    frag.data["ranker_config"] = shipped_config(world, args.batch_sizes[0],
-                                                args.epochs).ranker.model_dump(mode="json")
+    mixed = args.part == "ours_bf16"
+    frag.data["ranker_config"] = shipped_config(
+        world, args.batch_sizes[0], args.epochs, mixed_precision=mixed).ranker.model_dump(mode="json")
+    profile = (keras.backend.backend() == "jax" and args.profile
+               and any(d.platform == "gpu" for d in __import__("jax").devices()))
     for b in args.batch_sizes:
         key = str(b)
         try:
-            cfg = shipped_config(world, b, args.epochs)
+            cfg = shipped_config(world, b, args.epochs, mixed_precision=mixed)
             clock = epoch_clock_class()()
             seen: list[dict[str, Any]] = []
             start = time.perf_counter()
@@ -523,13 +660,14 @@ def part_ours(args: argparse.Namespace, frag: Fragment) -> None:
             frag.put(key, record)
             if clock.fitted is None:
                 raise RuntimeError("the epoch clock saw no epoch: no fitted model to time")
-            record["step"] = time_compiled_step(clock.fitted, world, cfg, steps=args.step_steps,
-                                                repeats=args.repeats)
+            record["step"] = time_compiled_step(
+                clock.fitted, world, cfg, steps=args.step_steps, repeats=args.repeats,
+                profile_dir=world / f"profile_{args.part}_{b}" if profile else None)
             record["step_samples_per_s"] = record["step"]["samples_per_s"]
             record["loop_share_of_step"] = round(
                 record["with_validation_samples_per_s"] / record["step_samples_per_s"], 4)
             frag.put(key, record)
-            print(f"[ours B={b}] train {record['train_samples_per_s']:,.0f}/s, with validation "
+            print(f"[{args.part} B={b}] train {record['train_samples_per_s']:,.0f}/s, with validation "
                   f"{record['with_validation_samples_per_s']:,.0f}/s, step "
                   f"{record['step_samples_per_s']:,.0f}/s", flush=True)
         except Exception as e:  # noqa: BLE001 - the other batch size must still run
@@ -890,6 +1028,15 @@ def summarize(payload: dict[str, Any], batch_sizes: list[int]) -> dict[str, Any]
             "din_best_samples_per_s": best.get("train_samples_per_s"),
             "din_best_mode": best.get("best_mode"),
         }
+        # bf16 (ranker.mixed_precision; not the shipped default): speed beside float32's, and its
+        # validation AUC on this synthetic world minus float32's (issue 24 item 4 decides the
+        # default on MovieLens over 3 seeds, not on this).
+        bf16 = payload.get("ours_bf16", {}).get(key, {})
+        row["ours_bf16_with_validation_samples_per_s"] = bf16.get("with_validation_samples_per_s")
+        row["ours_bf16_step_samples_per_s"] = bf16.get("step_samples_per_s")
+        row["bf16_val_auc_minus_float32"] = (
+            round(bf16["val_auc"] - ours["val_auc"], 5)
+            if bf16.get("val_auc") is not None and ours.get("val_auc") is not None else None)
 
         def ratio(a: float | None, c: float | None) -> float | None:
             return round(a / c, 3) if a and c else None
@@ -919,14 +1066,18 @@ def summarize(payload: dict[str, Any], batch_sizes: list[int]) -> dict[str, Any]
 
 def print_table(summary: dict[str, Any]) -> None:
     columns = ("batch", "ours_train", "ours_with_val", "ours_step", "din_fit_with_val",
-               "din_best", "din_best_mode", "with_val/din_best", "step/din_best")
+               "din_best", "din_best_mode", "with_val/din_best", "step/din_best",
+               "bf16_with_val", "bf16_step", "bf16_auc_diff")
     rows = [{"batch": k, "ours_train": v["ours_train_samples_per_s"],
              "ours_with_val": v["ours_with_validation_samples_per_s"],
              "ours_step": v["ours_step_samples_per_s"],
              "din_fit_with_val": v["din_fuxictr_fit_with_validation_samples_per_s"],
              "din_best": v["din_best_samples_per_s"], "din_best_mode": v["din_best_mode"],
              "with_val/din_best": v["with_validation_vs_din_best"],
-             "step/din_best": v["step_vs_din_best"]} for k, v in summary.items()]
+             "step/din_best": v["step_vs_din_best"],
+             "bf16_with_val": v.get("ours_bf16_with_validation_samples_per_s"),
+             "bf16_step": v.get("ours_bf16_step_samples_per_s"),
+             "bf16_auc_diff": v.get("bf16_val_auc_minus_float32")} for k, v in summary.items()]
     print("\nsamples/s (epochs after the first; validation + checkpoint included where named)")
     print(common.format_table(rows, columns))
 
@@ -960,6 +1111,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile modes for DIN at its best, '' for eager only "
                         "(default 'default,reduce-overhead'; smoke 'default')")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma separated, of {PARTS}")
+    p.add_argument("--no-profile", dest="profile", action="store_false",
+                   help="skip the device profile of the compiled step (JAX on a GPU only)")
     p.add_argument("--limits", default=None,
                    help="seconds allowed to each part, comma separated in the order of --parts "
                         f"(default {GPU_LIMITS_S}; smoke {SMOKE_LIMITS_S})")
@@ -1003,7 +1156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--repeats", str(args.repeats), "--din-fit-epochs",
                         str(args.din_fit_epochs), "--din-steps", str(args.din_steps),
                         "--din-warmup", str(args.din_warmup),
-                        "--din-compile-modes", ",".join(args.din_compile_modes)]
+                        "--din-compile-modes", ",".join(args.din_compile_modes),
+                        *([] if args.profile else ["--no-profile"])]
     return args
 
 
@@ -1013,7 +1167,8 @@ def main(argv: list[str] | None = None) -> int:
         frag = Fragment(args.fragment, args.part)
         frag.data["versions"] = common.library_versions()
         try:
-            {"ours": part_ours, "din_fit": part_din_fit, "din_best": part_din_best}[args.part](
+            {"ours": part_ours, "ours_bf16": part_ours, "din_fit": part_din_fit,
+             "din_best": part_din_best}[args.part](
                 args, frag)
         except Exception as e:  # noqa: BLE001 - an import failure, say: reported in the JSON
             frag.error("part", e)
@@ -1041,7 +1196,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": {"loop_share_of_step": TARGET_LOOP_SHARE,
                     "with_validation_samples_per_s": TARGET_SAMPLES_PER_S,
                     "ratio_vs_din_best": TARGET_RATIO_VS_DIN_BEST},
-        "ours": {}, "din": {"fuxictr_fit": {}, "best": {}}, "parts": {},
+        "ours": {}, "ours_bf16": {}, "din": {"fuxictr_fit": {}, "best": {}}, "parts": {},
     }
     common.write_json_atomic(out, payload)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="train_speed_"))
@@ -1053,7 +1208,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[train_speed] world: {payload['world']['build_s']} s, lake "
               f"{payload['world']['lake_mib']} MiB", flush=True)
         common.write_json_atomic(out, payload)
-        where = {"ours": payload["ours"], "din_fit": payload["din"]["fuxictr_fit"],
+        where = {"ours": payload["ours"], "ours_bf16": payload["ours_bf16"],
+                 "din_fit": payload["din"]["fuxictr_fit"],
                  "din_best": payload["din"]["best"]}
         for i, (part, limit) in enumerate(zip(args.parts, args.limits, strict=True)):
             # Within the budget, keeping half of each later part's own limit for it.

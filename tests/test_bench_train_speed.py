@@ -125,3 +125,56 @@ def test_summary_ratios_and_targets() -> None:
                                   "with_validation_ge_2x_din_best": False,
                                   "with_validation_ge_1000000": False}
     assert ts.summarize(payload, [8192])["8192"]["step_vs_din_best"] is None
+
+
+def test_bf16_summary_sits_beside_float32() -> None:
+    payload = {
+        "ours": {"1024": {"with_validation_samples_per_s": 800_000.0, "val_auc": 0.72}},
+        "ours_bf16": {"1024": {"with_validation_samples_per_s": 950_000.0,
+                               "step_samples_per_s": 1_200_000.0, "val_auc": 0.7185}},
+        "din": {"fuxictr_fit": {}, "best": {}},
+    }
+    row = ts.summarize(payload, [1024])["1024"]
+    assert row["ours_bf16_with_validation_samples_per_s"] == 950_000.0
+    assert row["ours_bf16_step_samples_per_s"] == 1_200_000.0
+    assert row["bf16_val_auc_minus_float32"] == pytest.approx(-0.0015)
+    assert ts.summarize({**payload, "ours_bf16": {}}, [1024])["1024"][
+        "bf16_val_auc_minus_float32"] is None
+
+
+def _trace(events: list[tuple[str, str, float, float]]) -> list[dict]:
+    """A Chrome trace as JAX's profiler writes it: a host process and a GPU process whose lines
+    are a kernel stream and the XLA ops line; events (line, name, start us, duration us)."""
+    lines = {"host": (1, 10), "stream": (2, 20), "ops": (2, 21)}
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+            {"ph": "M", "name": "thread_name", "pid": 1, "tid": 10, "args": {"name": "main"}},
+            {"ph": "M", "name": "thread_name", "pid": 2, "tid": 20,
+             "args": {"name": "Stream #13(Compute)"}},
+            {"ph": "M", "name": "thread_name", "pid": 2, "tid": 21, "args": {"name": "XLA Ops"}}]
+    return meta + [{"ph": "X", "pid": lines[line][0], "tid": lines[line][1], "name": name,
+                    "ts": ts0, "dur": dur} for line, name, ts0, dur in events]
+
+
+def test_trace_summary_is_the_arithmetic_of_the_kernels() -> None:
+    events = _trace([
+        ("host", "PjitFunction(train)", 0.0, 1_000.0),  # the window: 0 .. 1,000 us
+        ("stream", "sm90_xmma_gemm_f32", 100.0, 200.0),
+        ("stream", "loop_multiply_fusion", 250.0, 100.0),  # overlaps the gemm by 50 us
+        ("stream", "input_reduce_fusion", 600.0, 100.0),
+        ("stream", "sm90_xmma_gemm_f32", 800.0, 100.0),
+        ("ops", "dot.12", 100.0, 200.0),  # ops overlap kernels: listed, never added to them
+    ])
+    s = ts.summarize_trace(events, steps=2)
+    # kernels: gemm 300 us, elementwise fusion 100, reduction 100 -> 500 us over 2 steps
+    assert s["kernel_ms_per_step"] == 0.25
+    assert s["by_kind_ms_per_step"] == {"matmul": 0.15, "fused elementwise": 0.05,
+                                        "reduction": 0.05}
+    # busy: union of [100, 350), [600, 700), [800, 900) = 450 us of a 1,000 us window
+    assert s["device_busy_s"] == 0.00045
+    assert s["device_busy_share_of_window"] == 0.45
+    assert s["kernel_launches"] == 4 and s["kernels"] == 3
+    assert s["top_kernels"][0] == {"name": "sm90_xmma_gemm_f32", "ms_per_step": 0.15,
+                                   "share": 0.6}
+    assert s["top_xla_ops"] == [{"name": "dot.12", "ms_per_step": 0.1, "share": 1.0}]
+    assert "error" in ts.summarize_trace(_trace([("host", "x", 0.0, 1.0)]), steps=1)
