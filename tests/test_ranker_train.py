@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from sklearn.metrics import roc_auc_score
 from test_ranker_fixtures import RQVAE_VERSION, training_world
 
 from saviorrec.config import REPO_ROOT, Config
@@ -65,6 +66,13 @@ def test_train_writes_model_meta_and_test_predictions(trained: Config) -> None:
     valid = load_samples(lake.training("valid"))
     val = model.predict(RankerBatches(valid, items, batch_size=64, with_labels=False), verbose=0)
     assert meta["val_auc"] == pytest.approx(auc(valid.label, val.reshape(-1)), abs=1e-6)
+    labels = trained.stats.bucket_labels()
+    assert sorted(meta["val_auc_by_bucket"]) == sorted(labels)  # the meta is written key-sorted
+    for i, name in enumerate(labels):  # sklearn on the bucket's own rows, by hand
+        rows = valid.eval_pv_bucket == i
+        if len(set(valid.label[rows].tolist())) == 2:
+            assert meta["val_auc_by_bucket"][name] == pytest.approx(
+                roc_auc_score(valid.label[rows], val.reshape(-1)[rows]), abs=1e-6)
     assert meta["history"]["val_auc"][meta["best_epoch"] - 1] == max(meta["history"]["val_auc"])
 
 

@@ -37,7 +37,7 @@ import pyarrow as pa
 
 from saviorrec.config import Config
 from saviorrec.lake import Lake, RankerFiles, atomic_path, write_table
-from saviorrec.metrics import auc
+from saviorrec.metrics import auc, auc_by_bucket
 from saviorrec.progress import fit_verbose
 from saviorrec.ranker_inputs import USER_STAT_COUNTS
 from saviorrec.schema import PREDICTIONS, SPLITS
@@ -344,6 +344,9 @@ def _train(cfg: Config, *, variant: str, seed: int,
         "epochs": len(val_aucs),
         "best_epoch": int(np.argmax(val_aucs)) + 1 if val_aucs else 0,
         "val_auc": auc(valid.label, valid_scores),  # best weights, sklearn on all valid rows
+        # per evaluation PV bucket: settings for cold items are chosen on these, never on test
+        "val_auc_by_bucket": auc_by_bucket(valid.label, valid_scores, valid.eval_pv_bucket,
+                                           cfg.stats.bucket_labels()),
         "test_auc": auc(test.label, test_scores),
         "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
         "model_config": config.to_dict(),
