@@ -26,9 +26,11 @@ ITEM_KEY = "item_id"
 USER_KEY = "user_id"
 # Push sources (FeatureStore.push) of the item views, over the same batch sources: onboarding
 # (items add, POST /items) pushes new items' multimodal rows and PV-0 statistics, the streaming
-# statistics job pushes fresh item_stats rows.
+# job pushes fresh item_stats rows and user rows.
 ITEM_MULTIMODAL_PUSH = "item_multimodal_push"
 ITEM_STATS_PUSH = "item_stats_push"
+# The user_sequence view's push source: the streaming job's user rows (issue 28).
+USER_SEQUENCE_PUSH = "user_sequence_push"
 # Tags of the item_multimodal view: list lengths, so that online defaults (a zero embedding,
 # semantic ids 0) have the shape the ranker was built for without a config at serving time.
 TAG_EMBEDDING_DIM = "embedding_dim"
@@ -91,7 +93,8 @@ def build(cfg: Config) -> Definitions:
     user_sequence = FeatureView(
         name="user_sequence", entities=[user], ttl=timedelta(0),
         schema=feature_fields(SEQUENCES), online=True,
-        source=_source(SEQUENCES, lake.spark("sequences"), folder=True, profile=profile),
+        source=PushSource(name=USER_SEQUENCE_PUSH, batch_source=_source(
+            SEQUENCES, lake.spark("sequences"), folder=True, profile=profile)),
         description=SEQUENCES.doc,
     )
     return Definitions(

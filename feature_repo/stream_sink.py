@@ -1,4 +1,4 @@
-"""The streaming statistics job's sink: item_stats rows into the online store by Feast push.
+"""The streaming job's sinks: item_stats rows and user rows into the online store by Feast push.
 
 ``spark_jobs/item_stats_stream.py`` hands each micro-batch's changed rows (schema ITEM_STATS,
 each the batch job's row as of the stream's snapshot, timestamp included) to
@@ -11,6 +11,10 @@ again. Feast's Redis store keeps a row only if it is strictly newer than the sto
 would drop the correction; this sink's store sets the Redis store's ``skip_dedup`` (one writer
 owns item_stats online while the stream runs). Feast's sqlite store always overwrites.
 
+User rows (SEQUENCES, the batch job's serving row over the events seen) go through
+:func:`user_rows_sink` to ``user_sequence_push``, with the same store: a repeated micro-batch or
+a late event rewrites a row whose timestamp is not newer.
+
 :func:`read_online_item_stats` reads the rows back with their timestamps (the equality checks).
 """
 
@@ -22,15 +26,16 @@ import pandas as pd
 from feast import FeatureStore, RepoConfig
 from feast.data_source import PushMode
 
-from feature_repo.definitions import ITEM_KEY, ITEM_STATS_PUSH
+from feature_repo.definitions import ITEM_KEY, ITEM_STATS_PUSH, USER_KEY, USER_SEQUENCE_PUSH
 from feature_repo.fields import TIMESTAMP_COLUMN, feature_names
 from feature_repo.online import redis_errors
 from feature_repo.profiles import repo_dir, store_settings
 from saviorrec.config import Config
 from saviorrec.lake import Lake
-from saviorrec.schema import ITEM_STATS
+from saviorrec.schema import ITEM_STATS, SEQUENCES
 
 ITEM_STATS_VIEW = "item_stats"
+USER_SEQUENCE_VIEW = "user_sequence"
 
 
 def sink_store(cfg: Config) -> FeatureStore:
@@ -56,6 +61,47 @@ def item_stats_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
     """The sink the streaming job calls with each micro-batch's changed rows."""
     store = sink_store(cfg)
     return lambda rows: push_item_stats(store, rows)
+
+
+def push_user_rows(store: FeatureStore, rows: pd.DataFrame) -> None:
+    """Push SEQUENCES rows online; a Redis outage fails naming host:port only."""
+    if rows.empty:
+        return
+    frame = rows[SEQUENCES.names].copy()
+    frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
+    with redis_errors(store):
+        store.push(USER_SEQUENCE_PUSH, frame, to=PushMode.ONLINE)
+
+
+def user_rows_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
+    """The sink the streaming job calls with each micro-batch's user rows."""
+    store = sink_store(cfg)
+    return lambda rows: push_user_rows(store, rows)
+
+
+def read_online_user_rows(store: FeatureStore, user_ids: list[int]) -> pd.DataFrame:
+    """The online user_sequence rows of ``user_ids`` (SEQUENCES columns, ``seq_item_ids`` as
+    lists); users without one are left out."""
+    names = feature_names(SEQUENCES, keys=(USER_KEY,))
+    if not user_ids:
+        return pd.DataFrame(columns=SEQUENCES.names)
+    with redis_errors(store):
+        frame = store.get_online_features(
+            features=[f"{USER_SEQUENCE_VIEW}:{n}" for n in names],
+            entity_rows=[{USER_KEY: int(u)} for u in user_ids],
+        ).to_df(include_event_timestamps=True)
+    frame = frame[frame["seq_len"].notna()]
+    out = pd.DataFrame({USER_KEY: frame[USER_KEY].astype("int64"),
+                        TIMESTAMP_COLUMN: pd.to_datetime(frame["seq_len__ts"], unit="s", utc=True)})
+    for column in SEQUENCES.columns:
+        if column.name not in names:
+            continue
+        if column.dtype.startswith("list"):
+            out[column.name] = [[int(i) for i in v] for v in frame[column.name]]
+        else:
+            out[column.name] = frame[column.name].astype(
+                "int64" if column.dtype == "int64" else "float32")
+    return out.reset_index(drop=True)
 
 
 def read_online_item_stats(store: FeatureStore, item_ids: list[int]) -> pd.DataFrame:

@@ -52,17 +52,18 @@ def cmd_spark(args: argparse.Namespace) -> Any:
 
 
 def cmd_stream(args: argparse.Namespace) -> Any:
-    """The streaming statistics job with its Feast sink (joined here: no stage imports another)."""
-    from feature_repo.stream_sink import item_stats_sink
+    """The streaming job (item statistics and user rows) with its Feast sinks (joined here: no
+    stage imports another)."""
+    from feature_repo.stream_sink import item_stats_sink, user_rows_sink
     from spark_jobs import item_stats_stream
     from spark_jobs.session import build_session
 
     cfg = _config(args)
-    sink = item_stats_sink(cfg)
+    sink, user_sink = item_stats_sink(cfg), user_rows_sink(cfg)
     spark = build_session(cfg.spark, args.master)
     try:
         return item_stats_stream.run(spark, cfg, sink, inbox=args.events,
-                                     available_now=args.available_now)
+                                     available_now=args.available_now, user_sink=user_sink)
     finally:
         spark.stop()
 
@@ -184,8 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", choices=[*SPARK_JOB_NAMES, "all"])
     p.add_argument("--master", default=None, help="Spark master URL (default: from config)")
 
-    p = add("stream", cmd_stream, "Spark Structured Streaming: item statistics from a folder "
-            "of event files, pushed to the online store (docs/live.md)")
+    p = add("stream", cmd_stream, "Spark Structured Streaming: item statistics and user rows "
+            "from a folder of event files, pushed to the online store (docs/live.md)")
     p.add_argument("job", choices=["item-stats"])
     p.add_argument("--events", default=None,
                    help="folder of event parquet files (default: the run's lake/stream/events)")

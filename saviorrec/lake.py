@@ -278,7 +278,7 @@ class ExportFiles:
 
 @dataclass(frozen=True)
 class StreamFiles:
-    """The streaming item_stats job's own files (Lake.item_stats_stream)."""
+    """The streaming job's own files (Lake.item_stats_stream): item statistics and user rows."""
 
     root: Path
 
@@ -292,6 +292,14 @@ class StreamFiles:
         """The job's state: (item_id, period, pv, clicks) of each micro-batch's good events, one
         parquet folder per batch id (``batch_id=N``), written once and atomically."""
         return self.root / "counts"
+
+    @property
+    def users(self) -> Path:
+        """The user rows' state: for each user with events in micro-batch N, their full state
+        after N (events, clicks, last event time, last ``sequences.max_len`` clicks), one parquet
+        folder per batch id (``batch-<N>``), written once and atomically; a user's current
+        state is their row in the latest folder that has one."""
+        return self.root / "users"
 
     @property
     def quarantine(self) -> Path:

@@ -1,4 +1,4 @@
-"""Fresh item statistics from a stream of event files: Spark Structured Streaming.
+"""Fresh item statistics and user rows from a stream of event files: Spark Structured Streaming.
 
 The live counterpart of the batch job (``spark_jobs/item_stats.py``), with its point-in-time
 rule and its cadence (``stats.snapshot_cadence``): a row stamped P (the start of a UTC period)
@@ -33,6 +33,29 @@ P_N (late events included), and, when the clock moved, items with events in peri
 A late event (older than P) corrects its item's row with the same timestamp as before: the sink
 must overwrite (Redis: ``skip_dedup``), as the batch job would have counted it too.
 
+**User rows** (the ``user_sequence`` view, issue 28): the same micro-batch also keeps every
+user's row what the batch job (``spark_jobs/sequences.py``) gives as its *serving row* over the
+events seen so far: stamped 1 s after the user's last event, it holds the user's last
+``sequences.max_len`` clicks (oldest first, clicks at one timestamp ordered by item id,
+left-padded), user_pv / user_clicks (every event and click) and user_ctr (smoothed with
+``stats.ctr_prior*``). Unlike item statistics they have no clock: a user's row follows their own
+events only, exact to the event, as the batch rows are. Per batch N (step 2b, after the counts):
+
+- the state of each user with events in N is written once, atomically, to
+  ``StreamFiles.users/batch-<N>``: pv, clicks, the last event's time and the last N clicks as
+  (time, item) pairs, from the user's state in the latest earlier folder and N's events
+  (:func:`user_states`). Bounded: the last N clicks and three numbers per user, never the whole
+  history. Exact for late events too: the last N of all clicks are the last N of (the last N of
+  the earlier ones and the new ones), in (time, item) order;
+- their rows (:func:`user_rows`) are pushed to the user sink (full values, timestamp included).
+
+Why in this job's micro-batch, not a second query on the inbox: one read of each file, one set of
+checks and one quarantine (a bad file counts for neither, never for one and not the other), one
+checkpoint, so both kinds of rows are always as of the same files; a replay that waits for a
+batch's commit then knows both are written. A repeated batch N keeps its folder and pushes the
+same rows again, as for items. ``user_sink`` None leaves user rows out (the job's
+item-statistics tests).
+
     saviorrec stream item-stats --config C [--available-now]
 """
 
@@ -56,17 +79,24 @@ from pyspark.sql.streaming import StreamingQuery
 
 from saviorrec.config import Config
 from saviorrec.lake import Lake, StreamFiles, atomic_path
-from saviorrec.schema import EVENTS, ITEM_STATS
+from saviorrec.schema import EVENTS, ITEM_STATS, SEQUENCES
+from spark_jobs.columns import smoothed_ctr
 from spark_jobs.item_stats import period_counts, with_rates
 from spark_jobs.samples import with_label
+from spark_jobs.sequences import left_padded, serving_time
 from spark_jobs.tables import conform
 
 log = logging.getLogger(__name__)
 
-# A sink takes ITEM_STATS rows (pandas, UTC timestamps) and writes them; it must overwrite.
+# A sink takes ITEM_STATS rows (the user sink: SEQUENCES rows), pandas with UTC timestamps, and
+# writes them; it must overwrite.
 Sink = Callable[[pd.DataFrame], None]
 
 COUNTS_DDL = "batch_id BIGINT, item_id BIGINT, period BIGINT, pv BIGINT, clicks BIGINT"
+CLICK_DDL = "STRUCT<event_timestamp: TIMESTAMP, item_id: BIGINT>"
+USERS_DDL = (f"batch_id BIGINT, user_id BIGINT, pv BIGINT, clicks BIGINT, last_event TIMESTAMP, "
+             f"recent ARRAY<{CLICK_DDL}>")
+USER_EVENTS_DDL = "user_id BIGINT, item_id BIGINT, label BIGINT, event_timestamp TIMESTAMP"
 BATCH_PREFIX = "batch-"
 REASON_SUFFIX = ".reason.json"
 FILE_COLUMN = "_file"
@@ -136,6 +166,56 @@ def changed_items(state: DataFrame, batch_id: int, snapshot: int, previous: int 
     return state.filter(new | moved).select("item_id").distinct()
 
 
+def user_states(events: DataFrame, earlier: DataFrame, max_len: int) -> DataFrame:
+    """(user_id, pv, clicks, last_event, recent) after a batch, for each user with an event in it.
+
+    ``events``: the batch's (user_id, item_id, label, event_timestamp); ``earlier``: USERS_DDL
+    rows of the batches before (a user's state is their row of the highest batch id). ``recent``
+    holds the last ``max_len`` clicks as (event_timestamp, item_id), in that order (the batch
+    job's order: time, then item id)."""
+    click = F.when(F.col("label") == 1, F.struct("event_timestamp", "item_id"))
+    new = events.groupBy("user_id").agg(
+        F.count(F.lit(1)).cast("bigint").alias("pv_new"),
+        F.sum("label").cast("bigint").alias("clicks_new"),
+        F.max("event_timestamp").alias("last_new"),
+        F.collect_list(click).alias("recent_new"),  # nulls (non-clicks) are left out
+    )
+    fields = ("pv", "clicks", "last_event", "recent")
+    latest = (earlier.join(new.select("user_id"), "user_id", "left_semi")
+              .groupBy("user_id")
+              .agg(F.max_by(F.struct(*fields), "batch_id").alias("s"))
+              .select("user_id", *(F.col(f"s.{f}").alias(f) for f in fields)))
+    zero, none = F.lit(0).cast("bigint"), F.array().cast(f"ARRAY<{CLICK_DDL}>")
+    merged = F.array_sort(F.concat(F.coalesce("recent", none), "recent_new"))
+    size = F.size(merged)
+    return new.join(latest, "user_id", "left").select(
+        "user_id",
+        (F.coalesce("pv", zero) + F.col("pv_new")).alias("pv"),
+        (F.coalesce("clicks", zero) + F.col("clicks_new")).alias("clicks"),
+        F.greatest(F.coalesce("last_event", "last_new"), "last_new").alias("last_event"),
+        F.when(size > max_len, F.slice(merged, size - max_len + 1, F.lit(max_len)))
+        .otherwise(merged).alias("recent"),
+    )
+
+
+def user_rows(states: DataFrame, max_len: int, ctr_prior: float,
+              ctr_prior_strength: float) -> DataFrame:
+    """SEQUENCES rows of user states: the batch job's serving row over the events seen
+    (stamped 1 s after the last, every click and event before it)."""
+    seq_len = F.size("recent").cast("bigint")
+    return states.select(
+        "user_id",
+        serving_time(F.col("last_event")).alias("event_timestamp"),
+        left_padded(F.transform("recent", lambda c: c["item_id"]), seq_len, max_len)
+        .alias("seq_item_ids"),
+        seq_len.alias("seq_len"),
+        F.col("pv").alias("user_pv"),
+        F.col("clicks").alias("user_clicks"),
+        smoothed_ctr(F.col("clicks"), F.col("pv"), ctr_prior, ctr_prior_strength)
+        .alias("user_ctr"),
+    )
+
+
 # --- file checks ---------------------------------------------------------------------------------
 def local_path(uri: str) -> Path:
     """A local path from Spark's ``file:`` URI (or a plain path)."""
@@ -175,8 +255,8 @@ class ItemStatsStream:
     """The ``foreachBatch`` function of the query, and its files."""
 
     def __init__(self, spark: SparkSession, cfg: Config, sink: Sink,
-                 files: StreamFiles | None = None) -> None:
-        self.spark, self.cfg, self.sink = spark, cfg, sink
+                 files: StreamFiles | None = None, user_sink: Sink | None = None) -> None:
+        self.spark, self.cfg, self.sink, self.user_sink = spark, cfg, sink, user_sink
         self.files = files or Lake.from_config(cfg).item_stats_stream
         self.period_seconds = cfg.stats.snapshot_seconds
         self.window = cfg.stats.recent_window_periods
@@ -184,6 +264,9 @@ class ItemStatsStream:
     # paths of this batch's state and quarantine
     def counts_path(self, batch_id: int) -> Path:
         return self.files.counts / f"{BATCH_PREFIX}{batch_id:012d}"
+
+    def users_path(self, batch_id: int) -> Path:
+        return self.files.users / f"{BATCH_PREFIX}{batch_id:012d}"
 
     def quarantined(self, batch_id: int, path: Path) -> Path:
         return self.files.quarantine / f"{batch_id:012d}-{path.name}"
@@ -260,6 +343,42 @@ class ItemStatsStream:
             out.coalesce(1).write.mode("error").parquet(str(tmp))
         return n_events
 
+    def write_users(self, batch_id: int, good: list[Path]) -> bool:
+        """The state of this batch's users after it, written once (kept on a re-run: it was
+        made from the same files and the same earlier folders). False when kept."""
+        target = self.users_path(batch_id)
+        if target.exists():
+            return False
+        if good:
+            events = (self.read_events(good).transform(with_label, self.cfg.labels.click_threshold)
+                      .select("user_id", "item_id", "label", "event_timestamp"))
+        else:
+            events = self.spark.createDataFrame([], USER_EVENTS_DDL)
+        states = user_states(events, self.user_state(batch_id - 1), self.cfg.sequences.max_len)
+        out = states.select(F.lit(batch_id).cast("bigint").alias("batch_id"), "*")
+        with atomic_path(target) as tmp:
+            out.coalesce(1).write.mode("error").parquet(str(tmp))
+        return True
+
+    def user_state(self, batch_id: int) -> DataFrame:
+        """The user folders of every batch up to ``batch_id`` (USERS_DDL; a user's current
+        state is their row with the highest batch id)."""
+        folders = sorted(str(p) for p in self.files.users.glob(f"{BATCH_PREFIX}*")
+                         if int(p.name[len(BATCH_PREFIX):]) <= batch_id)
+        if not folders:
+            return self.spark.createDataFrame([], USERS_DDL)
+        return (self.spark.read.schema(USERS_DDL).parquet(*folders)
+                .filter(F.col("batch_id") <= batch_id))
+
+    def user_rows(self, batch_id: int) -> pd.DataFrame:
+        """SEQUENCES rows (pandas, UTC timestamps) of the users of this batch, from its folder."""
+        stats, max_len = self.cfg.stats, self.cfg.sequences.max_len
+        states = self.spark.read.schema(USERS_DDL).parquet(str(self.users_path(batch_id)))
+        rows = conform(user_rows(states, max_len, stats.ctr_prior, stats.ctr_prior_strength),
+                       SEQUENCES).toPandas()
+        rows["event_timestamp"] = pd.to_datetime(rows["event_timestamp"], utc=True)
+        return rows
+
     def state(self, batch_id: int) -> DataFrame:
         """The counts of every batch up to ``batch_id`` (folders listed here: a glob would make
         Spark look for a streaming sink's metadata under it and log a stack trace)."""
@@ -320,14 +439,21 @@ class ItemStatsStream:
         paths = sorted(local_path(r["path"]) for r in batch.select("path").collect())
         files = self.classify(batch_id, paths)
         n_events = self.write_counts(batch_id, files.good)
+        if self.user_sink is not None:
+            self.write_users(batch_id, files.good)
         snapshot, rows = self.snapshot_rows(self.state(batch_id), batch_id)
-        pushed = 0
+        pushed, users_pushed = 0, None
         if rows is not None:
             frame = rows.toPandas()
             frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
             if len(frame):
                 self.sink(frame)
             pushed = len(frame)
+        if self.user_sink is not None:
+            user_frame = self.user_rows(batch_id)
+            if len(user_frame):
+                self.user_sink(user_frame)
+            users_pushed = len(user_frame)
         if files.bad:
             self.quarantine(batch_id, files.bad)
         progress = {
@@ -337,21 +463,24 @@ class ItemStatsStream:
             "snapshot": None if snapshot is None else
             pd.Timestamp(snapshot * self.period_seconds, unit="s", tz="UTC").isoformat(),
             "rows_pushed": pushed,
+            "user_rows_pushed": users_pushed,
         }
         with atomic_path(self.files.progress) as tmp:
             tmp.write_text(json.dumps(progress, indent=1))
         log.info("item_stats stream batch %d: %d files (%d bad), %s events, snapshot %s, "
-                 "%d rows pushed", batch_id, len(paths), progress["bad_files"],
-                 progress["events"], progress["snapshot"], pushed)
+                 "%d rows pushed, %s user rows", batch_id, len(paths), progress["bad_files"],
+                 progress["events"], progress["snapshot"], pushed, users_pushed)
 
 
 def start(spark: SparkSession, cfg: Config, sink: Sink, *, inbox: Path | None = None,
-          files: StreamFiles | None = None, available_now: bool = False) -> StreamingQuery:
-    """Start the query over ``inbox`` (default ``Lake.event_inbox``) on its checkpoint."""
+          files: StreamFiles | None = None, available_now: bool = False,
+          user_sink: Sink | None = None) -> StreamingQuery:
+    """Start the query over ``inbox`` (default ``Lake.event_inbox``) on its checkpoint;
+    ``user_sink`` (SEQUENCES rows) also keeps user rows."""
     lake = Lake.from_config(cfg)
     inbox = Path(inbox or lake.event_inbox)
     inbox.mkdir(parents=True, exist_ok=True)
-    job = ItemStatsStream(spark, cfg, sink, files)
+    job = ItemStatsStream(spark, cfg, sink, files, user_sink)
     job.files.root.mkdir(parents=True, exist_ok=True)
     source = (spark.readStream.format("binaryFile").schema(BINARY_FILE_DDL)
               .option("maxFilesPerTrigger", cfg.stream.max_files_per_trigger)
@@ -366,10 +495,12 @@ def start(spark: SparkSession, cfg: Config, sink: Sink, *, inbox: Path | None = 
 
 
 def run(spark: SparkSession, cfg: Config, sink: Sink, *, inbox: Path | None = None,
-        files: StreamFiles | None = None, available_now: bool = False) -> dict[str, Any]:
+        files: StreamFiles | None = None, available_now: bool = False,
+        user_sink: Sink | None = None) -> dict[str, Any]:
     """Run the stream (until every file now in the inbox is done, with ``available_now``;
     else until stopped) and report the last batch and the quarantine."""
-    query = start(spark, cfg, sink, inbox=inbox, files=files, available_now=available_now)
+    query = start(spark, cfg, sink, inbox=inbox, files=files, available_now=available_now,
+                  user_sink=user_sink)
     query.awaitTermination()
     stream_files = files or Lake.from_config(cfg).item_stats_stream
     progress = json.loads(stream_files.progress.read_text()) if stream_files.progress.exists() \

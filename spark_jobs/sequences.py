@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: import from th
 
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from saviorrec.config import Config
@@ -38,11 +38,24 @@ from spark_jobs.columns import smoothed_ctr
 from spark_jobs.tables import read_table, write_table
 
 
+def serving_time(last_event: Column) -> Column:
+    """The time of a user's serving row: 1 second after their last event (so it holds them all).
+    The streaming job (``spark_jobs/item_stats_stream.py``) stamps its user rows the same way."""
+    return last_event + F.expr("INTERVAL 1 SECOND")
+
+
+def left_padded(item_ids: Column, seq_len: Column, max_len: int) -> Column:
+    """``item_ids`` (``seq_len`` of them, at most ``max_len``) left-padded with PADDING_ITEM_ID."""
+    padding = F.array_repeat(F.lit(PADDING_ITEM_ID).cast("bigint"),
+                             (F.lit(max_len) - seq_len).cast("int"))
+    return F.concat(padding, item_ids)
+
+
 def sequence_times(samples: DataFrame) -> DataFrame:
     """(user_id, event_timestamp): each distinct sample time, and last event + 1 s per user."""
     times = samples.select("user_id", "event_timestamp").distinct()
     serving = samples.groupBy("user_id").agg(
-        (F.max("event_timestamp") + F.expr("INTERVAL 1 SECOND")).alias("event_timestamp")
+        serving_time(F.max("event_timestamp")).alias("event_timestamp")
     )
     return times.unionByName(serving)
 
@@ -85,11 +98,10 @@ def last_clicks(counted: DataFrame, arrays: DataFrame, max_len: int, prior: floa
     recent = F.when(seq_len > 0, F.slice("clicked", start, seq_len)).otherwise(
         F.array().cast("array<bigint>")
     )
-    padding = F.array_repeat(F.lit(PADDING_ITEM_ID).cast("bigint"), (F.lit(max_len) - seq_len).cast("int"))
     return counted.join(arrays, "user_id", "left").select(
         "user_id",
         "event_timestamp",
-        F.concat(padding, recent).alias("seq_item_ids"),
+        left_padded(recent, seq_len, max_len).alias("seq_item_ids"),
         seq_len.alias("seq_len"),
         F.col("pv_before").alias("user_pv"),
         F.col("n_before").alias("user_clicks"),

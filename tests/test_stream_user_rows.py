@@ -1,0 +1,184 @@
+"""The streaming job's user rows against the batch job (``spark_jobs/sequences.py``): real Spark,
+a real Feast store (sqlite), no mocks.
+
+After each run of the stream, every user's online ``user_sequence`` row (read back from Feast,
+with its timestamp) must equal, value by value, the batch job's *serving row* over the events
+fed so far: the row that ``spark_jobs.sequences.sequences`` stamps 1 s after the user's last
+event (its latest row), picked here in pandas from the batch job's whole output. The sequence
+length is 3 (``small_config``), so a user with more clicks keeps only the last 3.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pyspark.sql import SparkSession
+from test_feast_lake import write_lake
+from test_stream_stats import stream_config, write_events
+
+from feature_repo import store as fs
+from feature_repo.stream_sink import (
+    item_stats_sink,
+    read_online_user_rows,
+    sink_store,
+    user_rows_sink,
+)
+from saviorrec.config import Config
+from saviorrec.lake import Lake
+from saviorrec.schema import EVENTS, SEQUENCES
+from spark_jobs import item_stats_stream
+from spark_jobs.samples import with_label
+from spark_jobs.sequences import sequences
+
+T0 = datetime(2020, 1, 1, tzinfo=UTC)
+USERS = list(range(1, 8))  # user 7 never has an event
+
+
+def at(day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
+    return T0 + timedelta(days=day, hours=hour, minutes=minute, seconds=second)
+
+
+# (user, item, rating, time); rating >= 4 is a click
+FILE_A = [
+    # user 1: five clicks (more than the 3 kept), two of them at one instant (items 9 then 4:
+    # ordered by item id), a non-click between
+    (1, 1, 5.0, at(1, 8)),
+    (1, 2, 4.0, at(1, 9)),
+    (1, 3, 2.0, at(1, 10)),  # not a click: counted in user_pv only
+    (1, 9, 4.5, at(1, 11)),
+    (1, 4, 4.0, at(1, 11)),  # same instant as item 9: item 4 first in the sequence
+    (1, 5, 5.0, at(2)),
+    # user 2: non-clicks only: pv 2, no click, an empty (all padding) sequence
+    (2, 1, 1.0, at(1, 12)),
+    (2, 2, 3.5, at(1, 13)),
+    # user 4: a click and a non-click at one instant
+    (4, 6, 4.0, at(3, 6)),
+    (4, 7, 1.0, at(3, 6)),
+]
+FILE_B = [
+    (3, 8, 5.0, at(2, 5)),  # user 3's first event ever, in the second file
+    (1, 6, 4.0, at(3)),  # user 1 again: the sequence slides (2, 4, 9 -> 4, 9 ... )
+    (4, 2, 4.0, at(4)),  # user 4, across two files
+]
+FILE_C = [  # arrives after B, older: late events
+    (1, 7, 4.0, at(0, 23)),  # a late click older than user 1's last 3: pv and clicks only
+    (4, 5, 5.0, at(3, 7)),  # a late click inside user 4's sequence
+    (5, 3, 2.0, at(5)),  # user 5: one non-click
+]
+
+
+def batch_serving_rows(spark: SparkSession, cfg: Config, rows: list[tuple]) -> pd.DataFrame:
+    """The batch job over ``rows``; each user's serving row (their latest), normalised."""
+    events = spark.createDataFrame(rows, EVENTS.spark_ddl()).transform(
+        with_label, cfg.labels.click_threshold).select(
+        "user_id", "item_id", "label", "event_timestamp")
+    out = sequences(events, cfg.sequences.max_len, cfg.stats.ctr_prior,
+                    cfg.stats.ctr_prior_strength).toPandas()
+    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
+    return normalise(out.sort_values("event_timestamp").groupby("user_id").tail(1))
+
+
+def normalise(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame[SEQUENCES.names].copy()
+    for c in SEQUENCES.columns:
+        if c.dtype == "int64":
+            frame[c.name] = frame[c.name].astype("int64")
+        elif c.dtype == "float32":
+            frame[c.name] = frame[c.name].astype("float32")
+    frame["seq_item_ids"] = [[int(i) for i in ids] for ids in frame["seq_item_ids"]]
+    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
+    return frame.sort_values("user_id").reset_index(drop=True)
+
+
+def online(cfg: Config) -> pd.DataFrame:
+    return normalise(read_online_user_rows(fs.get_store(cfg), USERS))
+
+
+def run_stream(spark: SparkSession, cfg: Config) -> dict:
+    return item_stats_stream.run(spark, cfg, item_stats_sink(cfg), available_now=True,
+                                 user_sink=user_rows_sink(cfg))
+
+
+@pytest.fixture()
+def local(config: Config) -> Config:
+    cfg = stream_config(config)
+    # an empty sequences source: the online store starts without user rows
+    write_lake(cfg, sequences=[(6, 1, [0, 0, 0], 0)])
+    fs.apply(cfg)
+    return cfg
+
+
+def test_user_rows_equal_the_batch_jobs_serving_rows(spark: SparkSession, local: Config) -> None:
+    assert local.sequences.max_len == 3
+    lake = Lake.from_config(local)
+    inbox, files = lake.event_inbox, lake.item_stats_stream
+    write_events(inbox / "a.parquet", FILE_A)
+    write_events(inbox / "b.parquet", FILE_B)
+    result = run_stream(spark, local)
+    assert result["last_batch"]["batch_id"] == 1  # one file per micro-batch
+    assert result["last_batch"]["user_rows_pushed"] == 3  # batch 1's users: 1, 3, 4
+    got = online(local)
+    pd.testing.assert_frame_equal(got, batch_serving_rows(spark, local, FILE_A + FILE_B))
+    # by hand
+    one = got.set_index("user_id")
+    assert one.loc[1, "seq_item_ids"] == [9, 5, 6]  # 1, 2, 4 slid out; 4 before 9 at 11:00
+    assert one.loc[1, ["seq_len", "user_pv", "user_clicks"]].tolist() == [3, 7, 6]
+    assert one.loc[1, "event_timestamp"] == pd.Timestamp(at(3, 0, 0, 1))
+    assert one.loc[2, "seq_item_ids"] == [0, 0, 0] and one.loc[2, "user_pv"] == 2
+    assert one.loc[2, "user_ctr"] == np.float32((0 + 10 * 0.5) / (2 + 10))
+    assert one.loc[3, ["seq_item_ids", "user_pv"]].tolist() == [[0, 0, 8], 1]
+    assert one.loc[4, "seq_item_ids"] == [0, 6, 2]  # the click at 06:00, not the non-click
+    assert sorted(one.index) == [1, 2, 3, 4]
+
+    # late events in a third file, on the same checkpoint
+    write_events(inbox / "c.parquet", FILE_C)
+    run_stream(spark, local)
+    everything = FILE_A + FILE_B + FILE_C
+    got = online(local)
+    pd.testing.assert_frame_equal(got, batch_serving_rows(spark, local, everything))
+    one = got.set_index("user_id")
+    assert one.loc[1, "seq_item_ids"] == [9, 5, 6]  # the late click is older than the last 3
+    assert one.loc[1, ["user_pv", "user_clicks"]].tolist() == [8, 7]  # ... but counted
+    assert one.loc[1, "event_timestamp"] == pd.Timestamp(at(3, 0, 0, 1))  # not moved back
+    assert one.loc[4, "seq_item_ids"] == [6, 5, 2]  # inserted in time order
+    assert sorted(one.index) == [1, 2, 3, 4, 5]
+
+    # The state is bounded: one row per user and batch, at most max_len clicks each.
+    job = item_stats_stream.ItemStatsStream(spark, local, lambda rows: None)
+    state = job.user_state(99).toPandas()
+    assert state["recent"].map(len).max() <= local.sequences.max_len
+    latest = state.sort_values("batch_id").groupby("user_id").tail(1)
+    assert latest["pv"].sum() == len(everything)  # every event counted once
+
+    # A rerun of the last batch (its commit removed, as after a kill -9 before the commit): the
+    # state is kept, the same full rows are pushed again over rows that were spoiled meanwhile.
+    spoiled = got[got["user_id"].isin([1, 4, 5])].copy()
+    spoiled["seq_item_ids"] = [[0, 0, 0]] * len(spoiled)
+    spoiled["user_pv"] = 1000
+    sink_store(local).write_to_online_store("user_sequence", spoiled)
+    assert online(local).set_index("user_id").loc[1, "user_pv"] == 1000
+    folders = sorted(p.name for p in files.users.iterdir())
+    for name in ("2", ".2.crc"):  # the commit and its checksum, as if never written
+        (files.checkpoint / "commits" / name).unlink()
+    result = run_stream(spark, local)
+    assert result["last_batch"]["batch_id"] == 2  # batch 2 again, no new batch
+    assert sorted(p.name for p in files.users.iterdir()) == folders
+    pd.testing.assert_frame_equal(online(local), batch_serving_rows(spark, local, everything))
+    state = job.user_state(99).toPandas()
+    assert state.sort_values("batch_id").groupby("user_id").tail(1)["pv"].sum() == len(everything)
+
+
+def test_user_rows_follow_bad_files_out(spark: SparkSession, local: Config,
+                                        tmp_path: Path) -> None:
+    """A quarantined file counts for neither kind of row."""
+    local = local.with_overrides(stream={"max_files_per_trigger": 10})  # all in one batch
+    inbox = Lake.from_config(local).event_inbox
+    write_events(inbox / "good.parquet", FILE_A)
+    write_events(inbox / "bad_rating.parquet", [(3, 3, 9.0, at(1)), (1, 8, 5.0, at(4))])
+    result = run_stream(spark, local)
+    assert result["quarantined"]["files"] == 1
+    pd.testing.assert_frame_equal(online(local), batch_serving_rows(spark, local, FILE_A))
