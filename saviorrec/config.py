@@ -395,6 +395,12 @@ class ServingConfig(_Frozen):
     # (`saviorrec items add`) is scored with its own features on the first request after its
     # push (0) or within this delay; POST /items also drops its items from the cache.
     item_cache_missing_ttl_s: float = Field(0.0, ge=0)
+    # A full cache whose hit rate over a window of item_cache_items lookups is under this reads
+    # the store directly, sending one request in 16 through the cache to keep judging
+    # (serving/item_cache.py). The cached path costs ~7 ms of CPU a request more than the direct
+    # one at a 1M-item catalogue, and a hit saves ~0.08 ms (20 ms for 250 items read): about
+    # break-even at 0.3 (benchmarks/results/pipeline_scale.json, serving_1M). 0: never bypass.
+    item_cache_min_hit_rate: float = Field(0.25, ge=0, le=1)
     # Compile the SavedModel's serving signature with XLA when loading it (about 3x faster on
     # CPU). XLA compiles once per input shape, so the candidates are padded to the next power
     # of two (>= 8) and every size up to max_candidates is compiled at start-up.

@@ -132,10 +132,16 @@ class Counters:
                 ("hits", "item feature lookups served from the in-process cache", cache.hits),
                 ("misses", "item feature lookups read from the store (absent or expired)",
                  cache.misses),
+                ("bypassed_requests", ("requests that read the store directly because the "
+                                       "cache hit under serving.item_cache_min_hit_rate"),
+                 cache.bypassed),
             ):
                 yield CounterMetricFamily(f"{PREFIX}_item_cache_{name}", doc, value=value)
             yield GaugeMetricFamily(f"{PREFIX}_item_cache_items", "items in the cache",
                                     value=len(cache))
+            yield GaugeMetricFamily(f"{PREFIX}_item_cache_bypassing",
+                                    "1 while the cache's hit rate is under its floor",
+                                    value=int(cache.bypassing))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -97,7 +97,8 @@ def item_cache(cfg: Config) -> ItemCache | None:
     if serving.item_cache_ttl_s <= 0 or serving.item_cache_items <= 0:
         return None
     return ItemCache(ttl_s=serving.item_cache_ttl_s, max_items=serving.item_cache_items,
-                     missing_ttl_s=serving.item_cache_missing_ttl_s)
+                     missing_ttl_s=serving.item_cache_missing_ttl_s,
+                     min_hit_rate=serving.item_cache_min_hit_rate)
 
 
 def _as_arrays(values: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +175,7 @@ class FeatureReader:
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
         try:
-            if self.item_cache is None:
+            if self.item_cache is None or not self.item_cache.use():
                 if self.direct is not None:
                     return self.direct.read(user_id, item_ids)
                 return online_features(self.store, user_id, item_ids)

@@ -112,6 +112,47 @@ def test_item_cache_unit_ttl_and_lru() -> None:
         ItemCache(ttl_s=0, max_items=2)
 
 
+def test_cache_under_its_hit_rate_floor_bypasses_itself_and_comes_back() -> None:
+    cache = ItemCache(ttl_s=60.0, max_items=4, min_hit_rate=0.5, probe_every=3)
+    item = CachedItem({"pv": 1}, False)
+    # Filling: never judged, however low the hit rate.
+    assert cache.use() and cache.get_many([1, 2]) == ({}, [1, 2]) and not cache.bypassing
+    cache.put_many({1: item, 2: item})
+    assert cache.use() and cache.get_many([3, 4]) == ({}, [3, 4]) and not cache.bypassing
+    cache.put_many({3: item, 4: item})  # full now
+    # A full window (4 lookups) with 1 hit in 4: under 0.5 -> bypass.
+    cache.get_many([1, 5, 6, 7])
+    assert cache.bypassing
+    # While bypassing, one request in probe_every (3) goes through the cache.
+    used = [cache.use() for _ in range(6)]
+    assert used.count(True) == 2 and cache.bypassed == 4
+    # A probe window with 3 hits in 4 turns the cache back on.
+    cache.get_many([1, 2, 3, 9])
+    assert not cache.bypassing and all(cache.use() for _ in range(5))
+    with pytest.raises(ValueError, match="min_hit_rate"):
+        ItemCache(ttl_s=1.0, max_items=1, min_hit_rate=1.5)
+
+
+def test_bypassing_reader_gives_the_stores_features(served: Served, redis_copy) -> None:
+    """A cache of 2 items under uniform reads of many: the reader turns to direct reads, which
+    give the same features as a reader with no cache, and /metrics-level counters say so."""
+    reader = FeatureReader(served.cfg.with_overrides(
+        serving={"item_cache_items": 2, "item_cache_min_hit_rate": 0.9}))
+    plain = FeatureReader(served.cfg.with_overrides(serving={"item_cache_ttl_s": 0}))
+    cache = reader.item_cache
+    assert cache is not None and cache.min_hit_rate == 0.9
+    ids = list(range(1, served.world.n_items + 1))
+    for start in range(0, 40, 4):
+        got = reader.read(999, ids[start % len(ids):][:4])
+        want = plain.read(999, ids[start % len(ids):][:4])
+        assert got.missing == want.missing and sorted(got.items) == sorted(want.items)
+        for i, values in want.items.items():
+            assert got.items[i]["pv"] == values["pv"]
+            np.testing.assert_array_equal(np.asarray(got.items[i]["embedding"], np.float32),
+                                          np.asarray(values["embedding"], np.float32))
+    assert cache.bypassing and cache.bypassed > 0
+
+
 def test_store_outage_is_503_although_the_items_are_cached(served: Served, redis_copy) -> None:
     client = TestClient(create_app(served.cfg))
     body = {"user_id": 1, "item_ids": [1, 2, 3]}
