@@ -208,8 +208,15 @@ def compare_validation(incumbent: Path, challenger: Path) -> dict[str, Any]:
         other = incumbent / meta.parent.parent.name / meta.parent.name / "meta.json"
         if other.is_file():
             key = f"{meta.parent.parent.name}/{meta.parent.name}"
-            a, b = (json.loads(p.read_text())["val_auc"] for p in (other, meta))
+            inc, cha = (json.loads(p.read_text()) for p in (other, meta))
+            a, b = inc["val_auc"], cha["val_auc"]
             pairs[key] = {"incumbent": a, "challenger": b, "gain": b - a}
+            # per evaluation PV bucket where both metas have it (ranker meta val_auc_by_bucket)
+            both = set(inc.get("val_auc_by_bucket") or {}) & set(cha.get("val_auc_by_bucket") or {})
+            gains = {k: cha["val_auc_by_bucket"][k] - inc["val_auc_by_bucket"][k] for k in both}
+            gains = {k: g for k, g in gains.items() if g == g}  # a one-class bucket is NaN
+            if gains:
+                pairs[key]["gain_by_bucket"] = gains
 
     def stats(gains: list[float]) -> dict[str, Any]:
         g = np.array(gains)
@@ -220,7 +227,12 @@ def compare_validation(incumbent: Path, challenger: Path) -> dict[str, Any]:
     out: dict[str, Any] = {"incumbent": str(incumbent), "challenger": str(challenger),
                            "pairs": pairs, "all": stats([p["gain"] for p in pairs.values()])}
     for variant in sorted({k.split("/")[0] for k in pairs}):
-        out[variant] = stats([p["gain"] for k, p in pairs.items() if k.startswith(variant + "/")])
+        mine = {k: p for k, p in pairs.items() if k.startswith(variant + "/")}
+        out[variant] = stats([p["gain"] for p in mine.values()])
+        buckets = set.intersection(*(set(p.get("gain_by_bucket", {})) for p in mine.values()))
+        if buckets:
+            out[variant]["by_bucket"] = {b: stats([p["gain_by_bucket"][b] for p in mine.values()])
+                                         for b in sorted(buckets)}
     return out
 
 
