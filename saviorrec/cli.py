@@ -17,6 +17,7 @@ from typing import Any
 from saviorrec.config import REPO_ROOT, Config, ConfigError, ServingConfig, load_config
 from saviorrec.logs import configure_logging
 from saviorrec.pipeline import entry_point, run_training_set
+from saviorrec.replay import USER_FEATURES
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
 log = logging.getLogger("saviorrec")
@@ -142,7 +143,8 @@ def cmd_replay(args: argparse.Namespace) -> Any:
 
     cfg = _config(args)
     result = replay(cfg, model_dir(cfg), max_test_rows=args.max_test_rows, port=args.port,
-                    rows=args.rows, online_store=args.online_store)
+                    rows=args.rows, online_store=args.online_store,
+                    user_features=tuple(args.user_features))
     path = Path(args.results) if args.results else RESULTS
     previous = json.loads(path.read_text()).get("replay") if path.exists() else None
     update_metrics(path, "replay", replay_entry(previous, result))
@@ -243,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test rows scored: the first in time (writes 'replay'), or only those "
                    "of items without a training event (writes 'replay.new_items')")
     p.add_argument("--port", type=int, default=None, help="the replay service's port")
+    p.add_argument("--user-features", nargs="+", default=list(USER_FEATURES),
+                   choices=USER_FEATURES, help="user-feature modes scored in the one pass "
+                   "(per_row always; default: all; docs/live.md)")
     p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
                    help="the replay's own online store: a fresh sqlite file (local profile) or "
                    "a redis-server it starts (production profile; redis-server on PATH)")

@@ -13,8 +13,8 @@ set, the served model's export and test predictions, the Feast repository applie
 2. **Live system** (:func:`run_replay`): a fresh online store (``online_store``: a new sqlite
    file, the local profile; or a redis-server of the replay's own, the production profile)
    holding the warm items' multimodal rows and the users' sequence rows as of the start;
-   ``saviorrec stream item-stats`` running over the replay's inbox, first fed the events before
-   the start (so it holds the batch job's statistics as of the start); ``saviorrec serve`` with
+   ``saviorrec stream item-stats`` (item statistics and user rows) running over the replay's
+   inbox, first fed the events before the start (so it holds the batch job's statistics as of the start); ``saviorrec serve`` with
    POST /items and no item cache (``serving.item_cache_ttl_s: 0``). Per period P: onboard the
    items first seen in P (POST /items), drop P's events in the inbox and wait until the stream
    has committed them (its clock is then P: a row stamped P counts events strictly before P, so
@@ -26,20 +26,25 @@ set, the served model's export and test predictions, the Feast repository applie
    than ``SCORE_TOLERANCE`` with the features that differ, and the new items' AUC, full (online)
    against the base variant's offline predictions on the same rows, with bootstrap intervals.
 
-User features, the known skew. The service reads each user's sequence and statistics from
-the online store; nothing in the live loop updates them yet (no user stream job, no push source
-for the user_sequence view). Two modes (``USER_FEATURES``), both scored in the one pass of
-:func:`run_replay` (the stream and onboarding are the same for both; only the user rows differ):
+User features. The service reads each user's sequence and statistics from the online store.
+Three modes (``USER_FEATURES``), all scored in the one pass of :func:`run_replay` (the stream
+and onboarding are the same for all; only the user rows differ):
 
+- ``stream``: the user rows that the stream job pushed (``spark_jobs/item_stats_stream.py``
+  keeps them in the same micro-batch as item statistics); the replay writes none. The plan cuts
+  each user's events at their test rows' times (:func:`plan_replay`, ``user_cuts``), so that
+  when a row (u, t) is scored the stream has seen exactly u's events strictly before t: the
+  training row's. Figures under ``user_features_stream``.
 - ``per_row``: before each test row is scored, its own training row's sequence and user
   statistics are written to the online store (``write_to_online_store``): a stand-in for a
   user-feature stream that is exactly right. What then differs is the live loop's own doing
   (the stream's item statistics, onboarding's embeddings and semantic ids, the service): the
   ``replay`` key's figures and the |online - offline| AUC target.
-- ``as_of_start``: the user rows materialised as of the replay start, as today's system would
-  serve them (a batch sequence row stamped t holds the clicks strictly before t, so even at the
-  start a user's latest row misses their last event). ``skew_auc`` = online - offline AUC of
-  this mode measures what that lag costs (``replay.user_features_as_of_start``).
+- ``as_of_start``: the user rows materialised as of the replay start, as a system without the
+  user stream would serve them (a batch sequence row stamped t holds the clicks strictly before
+  t, so even at the start a user's latest row misses their last event); snapshotted before
+  anything is fed and put in for this mode's turn. ``skew_auc`` = online - offline AUC of this
+  mode measures what that lag costs (``replay.user_features_as_of_start``).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -88,7 +93,7 @@ from saviorrec.schema import (
 log = logging.getLogger(__name__)
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "live_coldstart.json"  # its "replay" key
-USER_FEATURES = ("per_row", "as_of_start")
+USER_FEATURES = ("per_row", "as_of_start", "stream")
 SCORE_TOLERANCE = 1e-4  # per-row |online - offline| above this is listed and explained
 LISTED_ROWS = 50  # differing rows written out in full
 TEST_COLUMNS = ("user_id", "item_id", "label", "event_timestamp", "eval_pv_bucket")
@@ -97,12 +102,20 @@ TEST_COLUMNS = ("user_id", "item_id", "label", "event_timestamp", "eval_pv_bucke
 # --- the plan (pure) ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Step:
-    """One snapshot period of the replay."""
+    """One snapshot period of the replay.
+
+    Fed and scored in this order: ``events``; the ``stream`` mode's ``stream_rows[0]``; then for
+    each k, ``stream_feeds[k]`` and ``stream_rows[k + 1]``; ``tail``; every other mode's
+    ``test_rows``. Without user cuts (no ``stream`` mode) there is one feed, ``events``."""
 
     period: int  # period index: event seconds // snapshot seconds
-    events: pa.Table  # EVENTS rows of the period, time order
+    events: pa.Table  # EVENTS rows fed first, time order
     new_items: list[int]  # first seen in this period: onboarded before anything else
     test_rows: np.ndarray  # positions in ReplayPlan.test, scored in this period, time order
+    stream_rows: list[np.ndarray] = field(default_factory=list)  # the stream mode's rounds
+    stream_feeds: list[pa.Table] = field(default_factory=list)  # fed between those rounds
+    tail: pa.Table | None = None  # fed after the stream mode's rounds (see plan_replay)
+    clock_behind: bool = False  # ``events`` hold no event of the period (see plan_replay)
 
 
 @dataclass(frozen=True)
@@ -114,6 +127,7 @@ class ReplayPlan:
     test: pa.Table  # the scored test rows (TEST_COLUMNS + "row": position in the test split)
     test_rows_total: int  # test rows in the split
     selected_rows: int  # of those, the rows of the selection (ROW_SELECTIONS), before the cap
+    user_cuts: bool = False  # each user's events cut at their test rows' times (stream mode)
 
 
 def _seconds(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -125,7 +139,7 @@ ONLINE_STORES = ("sqlite", "redis")  # the local profile's store; the production
 
 
 def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
-                max_test_rows: int, rows: str = "first") -> ReplayPlan:
+                max_test_rows: int, rows: str = "first", user_cuts: bool = False) -> ReplayPlan:
     """The replay's steps from the run's SAMPLES (every event, with its split) and its test
     training rows (TRAINING_SAMPLES, the order of the predictions file).
 
@@ -133,7 +147,21 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
     without a training event (the cold-start rows); either capped at ``max_test_rows``. A step
     is a period with rows to score: the events of the periods before it that have none go into
     its file too (a row stamped P counts the events before P, wherever they were fed, so the
-    stream's rows as of P are the same; fewer micro-batches)."""
+    stream's rows as of P are the same; fewer micro-batches).
+
+    ``user_cuts`` (the ``stream`` user mode): a test row (u, t) is trained on u's events
+    strictly before t, so when it is scored the stream must have seen exactly those of u's
+    events (other users' events do not touch u's row). Each user with test rows in P has
+    distinct test times t_1 < ... < t_K; their events are cut there: those before t_1 go in
+    ``events`` (with every event of the users without a test row in P, and of the periods
+    before), those in [t_k, t_k+1) in ``stream_feeds[k - 1]``, fed after ``stream_rows[k - 1]``
+    (the rows at t_k) are scored; those from t_K on wait for the next step's ``events`` (no
+    extra micro-batch). The stream's clock (item statistics) is the period of the latest event
+    fed: P once ``events`` holds an event of P. When it holds none (every event of P belongs to
+    a user at or after their first test time in P: ``clock_behind``), the rows of
+    ``stream_rows[0]`` see item rows of an earlier snapshot, and, if no stream feed brings P
+    either, the waiting events are fed as ``tail`` before the other modes score, so that their
+    rows see P as without cuts. Without ``user_cuts`` a step feeds its events whole."""
     if rows not in ROW_SELECTIONS:
         raise ValueError(f"rows {rows!r}: one of {ROW_SELECTIONS}")
     split = samples.column("split").to_numpy(zero_copy_only=False)
@@ -176,6 +204,9 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
 
     seen = set(warm.tolist())
     steps, fed_before = [], np.iinfo(np.int64).min
+    users = samples.column("user_id").to_numpy()
+    t_users = test_table.column("user_id").to_numpy()
+    waiting = np.zeros(len(micros), bool)  # events held back at the last step's cuts
     for period in np.unique(t_periods):
         mask = replayed & (periods > fed_before) & (periods <= period)
         new = []
@@ -183,12 +214,56 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
             if int(item) not in seen:
                 seen.add(int(item))
                 new.append(int(item))
-        steps.append(Step(int(period), events.filter(pa.array(mask)), new,
-                          np.flatnonzero(t_periods == period)))
+        scored = np.flatnonzero(t_periods == period)
+        if not user_cuts:
+            steps.append(Step(int(period), events.filter(pa.array(mask)), new, scored,
+                              [scored]))
+            fed_before = period
+            continue
+        # round[k]: the number of the user's test times in P at or before event k (its feed);
+        # events with round == the user's number of test times wait for the next step
+        step_events = np.flatnonzero(mask | waiting)
+        feed = np.zeros(step_events.size, np.int64)
+        later = np.zeros(step_events.size, bool)
+        row_round = np.zeros(scored.size, np.int64)
+        for user in np.unique(t_users[scored]):
+            mine = t_users[scored] == user
+            times = np.unique(t_us[scored][mine])
+            row_round[mine] = np.searchsorted(times, t_us[scored][mine])
+            on = users[step_events] == user
+            feed[on] = np.searchsorted(times, micros[step_events][on], side="right")
+            later[on] = feed[on] == times.size
+        n_rounds = int(row_round.max()) + 1
+        feeds = [step_events[(feed == k) & ~later] for k in range(n_rounds)]
+        waiting = np.zeros(len(micros), bool)
+        waiting[step_events[later]] = True
+
+        def take(idx: np.ndarray) -> pa.Table:
+            return events.take(pa.array(idx, pa.int64()))
+
+        behind = not (periods[feeds[0]] == period).any()
+        tail = None
+        if behind and not any((periods[f] == period).any() for f in feeds[1:]):
+            tail, waiting = take(np.flatnonzero(waiting)), np.zeros(len(micros), bool)
+        steps.append(Step(int(period), take(feeds[0]), new, scored,
+                          [scored[row_round == k] for k in range(n_rounds)],
+                          [take(f) for f in feeds[1:]], tail, behind))
         fed_before = period
     return ReplayPlan(datetime.fromtimestamp(start_us / 1e6, UTC), warm,
                       events.filter(pa.array(before_mask)), steps, test_table, test.num_rows,
-                      selected)
+                      selected, user_cuts)
+
+
+def events_fed(plan: ReplayPlan) -> int:
+    """Events fed to the stream by the steps (the start's file not counted)."""
+    return int(sum(s.events.num_rows + sum(f.num_rows for f in s.stream_feeds)
+                   + (s.tail.num_rows if s.tail is not None else 0) for s in plan.steps))
+
+
+def stream_files(plan: ReplayPlan) -> int:
+    """Event files (micro-batches) the steps feed: empty ones are not written."""
+    return int(sum((s.events.num_rows > 0) + sum(f.num_rows > 0 for f in s.stream_feeds)
+                   + (s.tail is not None and s.tail.num_rows > 0) for s in plan.steps))
 
 
 # --- the comparison (pure) ---------------------------------------------------------------------
@@ -596,19 +671,31 @@ class Scored:
         return cls(np.full(rows, np.nan, np.float32), [""] * rows)
 
 
+MODE_FIGURES = ("online_auc", "offline_auc", "skew_auc", "rows", "rows_score_diff_gt_1e-4",
+                "max_abs_score_diff", "score_diff_reasons", "new_items", "rank_requests")
+
+
 def replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
-           port: int | None = None, rows: str = "first",
-           online_store: str = "sqlite") -> dict[str, Any]:
-    """Both modes of USER_FEATURES in one pass: the ``replay`` result is the per_row mode's,
-    with the as_of_start mode's figures (and its skew) under ``user_features_as_of_start``."""
+           port: int | None = None, rows: str = "first", online_store: str = "sqlite",
+           user_features: tuple[str, ...] = USER_FEATURES) -> dict[str, Any]:
+    """The modes of ``user_features`` (per_row among them) in one pass: the ``replay`` result
+    is the per_row mode's, with each other mode's figures under ``user_features_<mode>``
+    (as_of_start's skew also as ``skew_auc``; the stream's listed rows as
+    ``user_features_stream.differing_rows``)."""
+    if "per_row" not in user_features:
+        raise ValueError(f"user_features {user_features!r}: per_row gives the replay's own "
+                         "figures and must be one of them")
     results = run_replay(cfg, model, max_test_rows=max_test_rows, port=port, rows=rows,
-                         online_store=online_store)
-    result, start = results["per_row"], results["as_of_start"]
-    result["skew_auc"] = start["skew_auc"]
+                         online_store=online_store, user_features=user_features)
+    result = results["per_row"]
     result["online_minus_offline_auc"] = result["online_auc"] - result["offline_auc"]
-    result["user_features_as_of_start"] = {k: start[k] for k in (
-        "online_auc", "offline_auc", "skew_auc", "rows", "rows_score_diff_gt_1e-4",
-        "max_abs_score_diff", "score_diff_reasons", "new_items", "rank_requests")}
+    if "as_of_start" in results:
+        result["skew_auc"] = results["as_of_start"]["skew_auc"]
+    for mode, other in results.items():
+        if mode != "per_row":
+            result[f"user_features_{mode}"] = {k: other[k] for k in MODE_FIGURES}
+    if "stream" in results:
+        result["user_features_stream"]["differing_rows"] = results["stream"]["differing_rows"]
     return json.loads(json.dumps(result, default=_plain))
 
 
@@ -634,11 +721,13 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     serves, ``serving.service.model_dir``) once, scoring each test row in every mode of
     ``user_features`` (USER_FEATURES); return mode -> result.
 
-    Per step: onboard, feed, then the modes in turn. The store holds every user's row as of
-    the start between steps: as_of_start scores against it (one POST /rank per user of the
-    step: its rows share every feature); per_row takes a snapshot of the step's users' rows,
-    writes each distinct training user row (one write per round of :func:`rounds`) and scores
-    its rows (one POST /rank per user and round), then puts the snapshot back."""
+    Per step: onboard, feed, then the modes in turn. The store holds the stream's user rows:
+    stream scores against them between its feeds (one POST /rank per user and feed);
+    as_of_start puts in the step's users' rows as of the start (snapshotted before anything is
+    fed), scores (one POST /rank per user of the step: its rows share every feature) and puts
+    the stream's back; per_row takes a snapshot of the step's users' rows, writes each distinct
+    training user row (one write per round of :func:`rounds`) and scores its rows (one POST
+    /rank per user and round), then puts the snapshot back."""
     unknown = set(user_features) - set(USER_FEATURES)
     if unknown or not user_features:
         raise ValueError(f"user_features {user_features!r}: some of {USER_FEATURES}")
@@ -654,7 +743,7 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     base_path = lake.ranker("base", seed).predictions
     base_all = read_predictions(lake, "base", seed, test) if base_path.exists() else None
     plan = plan_replay(samples, test, period_seconds=cfg.stats.snapshot_seconds,
-                       max_test_rows=cap, rows=rows)
+                       max_test_rows=cap, rows=rows, user_cuts="stream" in user_features)
     work = work or lake.replay_dir
     if work.exists():
         shutil.rmtree(work)
@@ -706,21 +795,46 @@ def _replay_in_world(cfg: Config, plan: ReplayPlan, world: tuple[Config, Path], 
                 out.differences[k] = feature_differences(row, seen.sequence, seen.items,
                                                          trained_items)
 
+    def step_users(step: Step) -> list[int]:
+        return sorted({int(u) for u in plan.test.column("user_id").to_numpy()[step.test_rows]})
+
+    # The stream writes user rows too: as_of_start puts the start's rows back for its turn.
+    at_start = {n: OnlineSnapshot.take(store, step_users(step), ("user_sequence",))
+                for n, step in enumerate(plan.steps)} if "as_of_start" in scored else {}
     with LiveSystem(world_cfg, config_file) as live:
+        def feed(events: pa.Table | None) -> None:
+            nonlocal stream_s
+            fed = time.perf_counter()
+            if events is not None:
+                live.feed(events)
+            stream_s += time.perf_counter() - fed
+
         live.feed(plan.before)
         for n, step in enumerate(plan.steps):
             if step.new_items:
                 new = catalogue.filter(pc.is_in(catalogue.column("item_id"),
                                                 pa.array(step.new_items, pa.int64())))
                 onboarded += live.onboard(new)["added"]
-            fed = time.perf_counter()
-            live.feed(step.events)
-            stream_s += time.perf_counter() - fed
+            feed(step.events)
             ks = step.test_rows
             step_rows = test.take(pa.array(positions[ks])).to_pylist()
+            if "stream" in scored:  # the stream's own user rows, cut at each row's time
+                for k, stream_ks in enumerate(step.stream_rows):
+                    if k:
+                        feed(step.stream_feeds[k - 1])
+                    js = np.searchsorted(ks, stream_ks)
+                    for round_ in rounds([(int(step_rows[j]["user_id"]), None) for j in js]):
+                        score(live, "stream", step_rows, ks,
+                              {u: [int(js[i]) for i in idx] for u, idx in round_.items()})
+            feed(step.tail)
             if "as_of_start" in scored:
-                for round_ in rounds([(int(r["user_id"]), None) for r in step_rows]):
-                    score(live, "as_of_start", step_rows, ks, round_)
+                current = OnlineSnapshot.take(store, step_users(step), ("user_sequence",))
+                at_start[n].restore()
+                try:
+                    for round_ in rounds([(int(r["user_id"]), None) for r in step_rows]):
+                        score(live, "as_of_start", step_rows, ks, round_)
+                finally:
+                    current.restore()
             if "per_row" in scored:
                 users = sorted({int(r["user_id"]) for r in step_rows})
                 snapshot = OnlineSnapshot.take(store, users, ("user_sequence",))
@@ -743,7 +857,9 @@ def _replay_in_world(cfg: Config, plan: ReplayPlan, world: tuple[Config, Path], 
                          None if base_all is None else base_all[positions],
                          cfg.stats.bucket_labels(), out.differences)
         result.update({**meta, "user_features": mode, "items_onboarded": len(onboarded),
-                       "events_replayed": int(sum(s.events.num_rows for s in plan.steps)),
+                       "events_replayed": events_fed(plan),
+                       "stream_files": stream_files(plan),
+                       "steps_stream_clock_behind": sum(s.clock_behind for s in plan.steps),
                        "rank_requests": out.requests, "stream_wait_s": round(stream_s, 1),
                        "seconds": seconds, "modes_in_one_pass": list(scored)})
         results[mode] = result

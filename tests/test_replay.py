@@ -26,10 +26,12 @@ from saviorrec.metrics import auc
 from saviorrec.replay import (
     SCORE_TOLERANCE,
     compare,
+    events_fed,
     feature_differences,
     plan_replay,
     replay_entry,
     rounds,
+    stream_files,
 )
 from saviorrec.schema import ITEM_STAT_NUMERIC, SAMPLES, SEQ_STAT_PREFIX, USER_STAT_NUMERIC
 
@@ -89,6 +91,41 @@ def test_the_plan_starts_at_the_first_valid_event_and_onboards_items_where_first
     assert plan.test.column("row").to_pylist() == [1, 2, 0, 3]
     assert [s.test_rows.tolist() for s in plan.steps] == [[0, 1, 2], [3]]
     assert plan.test_rows_total == 4
+
+
+def _times(table: pa.Table) -> list[float]:
+    """Event times as days after T0."""
+    return [round((t - T0).total_seconds() / DAY, 2)
+            for t in table.column("event_timestamp").to_pylist()]
+
+
+def test_user_cuts_feed_each_user_exactly_the_events_before_each_of_their_rows() -> None:
+    """The stream mode: user 2 has test rows at 3.3 and 3.6, user 1 at 3.2 and 4.5."""
+    plan = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
+                       max_test_rows=0, user_cuts=True)
+    assert plan.user_cuts
+    day3, day4 = plan.steps
+    # day 3: first every event before each user's first row there (none of day 3 itself: the
+    # stream's clock is behind for the first round) ...
+    assert _times(day3.events) == [2.05, 2.1, 2.5]
+    assert day3.clock_behind
+    assert [r.tolist() for r in day3.stream_rows] == [[0, 1], [2]]  # (1,4) 3.2, (2,4) 3.3; 3.6
+    # ... then user 2's event at 3.3 (its own row's), before their row at 3.6; user 1's 3.2 and
+    # user 2's 3.6 wait for the next step; no tail (the feed at 3.3 brought day 3)
+    assert [_times(f) for f in day3.stream_feeds] == [[3.3]]
+    assert day3.tail is None
+    # day 4: the waiting events first; user 1's own 4.5 comes after their row, as the tail (no
+    # feed of the step holds day 4, and the other modes score with the clock at day 4)
+    assert _times(day4.events) == [3.2, 3.6]
+    assert [r.tolist() for r in day4.stream_rows] == [[3]] and day4.stream_feeds == []
+    assert day4.clock_behind and _times(day4.tail) == [4.5]
+    assert [s.new_items for s in plan.steps] == [[3, 4], []]  # onboarding as without cuts
+    assert [s.test_rows.tolist() for s in plan.steps] == [[0, 1, 2], [3]]
+    # every event fed once, in the same steps as without cuts, minus none
+    whole = plan_replay(_samples(SAMPLES_ROWS), _test_rows(TEST_ROWS), period_seconds=DAY,
+                        max_test_rows=0)
+    assert events_fed(plan) == events_fed(whole) == 7
+    assert (stream_files(whole), stream_files(plan)) == (2, 4)
 
 
 def test_the_cap_keeps_the_first_test_rows_and_stops_the_events_after_the_last() -> None:
@@ -290,3 +327,10 @@ def test_replay_end_to_end_serves_what_the_offline_evaluation_scored(
     assert start["rows"] == run["rows"] and start["rank_requests"] <= run["rank_requests"]
     assert run["skew_auc"] == pytest.approx(start["online_auc"] - start["offline_auc"])
     assert set(new_items["auc"]) == {"full", "base", "full_minus_base"}
+    # the stream mode (the same pass): the stream's own user rows, each row scored when the
+    # stream has seen exactly the user's events before it, score as the training rows did
+    stream = run["user_features_stream"]
+    assert stream["rows"] == run["rows"]
+    assert stream["rows_score_diff_gt_1e-4"] == 0, stream["differing_rows"]
+    assert stream["online_auc"] == pytest.approx(stream["offline_auc"], abs=1e-12)
+    assert run["modes_in_one_pass"] == ["per_row", "as_of_start", "stream"]

@@ -28,7 +28,11 @@ from pyspark.sql import SparkSession
 from test_feast_lake import small_config, write_lake
 
 from feature_repo import store as fs
-from feature_repo.stream_sink import item_stats_sink, read_online_item_stats
+from feature_repo.stream_sink import (
+    item_stats_sink,
+    read_online_item_stats,
+    read_online_user_rows,
+)
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
 from saviorrec.schema import EVENTS, ITEM_STATS
@@ -273,10 +277,12 @@ def test_kill_9_neither_loses_nor_double_counts(spark: SparkSession, local: Conf
 
     log = tmp_path / "stream.log"
     kills = []
-    for target in (2, 6):  # kill as soon as a batch's counts are written, before it commits
+    # kill as soon as a batch's counts (batch 2) or its user states (batch 6) are written,
+    # before it commits
+    for target, folder in ((2, files.counts), (6, files.users)):
         proc = stream_process(config_file, log)
         try:
-            marker = files.counts / f"batch-{target:012d}"
+            marker = folder / f"batch-{target:012d}"
             deadline = time.monotonic() + 480
             while not marker.exists():
                 assert proc.poll() is None, tail(log)
@@ -304,6 +310,15 @@ def test_kill_9_neither_loses_nor_double_counts(spark: SparkSession, local: Conf
     assert state.groupBy().sum("pv").first()[0] == len(everything)
     batches = sorted(int(p.name.split("-")[1]) for p in files.counts.glob("batch-*"))
     assert batches == list(range(12))  # one file per batch: each file in exactly one batch
+    # the user rows (the same micro-batches): the batch job's serving rows, each event once
+    from test_stream_user_rows import batch_serving_rows, normalise
+
+    users = sorted({r[0] for r in everything})
+    got = normalise(read_online_user_rows(fs.get_store(cfg), users))
+    pd.testing.assert_frame_equal(got, batch_serving_rows(spark, cfg, everything))
+    user_state = item_stats_stream.ItemStatsStream(spark, cfg, lambda rows: None).user_state(10**6)
+    latest = user_state.toPandas().sort_values("batch_id").groupby("user_id").tail(1)
+    assert latest["pv"].sum() == len(everything)
 
 
 # --- the MovieLens benchmark's own checks (benchmarks/stream_stats.py), without Spark -------------
