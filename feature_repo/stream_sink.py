@@ -25,6 +25,7 @@ from collections.abc import Callable
 import pandas as pd
 from feast import FeatureStore, RepoConfig
 from feast.data_source import PushMode
+from feast.errors import DataSourceObjectNotFoundException
 
 from feature_repo.definitions import ITEM_KEY, ITEM_STATS_PUSH, USER_KEY, USER_SEQUENCE_PUSH
 from feature_repo.fields import TIMESTAMP_COLUMN, feature_names
@@ -74,8 +75,17 @@ def push_user_rows(store: FeatureStore, rows: pd.DataFrame) -> None:
 
 
 def user_rows_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
-    """The sink the streaming job calls with each micro-batch's user rows."""
+    """The sink the streaming job calls with each micro-batch's user rows. A registry applied
+    before the view had its push source is refused at once, naming the fix (not at the first
+    push, after the batch's state is written)."""
     store = sink_store(cfg)
+    try:
+        store.get_data_source(USER_SEQUENCE_PUSH)
+    except DataSourceObjectNotFoundException:
+        raise RuntimeError(
+            f"the run's Feast registry ({store.config.registry.path}) has no push source "
+            f"{USER_SEQUENCE_PUSH!r}: it was applied before the stream kept user rows; run "
+            "`saviorrec features apply --config C` first") from None
     return lambda rows: push_user_rows(store, rows)
 
 
