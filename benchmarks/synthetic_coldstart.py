@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,7 @@ def compare_validation(incumbent: Path, challenger: Path) -> dict[str, Any]:
             # per evaluation PV bucket where both metas have it (ranker meta val_auc_by_bucket)
             both = set(inc.get("val_auc_by_bucket") or {}) & set(cha.get("val_auc_by_bucket") or {})
             gains = {k: cha["val_auc_by_bucket"][k] - inc["val_auc_by_bucket"][k] for k in both}
-            gains = {k: g for k, g in gains.items() if g == g}  # a one-class bucket is NaN
+            gains = {k: g for k, g in gains.items() if not math.isnan(g)}  # one-class bucket: NaN
             if gains:
                 pairs[key]["gain_by_bucket"] = gains
 

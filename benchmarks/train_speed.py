@@ -534,7 +534,10 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     """Where the device's time goes in a Chrome/Perfetto trace of ``steps`` train steps: device
-    busy share of the traced window (the union of kernel intervals on the GPU's stream lines),
+    busy time (the union of kernel intervals on the GPU's stream lines) as a share of the span
+    from the first kernel's start to the last one's end (the traced window also holds the
+    profiler's own start, and tracing slows the host: compare busy time per step with the
+    untraced step instead),
     device time per kind of work (:data:`KERNEL_KINDS`), the top kernels and the top XLA ops.
     Lines are told apart by the process name ("/device:GPU:N") and thread name ("Stream ...":
     kernels; "XLA Ops": HLO ops, which overlap the kernels and are summed apart)."""
@@ -547,6 +550,7 @@ def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     ops: dict[str, float] = {}
     intervals: list[tuple[float, float]] = []
     window = [float("inf"), float("-inf")]
+    span = [float("inf"), float("-inf")]
     for e in events:
         if e.get("ph") != "X" or "dur" not in e:
             continue
@@ -558,6 +562,7 @@ def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         if line.startswith("Stream"):
             kernels[e["name"]] = kernels.get(e["name"], 0.0) + dur
             intervals.append((start, start + dur))
+            span[0], span[1] = min(span[0], start), max(span[1], start + dur)
         elif line == "XLA Ops":
             ops[e["name"]] = ops.get(e["name"], 0.0) + dur
     if not intervals:
@@ -580,6 +585,9 @@ def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
         "steps": steps, "traced_window_s": round(wall_s, 6),
         "device_busy_s": round(busy_s, 6),
         "device_busy_share_of_window": round(busy_s / wall_s, 4) if wall_s else None,
+        "device_span_s": round((span[1] - span[0]) / 1e6, 6),
+        "device_busy_share_of_span": round(1e6 * busy_s / (span[1] - span[0]), 4),
+        "device_busy_ms_per_step": round(1e3 * busy_s / steps, 4),
         "kernel_ms_per_step": round(1e3 * kernel_s / steps, 4),
         "kernels": len(kernels),
         "kernel_launches": len(intervals),

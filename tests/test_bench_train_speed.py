@@ -173,6 +173,9 @@ def test_trace_summary_is_the_arithmetic_of_the_kernels() -> None:
     # busy: union of [100, 350), [600, 700), [800, 900) = 450 us of a 1,000 us window
     assert s["device_busy_s"] == 0.00045
     assert s["device_busy_share_of_window"] == 0.45
+    # span: first kernel start (100) to last kernel end (900) = 800 us; 450 / 800 busy
+    assert s["device_span_s"] == 0.0008 and s["device_busy_share_of_span"] == 0.5625
+    assert s["device_busy_ms_per_step"] == 0.225
     assert s["kernel_launches"] == 4 and s["kernels"] == 3
     assert s["top_kernels"][0] == {"name": "sm90_xmma_gemm_f32", "ms_per_step": 0.15,
                                    "share": 0.6}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from tf_ranker.export import per_sample_inputs, run_export
 from tf_ranker.train import (
     TrainingCollapsed,
     check_not_collapsed,
+    eval_batch_size,
     learning_rate_schedule,
     make_optimizer,
     model_kwargs,
@@ -305,3 +307,29 @@ def test_evaluate_scores_the_synthetic_oracle_on_the_test_rows(trained: Config) 
             run_evaluate(trained, ["base", "full"])
     finally:
         lake.oracle.unlink(missing_ok=True)
+
+
+def test_eval_batch_size_is_a_multiple_of_the_training_batch() -> None:
+    assert eval_batch_size(1024, 8192) == 8192
+    assert eval_batch_size(1024, 5000) == 4096  # rounded down
+    assert eval_batch_size(1024, 100) == 1024  # never under the training batch
+    assert eval_batch_size(3, 8) == 6
+
+
+def test_validation_batching_changes_no_figure(trained: Config, tmp_path: Path) -> None:
+    """The fixture trained full seed 0 with validation and predictions in batches of 8,192
+    (its batch_size 64 -> one batch); the same run with them in batches of 64 (many) gives the
+    same history, validation AUC and test predictions."""
+    lake = Lake.from_config(trained)
+    first = json.loads((lake.ranker_dir("full", 0) / "meta.json").read_text())
+    first_preds = pq.read_table(lake.ranker_dir("full", 0) / "predictions_test.parquet")
+    cfg = trained.with_overrides(run={"root": str(tmp_path)}, ranker={"eval_batch_size": 64})
+    shutil.copytree(lake.training_dir, Lake.from_config(cfg).training_dir)
+    shutil.copytree(lake.rqvae_codebooks.parent, Lake.from_config(cfg).rqvae_codebooks.parent)
+    again = run_train(cfg, variant="full", seed=0)
+    for key in ("auc", "loss", "val_auc", "val_loss"):
+        np.testing.assert_allclose(again["history"][key], first["history"][key], atol=1e-5)
+    assert again["val_auc"] == pytest.approx(first["val_auc"], abs=1e-6)
+    np.testing.assert_allclose(
+        pq.read_table(Lake.from_config(cfg).ranker_dir("full", 0) / "predictions_test.parquet")
+        ["score"].to_numpy(), first_preds["score"].to_numpy(), atol=1e-6)

@@ -146,6 +146,11 @@ def learning_rate_schedule(cfg: Config, total_steps: int) -> keras.optimizers.sc
         r.lr, decay_steps=max(total_steps, 1), decay_rate=r.lr_final / r.lr)
 
 
+def eval_batch_size(batch_size: int, wanted: int) -> int:
+    """ranker.eval_batch_size rounded down to a multiple of the training batch, at least one."""
+    return max(1, wanted // batch_size) * batch_size
+
+
 def make_optimizer(cfg: Config, total_steps: int) -> keras.optimizers.Adagrad:
     """Adagrad (paper 4.1.4) over :func:`learning_rate_schedule`, its accumulator starting at
     ranker.adagrad_initial_accumulator."""
@@ -306,7 +311,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
                 "gather_items": not on_device, "packed": packing, "workers": r.input_workers,
                 "use_multiprocessing": False, "place": data_placement(distribution)}
     train_batches = RankerBatches(train, items, shuffle=True, seed=seed, **batch_kw)
-    valid_batches = RankerBatches(valid, items, **batch_kw)
+    eval_kw = {**batch_kw, "batch_size": eval_batch_size(r.batch_size, r.eval_batch_size)}
+    valid_batches = RankerBatches(valid, items, **eval_kw)
     # Mean over the sample weights: the zero-weight padding rows of pad_last do not count.
     loss = keras.losses.BinaryCrossentropy(reduction="mean_with_sample_weight")
     # Keras's torch backend runs one step per call.
@@ -323,7 +329,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
         # predict reads the inputs of (inputs, labels[, weights]) batches: the validation
         # batches of fit serve again (their split is not packed a second time)
         if batches is None:
-            batches = RankerBatches(samples, items, with_labels=False, **batch_kw)
+            batches = RankerBatches(samples, items, with_labels=False, **eval_kw)
         scores = np.asarray(fitted.predict(batches, verbose=0), dtype="float64").reshape(-1)
         return scores[:len(samples)]  # without pad_last's filling
 
