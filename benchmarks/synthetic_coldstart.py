@@ -200,6 +200,10 @@ def metric_results(m: dict[str, Any], buckets: list[str]) -> dict[str, Any]:
     }
 
 
+def _number(value: Any) -> bool:
+    return value is not None and not math.isnan(value)
+
+
 def compare_validation(incumbent: Path, challenger: Path) -> dict[str, Any]:
     """Validation AUC of two runs' rankers (their models/ranker folders), paired by variant and
     seed: challenger - incumbent per pair, and the mean, standard error and t of the gains over
@@ -214,8 +218,9 @@ def compare_validation(incumbent: Path, challenger: Path) -> dict[str, Any]:
             pairs[key] = {"incumbent": a, "challenger": b, "gain": b - a}
             # per evaluation PV bucket where both metas have it (ranker meta val_auc_by_bucket)
             both = set(inc.get("val_auc_by_bucket") or {}) & set(cha.get("val_auc_by_bucket") or {})
-            gains = {k: cha["val_auc_by_bucket"][k] - inc["val_auc_by_bucket"][k] for k in both}
-            gains = {k: g for k, g in gains.items() if not math.isnan(g)}  # one-class bucket: NaN
+            gains = {k: cha["val_auc_by_bucket"][k] - inc["val_auc_by_bucket"][k] for k in both
+                     if _number(inc["val_auc_by_bucket"][k])
+                     and _number(cha["val_auc_by_bucket"][k])}  # a one-class bucket: null/NaN
             if gains:
                 pairs[key]["gain_by_bucket"] = gains
 

@@ -537,17 +537,15 @@ def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     busy time (the union of kernel intervals on the GPU's stream lines) as a share of the span
     from the first kernel's start to the last one's end (the traced window also holds the
     profiler's own start, and tracing slows the host: compare busy time per step with the
-    untraced step instead),
-    device time per kind of work (:data:`KERNEL_KINDS`), the top kernels and the top XLA ops.
-    Lines are told apart by the process name ("/device:GPU:N") and thread name ("Stream ...":
-    kernels; "XLA Ops": HLO ops, which overlap the kernels and are summed apart)."""
+    untraced step instead), device time per kind of work (:data:`KERNEL_KINDS`) and the top
+    kernels. Kernels are the events of the lines named "Stream ..." of the processes named
+    "/device:GPU:N" (JAX's traces on an H200 had no HLO-op line to read beside them)."""
     processes = {e["pid"]: e["args"]["name"] for e in events
                  if e.get("ph") == "M" and e.get("name") == "process_name"}
     threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events
                if e.get("ph") == "M" and e.get("name") == "thread_name"}
     device_pids = {pid for pid, name in processes.items() if "/device:GPU" in name}
     kernels: dict[str, float] = {}
-    ops: dict[str, float] = {}
     intervals: list[tuple[float, float]] = []
     window = [float("inf"), float("-inf")]
     span = [float("inf"), float("-inf")]
@@ -563,8 +561,6 @@ def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
             kernels[e["name"]] = kernels.get(e["name"], 0.0) + dur
             intervals.append((start, start + dur))
             span[0], span[1] = min(span[0], start), max(span[1], start + dur)
-        elif line == "XLA Ops":
-            ops[e["name"]] = ops.get(e["name"], 0.0) + dur
     if not intervals:
         return {"error": "no GPU kernel in the trace", "processes": sorted(processes.values())}
     kernel_s = sum(kernels.values()) / 1e6
@@ -596,7 +592,7 @@ def summarize_trace(events: list[dict[str, Any]], steps: int) -> dict[str, Any]:
                                 for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
         "by_kind_share": {k: round(v / kernel_s, 4)
                           for k, v in sorted(by_kind.items(), key=lambda kv: -kv[1])},
-        "top_kernels": top(kernels), "top_xla_ops": top(ops),
+        "top_kernels": top(kernels),
     }
 
 

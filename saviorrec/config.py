@@ -403,11 +403,14 @@ class ServingConfig(_Frozen):
     # push (0) or within this delay; POST /items also drops its items from the cache.
     item_cache_missing_ttl_s: float = Field(0.0, ge=0)
     # A full cache whose hit rate over a window of item_cache_items lookups is under this reads
-    # the store directly, sending one request in 16 through the cache to keep judging
-    # (serving/item_cache.py). The cached path costs ~7 ms of CPU a request more than the direct
-    # one at a 1M-item catalogue, and a hit saves ~0.08 ms (20 ms for 250 items read): about
-    # break-even at 0.3 (benchmarks/results/pipeline_scale.json, serving_1M). 0: never bypass.
-    item_cache_min_hit_rate: float = Field(0.25, ge=0, le=1)
+    # the store directly, sending one request in item_cache_probe_every through the cache to
+    # keep judging (serving/item_cache.py). 0: never bypass. At a 1M-item catalogue the cached
+    # path cost ~7 ms of server CPU a request more than the direct one at 5% hits; a hit saves
+    # ~0.04 ms of CPU (8.3 ms to read 200 items) or ~0.08 ms of wall time (20 ms for 250), so
+    # break-even lies between ~0.35 and ~0.7 (benchmarks/results/pipeline_scale.json,
+    # serving_1M_before_cache_floor). 0.5 is taken from that range, not measured as the best.
+    item_cache_min_hit_rate: float = Field(0.5, ge=0, le=1)
+    item_cache_probe_every: int = Field(16, ge=1)
     # Compile the SavedModel's serving signature with XLA when loading it (about 3x faster on
     # CPU). XLA compiles once per input shape, so the candidates are padded to the next power
     # of two (>= 8) and every size up to max_candidates is compiled at start-up.

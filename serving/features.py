@@ -98,7 +98,7 @@ def item_cache(cfg: Config) -> ItemCache | None:
         return None
     return ItemCache(ttl_s=serving.item_cache_ttl_s, max_items=serving.item_cache_items,
                      missing_ttl_s=serving.item_cache_missing_ttl_s,
-                     min_hit_rate=serving.item_cache_min_hit_rate)
+                     bypass=(serving.item_cache_min_hit_rate, serving.item_cache_probe_every))
 
 
 def _as_arrays(values: dict[str, Any]) -> dict[str, Any]:

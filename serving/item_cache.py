@@ -18,13 +18,14 @@ the items it pushed).
 A cache that does not hit costs more than no cache: at a 1M-item catalogue with candidates drawn
 uniformly, 5% of lookups hit and the cached path took 20 ms of server CPU per request against
 13 ms without it (checking, wrapping and evicting ~250 entries a request, plus a second round
-trip; benchmarks/results/pipeline_scale.json, serving_1M). So with ``min_hit_rate`` > 0 the
-cache judges itself: once full, over each window of ``max_items`` lookups, a hit rate under
-``min_hit_rate`` sets :attr:`ItemCache.bypassing`, and then only one request in
+trip; benchmarks/results/pipeline_scale.json, serving_1M_before_cache_floor). So with
+``bypass=(min_hit_rate, probe_every)`` the cache judges itself: once full, over each window of
+``max_items`` lookups, a hit rate under ``min_hit_rate`` sets :attr:`ItemCache.bypassing`, and then only one request in
 ``probe_every`` goes through the cache (:meth:`ItemCache.use`), which keeps the estimate and the
 entries current; the others read the store directly. A workload whose hit rate climbs back
 over the floor turns the cache on again at the next window. A filling cache is never judged:
-its misses say nothing about the workload.
+its misses say nothing about the workload, so the window starts afresh when the cache first
+becomes full.
 
 ``OrderedDict`` under a lock rather than ``cachetools.TTLCache`` (the project does not depend
 on cachetools and the cache needs ~30 lines). Thread-safe: uvicorn runs sync handlers in a
@@ -50,7 +51,7 @@ class ItemCache:
     entries, each served for ``ttl_s`` seconds after it was put."""
 
     def __init__(self, *, ttl_s: float, max_items: int, missing_ttl_s: float | None = None,
-                 min_hit_rate: float = 0.0, probe_every: int = 16,
+                 bypass: tuple[float, int] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if ttl_s <= 0 or max_items < 1:
             raise ValueError(f"an item cache needs ttl_s > 0 and max_items >= 1, got "
@@ -59,6 +60,9 @@ class ItemCache:
         if missing_ttl_s < 0:
             raise ValueError(f"missing_ttl_s={missing_ttl_s}: use >= 0 (0: never cache a "
                              "missing item)")
+        # (min_hit_rate, probe_every): serving.item_cache_min_hit_rate / _probe_every; None: the
+        # cache never bypasses itself.
+        min_hit_rate, probe_every = bypass if bypass is not None else (0.0, 1)
         if not 0.0 <= min_hit_rate <= 1.0 or probe_every < 1:
             raise ValueError(f"min_hit_rate={min_hit_rate} must be in [0, 1] and "
                              f"probe_every={probe_every} >= 1")
@@ -73,6 +77,7 @@ class ItemCache:
         self.bypassed = 0  # requests that read the store directly while bypassing
         self._requests = 0
         self._window = [0, 0]  # hits, lookups since the window began
+        self._full = False  # has been full once: from then on every window is judged
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -93,7 +98,7 @@ class ItemCache:
         self._window[1] += lookups
         if self.min_hit_rate <= 0 or self._window[1] < self.max_items:
             return
-        if len(self._entries) >= self.max_items:  # a full cache: the window is the workload's
+        if self._full:  # the window holds only lookups made since the cache was full
             self.bypassing = self._window[0] < self.min_hit_rate * self._window[1]
         self._window = [0, 0]
 
@@ -125,6 +130,9 @@ class ItemCache:
                 expires = now + (self.missing_ttl_s if item.missing else self.ttl_s)
                 self._entries[item_id] = (expires, item)
                 self._entries.move_to_end(item_id)
+            if not self._full and len(self._entries) >= self.max_items:
+                self._full = True
+                self._window = [0, 0]  # the lookups of the filling do not count
             while len(self._entries) > self.max_items:
                 self._entries.popitem(last=False)
 

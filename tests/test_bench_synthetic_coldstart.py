@@ -22,7 +22,7 @@ def test_compare_validation_pairs_by_variant_and_seed_and_bucket(tmp_path: Path)
     inc, cha = tmp_path / "inc", tmp_path / "cha"
     _meta(inc, "full", 0, 0.70, {"0": 0.60, "1-5": 0.65})
     _meta(cha, "full", 0, 0.71, {"0": 0.64, "1-5": 0.66})
-    _meta(inc, "full", 1, 0.72, {"0": 0.62, "1-5": float("nan")})
+    _meta(inc, "full", 1, 0.72, {"0": 0.62, "1-5": None})
     _meta(cha, "full", 1, 0.72, {"0": 0.68, "1-5": 0.70})
     _meta(cha, "full", 2, 0.90, None)  # no incumbent: not paired
     out = sc.compare_validation(inc, cha)

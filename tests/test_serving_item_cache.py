@@ -113,7 +113,7 @@ def test_item_cache_unit_ttl_and_lru() -> None:
 
 
 def test_cache_under_its_hit_rate_floor_bypasses_itself_and_comes_back() -> None:
-    cache = ItemCache(ttl_s=60.0, max_items=4, min_hit_rate=0.5, probe_every=3)
+    cache = ItemCache(ttl_s=60.0, max_items=4, bypass=(0.5, 3))
     item = CachedItem({"pv": 1}, False)
     # Filling: never judged, however low the hit rate.
     assert cache.use() and cache.get_many([1, 2]) == ({}, [1, 2]) and not cache.bypassing
@@ -130,7 +130,18 @@ def test_cache_under_its_hit_rate_floor_bypasses_itself_and_comes_back() -> None
     cache.get_many([1, 2, 3, 9])
     assert not cache.bypassing and all(cache.use() for _ in range(5))
     with pytest.raises(ValueError, match="min_hit_rate"):
-        ItemCache(ttl_s=1.0, max_items=1, min_hit_rate=1.5)
+        ItemCache(ttl_s=1.0, max_items=1, bypass=(1.5, 16))
+
+
+def test_the_lookups_that_filled_the_cache_are_not_judged() -> None:
+    cache = ItemCache(ttl_s=60.0, max_items=4, bypass=(0.5, 3))
+    item = CachedItem({"pv": 1}, False)
+    cache.get_many([1, 2, 3])  # 3 misses while filling
+    cache.put_many({i: item for i in (1, 2, 3, 4)})  # full: the window starts afresh
+    cache.get_many([1, 2])
+    cache.get_many([3, 4])  # 4 hits in 4 (counting the filling's misses: 4 in 7, under 0.5)
+    assert not cache.bypassing
+    assert not ItemCache(ttl_s=1.0, max_items=1).bypassing  # bypass=None: never judged
 
 
 def test_bypassing_reader_gives_the_stores_features(served: Served, redis_copy) -> None:
@@ -146,10 +157,11 @@ def test_bypassing_reader_gives_the_stores_features(served: Served, redis_copy) 
         got = reader.read(999, ids[start % len(ids):][:4])
         want = plain.read(999, ids[start % len(ids):][:4])
         assert got.missing == want.missing and sorted(got.items) == sorted(want.items)
+        assert got.sequence == want.sequence
         for i, values in want.items.items():
-            assert got.items[i]["pv"] == values["pv"]
-            np.testing.assert_array_equal(np.asarray(got.items[i]["embedding"], np.float32),
-                                          np.asarray(values["embedding"], np.float32))
+            assert sorted(got.items[i]) == sorted(values)
+            for name, value in values.items():  # arrays when cached, lists when read directly
+                np.testing.assert_array_equal(np.asarray(got.items[i][name]), np.asarray(value))
     assert cache.bypassing and cache.bypassed > 0
 
 

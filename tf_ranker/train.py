@@ -350,9 +350,10 @@ def _train(cfg: Config, *, variant: str, seed: int,
         "epochs": len(val_aucs),
         "best_epoch": int(np.argmax(val_aucs)) + 1 if val_aucs else 0,
         "val_auc": auc(valid.label, valid_scores),  # best weights, sklearn on all valid rows
-        # per evaluation PV bucket: settings for cold items are chosen on these, never on test
-        "val_auc_by_bucket": auc_by_bucket(valid.label, valid_scores, valid.eval_pv_bucket,
-                                           cfg.stats.bucket_labels()),
+        # per evaluation PV bucket: settings for cold items are chosen on these, never on test;
+        # null where a bucket holds one class (no AUC), as in metrics.json
+        "val_auc_by_bucket": {k: (None if np.isnan(v) else v) for k, v in auc_by_bucket(
+            valid.label, valid_scores, valid.eval_pv_bucket, cfg.stats.bucket_labels()).items()},
         "test_auc": auc(test.label, test_scores),
         "rows": {"train": len(train), "valid": len(valid), "test": len(test)},
         "model_config": config.to_dict(),
