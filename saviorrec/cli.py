@@ -14,10 +14,16 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from saviorrec.config import REPO_ROOT, Config, ConfigError, ServingConfig, load_config
+from saviorrec.config import (
+    REPLAY_USER_FEATURES,
+    REPO_ROOT,
+    Config,
+    ConfigError,
+    ServingConfig,
+    load_config,
+)
 from saviorrec.logs import configure_logging
 from saviorrec.pipeline import entry_point, run_training_set
-from saviorrec.replay import USER_FEATURES
 from saviorrec.stages import SPARK_JOB_NAMES, STAGE_NAMES
 
 log = logging.getLogger("saviorrec")
@@ -245,8 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test rows scored: the first in time (writes 'replay'), or only those "
                    "of items without a training event (writes 'replay.new_items')")
     p.add_argument("--port", type=int, default=None, help="the replay service's port")
-    p.add_argument("--user-features", nargs="+", default=list(USER_FEATURES),
-                   choices=USER_FEATURES, help="user-feature modes scored in the one pass "
+    p.add_argument("--user-features", nargs="+", default=list(REPLAY_USER_FEATURES),
+                   choices=REPLAY_USER_FEATURES, help="user-feature modes scored in the one pass "
                    "(per_row always; default: all; docs/live.md)")
     p.add_argument("--online-store", choices=["sqlite", "redis"], default="sqlite",
                    help="the replay's own online store: a fresh sqlite file (local profile) or "

@@ -431,6 +431,11 @@ class ServingConfig(_Frozen):
         return self
 
 
+# `saviorrec replay`'s user-feature modes (saviorrec/replay.py says what each is); here so that
+# the CLI's parser reads them without importing the replay.
+REPLAY_USER_FEATURES = ("per_row", "as_of_start", "stream")
+
+
 class ReplayConfig(_Frozen):
     # `saviorrec replay` (saviorrec/replay.py): the held-back period through the live system.
     # Test rows scored, the first ones in time order (0: every one); the cap is in the output.

@@ -72,6 +72,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from saviorrec.config import REPLAY_USER_FEATURES as USER_FEATURES
 from saviorrec.config import REPO_ROOT, Config, dump_config
 from saviorrec.lake import ExportFiles, Lake, read_table, write_table
 from saviorrec.metrics import auc, auc_by_bucket, bootstrap_auc, paired_bootstrap_diff
@@ -93,7 +94,6 @@ from saviorrec.schema import (
 log = logging.getLogger(__name__)
 
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "live_coldstart.json"  # its "replay" key
-USER_FEATURES = ("per_row", "as_of_start", "stream")
 SCORE_TOLERANCE = 1e-4  # per-row |online - offline| above this is listed and explained
 LISTED_ROWS = 50  # differing rows written out in full
 TEST_COLUMNS = ("user_id", "item_id", "label", "event_timestamp", "eval_pv_bucket")
