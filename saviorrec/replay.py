@@ -161,7 +161,9 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
     a user at or after their first test time in P: ``clock_behind``), the rows of
     ``stream_rows[0]`` see item rows of an earlier snapshot, and, if no stream feed brings P
     either, the waiting events are fed as ``tail`` before the other modes score, so that their
-    rows see P as without cuts. Without ``user_cuts`` a step feeds its events whole."""
+    rows see P as without cuts. The last step feeds its waiting events as ``tail`` too (no step
+    follows to take them), so every event up to the last scored row is fed once, as without
+    cuts. Without ``user_cuts`` a step feeds its events whole."""
     if rows not in ROW_SELECTIONS:
         raise ValueError(f"rows {rows!r}: one of {ROW_SELECTIONS}")
     split = samples.column("split").to_numpy(zero_copy_only=False)
@@ -243,7 +245,9 @@ def plan_replay(samples: pa.Table, test: pa.Table, *, period_seconds: int,
 
         behind = not (periods[feeds[0]] == period).any()
         tail = None
-        if behind and not any((periods[f] == period).any() for f in feeds[1:]):
+        last = period == t_periods.max()  # no next step to take the waiting events
+        if (last and waiting.any()) or (
+                behind and not any((periods[f] == period).any() for f in feeds[1:])):
             tail, waiting = take(np.flatnonzero(waiting)), np.zeros(len(micros), bool)
         steps.append(Step(int(period), take(feeds[0]), new, scored,
                           [scored[row_round == k] for k in range(n_rounds)],

@@ -25,6 +25,7 @@ from saviorrec.lake import Lake, read_table
 from saviorrec.metrics import auc
 from saviorrec.replay import (
     SCORE_TOLERANCE,
+    ReplayPlan,
     compare,
     events_fed,
     feature_differences,
@@ -126,6 +127,38 @@ def test_user_cuts_feed_each_user_exactly_the_events_before_each_of_their_rows()
                         max_test_rows=0)
     assert events_fed(plan) == events_fed(whole) == 7
     assert (stream_files(whole), stream_files(plan)) == (2, 4)
+
+
+def _fed(plan: ReplayPlan) -> list[tuple[int, int, float]]:
+    """(user, item, days after T0) of every event the plan feeds: the start's file, then each
+    step's events, stream feeds and tail."""
+    tables = [plan.before] + [t for s in plan.steps
+                              for t in (s.events, *s.stream_feeds, s.tail) if t is not None]
+    return sorted((r["user_id"], r["item_id"], round((r["event_timestamp"] - T0).total_seconds()
+                                                     / DAY, 2))
+                  for t in tables for r in t.to_pylist())
+
+
+@pytest.mark.parametrize("cap", [0, 2])
+@pytest.mark.parametrize("extra", [[], [(3, 2, 0, 4.2, "valid")]])
+def test_every_event_up_to_the_last_scored_row_is_fed_exactly_once(extra: list[tuple],
+                                                                   cap: int) -> None:
+    """With cuts or without. The extra event (user 3, day 4.2, no test row) brings day 4 into
+    the last step's first file, so the stream's clock is not behind there and no tail is needed
+    for it; user 1's own event at 4.5 (their row's time) still waits at their cut: it is fed as
+    the last step's tail, not dropped."""
+    rows = SAMPLES_ROWS + extra
+    plans = {cuts: plan_replay(_samples(rows), _test_rows(TEST_ROWS), period_seconds=DAY,
+                               max_test_rows=cap, user_cuts=cuts) for cuts in (False, True)}
+    last_day = {0: 4.5, 2: 3.3}[cap]  # the last scored test row's time
+    expected = sorted((u, i, d) for u, i, _, d, _ in rows if d <= last_day)
+    for plan in plans.values():
+        assert _fed(plan) == expected
+        assert events_fed(plan) + plan.before.num_rows == len(expected)
+    if extra and not cap:
+        last = plans[True].steps[-1]
+        assert _times(last.events) == [3.2, 3.6, 4.2] and not last.clock_behind
+        assert last.stream_feeds == [] and _times(last.tail) == [4.5]
 
 
 def test_the_cap_keeps_the_first_test_rows_and_stops_the_events_after_the_last() -> None:
