@@ -15,7 +15,8 @@ User rows (SEQUENCES, the batch job's serving row over the events seen) go throu
 :func:`user_rows_sink` to ``user_sequence_push``, with the same store: a repeated micro-batch or
 a late event rewrites a row whose timestamp is not newer.
 
-:func:`read_online_item_stats` reads the rows back with their timestamps (the equality checks).
+:func:`read_online_item_stats` and :func:`read_online_user_rows` read the rows back with their
+timestamps (the equality checks).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from feature_repo.online import redis_errors
 from feature_repo.profiles import repo_dir, store_settings
 from saviorrec.config import Config
 from saviorrec.lake import Lake
-from saviorrec.schema import ITEM_STATS, SEQUENCES
+from saviorrec.schema import ITEM_STATS, SEQUENCES, Table
 
 ITEM_STATS_VIEW = "item_stats"
 USER_SEQUENCE_VIEW = "user_sequence"
@@ -89,21 +90,24 @@ def user_rows_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
     return lambda rows: push_user_rows(store, rows)
 
 
-def read_online_user_rows(store: FeatureStore, user_ids: list[int]) -> pd.DataFrame:
-    """The online user_sequence rows of ``user_ids`` (SEQUENCES columns, ``seq_item_ids`` as
-    lists); users without one are left out."""
-    names = feature_names(SEQUENCES, keys=(USER_KEY,))
-    if not user_ids:
-        return pd.DataFrame(columns=SEQUENCES.names)
+def _read_online(store: FeatureStore, view: str, schema: Table, key: str,
+                 ids: list[int]) -> pd.DataFrame:
+    """The online rows of ``view`` for ``ids`` (``schema``'s columns, its timestamp included, list
+    columns as lists of ints); entities without a row are left out."""
+    names = feature_names(schema, keys=(key,))
+    if not ids:
+        return pd.DataFrame(columns=schema.names)
+    present = next(c.name for c in schema.columns  # a missing row reads as null there
+                   if c.name in names and not c.dtype.startswith("list"))
     with redis_errors(store):
         frame = store.get_online_features(
-            features=[f"{USER_SEQUENCE_VIEW}:{n}" for n in names],
-            entity_rows=[{USER_KEY: int(u)} for u in user_ids],
+            features=[f"{view}:{n}" for n in names],
+            entity_rows=[{key: int(i)} for i in ids],
         ).to_df(include_event_timestamps=True)
-    frame = frame[frame["seq_len"].notna()]
-    out = pd.DataFrame({USER_KEY: frame[USER_KEY].astype("int64"),
-                        TIMESTAMP_COLUMN: pd.to_datetime(frame["seq_len__ts"], unit="s", utc=True)})
-    for column in SEQUENCES.columns:
+    frame = frame[frame[present].notna()]
+    out = pd.DataFrame({key: frame[key].astype("int64"), TIMESTAMP_COLUMN: pd.to_datetime(
+        frame[f"{present}__ts"], unit="s", utc=True)})
+    for column in schema.columns:
         if column.name not in names:
             continue
         if column.dtype.startswith("list"):
@@ -114,22 +118,13 @@ def read_online_user_rows(store: FeatureStore, user_ids: list[int]) -> pd.DataFr
     return out.reset_index(drop=True)
 
 
+def read_online_user_rows(store: FeatureStore, user_ids: list[int]) -> pd.DataFrame:
+    """The online user_sequence rows of ``user_ids`` (SEQUENCES columns, ``seq_item_ids`` as
+    lists); users without one are left out."""
+    return _read_online(store, USER_SEQUENCE_VIEW, SEQUENCES, USER_KEY, user_ids)
+
+
 def read_online_item_stats(store: FeatureStore, item_ids: list[int]) -> pd.DataFrame:
     """The online item_stats rows of ``item_ids`` (ITEM_STATS columns); items without one are
     left out."""
-    names = feature_names(ITEM_STATS, keys=(ITEM_KEY,))
-    if not item_ids:
-        return pd.DataFrame(columns=ITEM_STATS.names)
-    with redis_errors(store):
-        frame = store.get_online_features(
-            features=[f"{ITEM_STATS_VIEW}:{n}" for n in names],
-            entity_rows=[{ITEM_KEY: int(i)} for i in item_ids],
-        ).to_df(include_event_timestamps=True)
-    frame = frame[frame["pv"].notna()]
-    out = pd.DataFrame({ITEM_KEY: frame[ITEM_KEY].astype("int64"),
-                        TIMESTAMP_COLUMN: pd.to_datetime(frame["pv__ts"], unit="s", utc=True)})
-    for column in ITEM_STATS.columns:
-        if column.name in names:  # Feast's timestamps are whole seconds, as the rows' are
-            out[column.name] = frame[column.name].astype(
-                "int64" if column.dtype == "int64" else "float32")
-    return out.reset_index(drop=True)
+    return _read_online(store, ITEM_STATS_VIEW, ITEM_STATS, ITEM_KEY, item_ids)

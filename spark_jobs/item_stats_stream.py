@@ -360,15 +360,20 @@ class ItemStatsStream:
             out.coalesce(1).write.mode("error").parquet(str(tmp))
         return True
 
+    def _batch_folders(self, root: Path, ddl: str, batch_id: int) -> DataFrame:
+        """The batch folders under ``root`` up to ``batch_id``, read with ``ddl`` (folders listed
+        here: a glob would make Spark look for a streaming sink's metadata under it and log a
+        stack trace)."""
+        folders = sorted(str(p) for p in root.glob(f"{BATCH_PREFIX}*")
+                         if int(p.name[len(BATCH_PREFIX):]) <= batch_id)
+        if not folders:
+            return self.spark.createDataFrame([], ddl)
+        return self.spark.read.schema(ddl).parquet(*folders).filter(F.col("batch_id") <= batch_id)
+
     def user_state(self, batch_id: int) -> DataFrame:
         """The user folders of every batch up to ``batch_id`` (USERS_DDL; a user's current
         state is their row with the highest batch id)."""
-        folders = sorted(str(p) for p in self.files.users.glob(f"{BATCH_PREFIX}*")
-                         if int(p.name[len(BATCH_PREFIX):]) <= batch_id)
-        if not folders:
-            return self.spark.createDataFrame([], USERS_DDL)
-        return (self.spark.read.schema(USERS_DDL).parquet(*folders)
-                .filter(F.col("batch_id") <= batch_id))
+        return self._batch_folders(self.files.users, USERS_DDL, batch_id)
 
     def user_rows(self, batch_id: int) -> pd.DataFrame:
         """SEQUENCES rows (pandas, UTC timestamps) of the users of this batch, from its folder."""
@@ -380,14 +385,8 @@ class ItemStatsStream:
         return rows
 
     def state(self, batch_id: int) -> DataFrame:
-        """The counts of every batch up to ``batch_id`` (folders listed here: a glob would make
-        Spark look for a streaming sink's metadata under it and log a stack trace)."""
-        folders = sorted(str(p) for p in self.files.counts.glob(f"{BATCH_PREFIX}*")
-                         if int(p.name[len(BATCH_PREFIX):]) <= batch_id)
-        if not folders:
-            return self.spark.createDataFrame([], COUNTS_DDL)
-        return (self.spark.read.schema(COUNTS_DDL).parquet(*folders)
-                .filter(F.col("batch_id") <= batch_id))
+        """The counts of every batch up to ``batch_id`` (COUNTS_DDL)."""
+        return self._batch_folders(self.files.counts, COUNTS_DDL, batch_id)
 
     def quarantine(self, batch_id: int, bad: dict[Path, dict[str, Any]]) -> None:
         self.files.quarantine.mkdir(parents=True, exist_ok=True)

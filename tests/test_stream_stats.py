@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import pandas as pd
@@ -25,7 +25,14 @@ import pytest
 import yaml
 from conftest import load_benchmark
 from pyspark.sql import SparkSession
-from test_feast_lake import small_config, write_lake
+from stream_helpers import (
+    at,
+    batch_serving_rows,
+    normalise_user_rows,
+    stream_config,
+    write_events,
+)
+from test_feast_lake import write_lake
 
 from feature_repo import store as fs
 from feature_repo.stream_sink import (
@@ -40,12 +47,7 @@ from spark_jobs import item_stats_stream
 from spark_jobs.item_stats import item_stats
 from spark_jobs.samples import with_label
 
-T0 = datetime(2020, 1, 1, tzinfo=UTC)
 ITEMS = list(range(1, 9))  # item 8 never has an event
-
-
-def at(day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
-    return T0 + timedelta(days=day, hours=hour, minutes=minute, seconds=second)
 
 
 # (user, item, rating, time); rating >= 4 is a click
@@ -69,26 +71,6 @@ FILE_D = [
     (6, 6, 4.0, at(5, 12)),  # only in the snapshot's day: no row yet
     (6, 7, 3.5, at(3, 8)),
 ]
-
-
-def write_events(path: Path, rows: list[tuple], *, nullable: bool = False) -> Path:
-    """One event file, dropped whole (written under a dot name, then renamed)."""
-    schema = EVENTS.arrow_schema()
-    if nullable:  # a writer that lets nulls in
-        schema = pa.schema([f.with_nullable(True) for f in schema])
-    table = pa.Table.from_pylist(
-        [dict(zip(EVENTS.names, r, strict=True)) for r in rows], schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, coerce_timestamps="us")
-    os.replace(tmp, path)
-    return path
-
-
-def stream_config(config: Config, **stats: object) -> Config:
-    return small_config(config).with_overrides(
-        stats={"recent_window_days": 2, **stats}, stream={"max_files_per_trigger": 1},
-        spark={"shuffle_partitions": 2})
 
 
 def batch_as_of(spark: SparkSession, cfg: Config, rows: list[tuple], when: datetime,
@@ -311,10 +293,8 @@ def test_kill_9_neither_loses_nor_double_counts(spark: SparkSession, local: Conf
     batches = sorted(int(p.name.split("-")[1]) for p in files.counts.glob("batch-*"))
     assert batches == list(range(12))  # one file per batch: each file in exactly one batch
     # the user rows (the same micro-batches): the batch job's serving rows, each event once
-    from test_stream_user_rows import batch_serving_rows, normalise
-
     users = sorted({r[0] for r in everything})
-    got = normalise(read_online_user_rows(fs.get_store(cfg), users))
+    got = normalise_user_rows(read_online_user_rows(fs.get_store(cfg), users))
     pd.testing.assert_frame_equal(got, batch_serving_rows(spark, cfg, everything))
     user_state = item_stats_stream.ItemStatsStream(spark, cfg, lambda rows: None).user_state(10**6)
     latest = user_state.toPandas().sort_values("batch_id").groupby("user_id").tail(1)

@@ -10,15 +10,20 @@ length is 3 (``small_config``), so a user with more clicks keeps only the last 3
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import SparkSession
+from stream_helpers import (
+    at,
+    batch_serving_rows,
+    normalise_user_rows,
+    stream_config,
+    write_events,
+)
 from test_feast_lake import write_lake
-from test_stream_stats import stream_config, write_events
 
 from feature_repo import store as fs
 from feature_repo.stream_sink import (
@@ -29,17 +34,9 @@ from feature_repo.stream_sink import (
 )
 from saviorrec.config import Config
 from saviorrec.lake import Lake
-from saviorrec.schema import EVENTS, SEQUENCES
 from spark_jobs import item_stats_stream
-from spark_jobs.samples import with_label
-from spark_jobs.sequences import sequences
 
-T0 = datetime(2020, 1, 1, tzinfo=UTC)
 USERS = list(range(1, 8))  # user 7 never has an event
-
-
-def at(day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:
-    return T0 + timedelta(days=day, hours=hour, minutes=minute, seconds=second)
 
 
 # (user, item, rating, time); rating >= 4 is a click
@@ -71,31 +68,8 @@ FILE_C = [  # arrives after B, older: late events
 ]
 
 
-def batch_serving_rows(spark: SparkSession, cfg: Config, rows: list[tuple]) -> pd.DataFrame:
-    """The batch job over ``rows``; each user's serving row (their latest), normalised."""
-    events = spark.createDataFrame(rows, EVENTS.spark_ddl()).transform(
-        with_label, cfg.labels.click_threshold).select(
-        "user_id", "item_id", "label", "event_timestamp")
-    out = sequences(events, cfg.sequences.max_len, cfg.stats.ctr_prior,
-                    cfg.stats.ctr_prior_strength).toPandas()
-    out["event_timestamp"] = pd.to_datetime(out["event_timestamp"], utc=True)
-    return normalise(out.sort_values("event_timestamp").groupby("user_id").tail(1))
-
-
-def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame[SEQUENCES.names].copy()
-    for c in SEQUENCES.columns:
-        if c.dtype == "int64":
-            frame[c.name] = frame[c.name].astype("int64")
-        elif c.dtype == "float32":
-            frame[c.name] = frame[c.name].astype("float32")
-    frame["seq_item_ids"] = [[int(i) for i in ids] for ids in frame["seq_item_ids"]]
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-    return frame.sort_values("user_id").reset_index(drop=True)
-
-
 def online(cfg: Config) -> pd.DataFrame:
-    return normalise(read_online_user_rows(fs.get_store(cfg), USERS))
+    return normalise_user_rows(read_online_user_rows(fs.get_store(cfg), USERS))
 
 
 def run_stream(spark: SparkSession, cfg: Config) -> dict:
