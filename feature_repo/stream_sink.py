@@ -100,13 +100,22 @@ def _read_online(store: FeatureStore, view: str, schema: Table, key: str,
     present = next(c.name for c in schema.columns  # a missing row reads as null there
                    if c.name in names and not c.dtype.startswith("list"))
     with redis_errors(store):
-        frame = store.get_online_features(
+        response = store.get_online_features(
             features=[f"{view}:{n}" for n in names],
             entity_rows=[{key: int(i)} for i in ids],
-        ).to_df(include_event_timestamps=True)
+        )
+    frame = response.to_df()
+    # to_df(include_event_timestamps=True) drops the fraction of a second, which Redis keeps
+    # (user rows are stamped 1 s after an event's exact time): read the protobuf's. Feast's
+    # sqlite store itself writes whole seconds.
+    results = dict(zip(response.proto.metadata.feature_names.val, response.proto.results,
+                       strict=True))
+    frame[TIMESTAMP_COLUMN] = pd.to_datetime(
+        [t.seconds * 10**9 + t.nanos for t in results[present].event_timestamps], unit="ns",
+        utc=True)
     frame = frame[frame[present].notna()]
-    out = pd.DataFrame({key: frame[key].astype("int64"), TIMESTAMP_COLUMN: pd.to_datetime(
-        frame[f"{present}__ts"], unit="s", utc=True)})
+    out = pd.DataFrame({key: frame[key].astype("int64"),
+                        TIMESTAMP_COLUMN: frame[TIMESTAMP_COLUMN]})
     for column in schema.columns:
         if column.name not in names:
             continue
