@@ -629,17 +629,17 @@ def part_ours(args: argparse.Namespace, frag: Fragment) -> None:
     world = args.world
     sizes = json.loads((world / "world.json").read_text())["sizes"]
     frag.data["keras_backend"] = keras.backend.backend()
+    profile = False  # the device profile needs JAX on a GPU
     if keras.backend.backend() == "jax":
         import jax
 
         frag.data["jax_devices"] = [str(d) for d in jax.devices()]
         frag.data["jax_default_matmul_precision"] = getattr(
             jax.config, "jax_default_matmul_precision", None)
+        profile = args.profile and any(d.platform == "gpu" for d in jax.devices())
     mixed = args.part == "ours_bf16"
     frag.data["ranker_config"] = shipped_config(
         world, args.batch_sizes[0], args.epochs, mixed_precision=mixed).ranker.model_dump(mode="json")
-    profile = (keras.backend.backend() == "jax" and args.profile
-               and any(d.platform == "gpu" for d in __import__("jax").devices()))
     for b in args.batch_sizes:
         key = str(b)
         try:

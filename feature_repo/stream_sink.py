@@ -49,14 +49,20 @@ def sink_store(cfg: Config) -> FeatureStore:
     return FeatureStore(config=RepoConfig(repo_path=repo_dir(cfg), **settings))
 
 
-def push_item_stats(store: FeatureStore, rows: pd.DataFrame) -> None:
-    """Push ITEM_STATS rows online; a Redis outage fails naming host:port only."""
+def _push(store: FeatureStore, rows: pd.DataFrame, schema: Table, source: str) -> None:
+    """Push ``schema``'s columns of ``rows`` online through the push source ``source``; a Redis
+    outage fails naming host:port only."""
     if rows.empty:
         return
-    frame = rows[ITEM_STATS.names].copy()
+    frame = rows[schema.names].copy()
     frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
     with redis_errors(store):
-        store.push(ITEM_STATS_PUSH, frame, to=PushMode.ONLINE)
+        store.push(source, frame, to=PushMode.ONLINE)
+
+
+def push_item_stats(store: FeatureStore, rows: pd.DataFrame) -> None:
+    """Push ITEM_STATS rows online."""
+    _push(store, rows, ITEM_STATS, ITEM_STATS_PUSH)
 
 
 def item_stats_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
@@ -66,13 +72,8 @@ def item_stats_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:
 
 
 def push_user_rows(store: FeatureStore, rows: pd.DataFrame) -> None:
-    """Push SEQUENCES rows online; a Redis outage fails naming host:port only."""
-    if rows.empty:
-        return
-    frame = rows[SEQUENCES.names].copy()
-    frame[TIMESTAMP_COLUMN] = pd.to_datetime(frame[TIMESTAMP_COLUMN], utc=True)
-    with redis_errors(store):
-        store.push(USER_SEQUENCE_PUSH, frame, to=PushMode.ONLINE)
+    """Push SEQUENCES rows online."""
+    _push(store, rows, SEQUENCES, USER_SEQUENCE_PUSH)
 
 
 def user_rows_sink(cfg: Config) -> Callable[[pd.DataFrame], None]:

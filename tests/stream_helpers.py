@@ -15,7 +15,7 @@ from pyspark.sql import SparkSession
 from test_feast_lake import small_config
 
 from saviorrec.config import Config
-from saviorrec.schema import EVENTS, SEQUENCES
+from saviorrec.schema import EVENTS, SEQUENCES, Table
 from spark_jobs.samples import with_label
 from spark_jobs.sequences import sequences
 
@@ -58,14 +58,18 @@ def batch_serving_rows(spark: SparkSession, cfg: Config, rows: list[tuple]) -> p
     return normalise_user_rows(out.sort_values("event_timestamp").groupby("user_id").tail(1))
 
 
-def normalise_user_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """SEQUENCES rows with the schema's dtypes, ids as lists of ints, sorted by user."""
-    frame = frame[SEQUENCES.names].copy()
-    for c in SEQUENCES.columns:
-        if c.dtype == "int64":
-            frame[c.name] = frame[c.name].astype("int64")
-        elif c.dtype == "float32":
-            frame[c.name] = frame[c.name].astype("float32")
-    frame["seq_item_ids"] = [[int(i) for i in ids] for ids in frame["seq_item_ids"]]
+def normalise_rows(frame: pd.DataFrame, schema: Table, key: str) -> pd.DataFrame:
+    """``schema``'s columns with its dtypes, UTC timestamps, sorted by ``key``."""
+    frame = frame[schema.names].copy()
+    for c in schema.columns:
+        if c.dtype in ("int64", "float32"):
+            frame[c.name] = frame[c.name].astype(c.dtype)
     frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-    return frame.sort_values("user_id").reset_index(drop=True)
+    return frame.sort_values(key).reset_index(drop=True)
+
+
+def normalise_user_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """SEQUENCES rows as :func:`normalise_rows` makes them, ids as lists of ints."""
+    frame = normalise_rows(frame, SEQUENCES, "user_id")
+    frame["seq_item_ids"] = [[int(i) for i in ids] for ids in frame["seq_item_ids"]]
+    return frame

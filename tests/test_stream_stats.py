@@ -28,6 +28,7 @@ from pyspark.sql import SparkSession
 from stream_helpers import (
     at,
     batch_serving_rows,
+    normalise_rows,
     normalise_user_rows,
     stream_config,
     write_events,
@@ -85,14 +86,7 @@ def batch_as_of(spark: SparkSession, cfg: Config, rows: list[tuple], when: datet
 
 
 def normalise(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame[ITEM_STATS.names].copy()
-    for c in ITEM_STATS.columns:
-        if c.dtype == "int64":
-            frame[c.name] = frame[c.name].astype("int64")
-        elif c.dtype == "float32":
-            frame[c.name] = frame[c.name].astype("float32")
-    frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"], utc=True)
-    return frame.sort_values("item_id").reset_index(drop=True)
+    return normalise_rows(frame, ITEM_STATS, "item_id")
 
 
 def online(cfg: Config, items: list[int] = ITEMS) -> pd.DataFrame:
