@@ -96,7 +96,7 @@ def test_the_progress_bar_never_counts_past_the_epoch(
         capsys: pytest.CaptureFixture[str]) -> None:
     """70 steps by steps_per_execution 8: Keras's own bar reports step 72 of 70; ours 70."""
     x, y = _data()
-    counts = {}
+    counts, printed = {}, {}
     for name, bar in (("keras", keras.callbacks.ProgbarLogger()), ("ours", StepProgbarLogger())):
         m = _model()
         m.compile(optimizer="sgd", loss="binary_crossentropy", steps_per_execution=8)
@@ -105,5 +105,8 @@ def test_the_progress_bar_never_counts_past_the_epoch(
             on_train_batch_end=lambda b, logs, seen=seen, bar=bar: seen.append(bar.seen))
         m.fit(x[:70 * 7], y[:70 * 7], batch_size=7, epochs=1, verbose=1, callbacks=[bar, spy])
         counts[name] = max(seen)
+        # Each bar's own output: Keras's bar prints "72/70" only when its last update falls
+        # outside its 0.05 s throttle (timing-dependent), so only ours is checked for text.
+        printed[name] = capsys.readouterr().out
     assert counts == {"keras": 72, "ours": 70}
-    assert "72/70" not in capsys.readouterr().out.split("Epoch")[-1]
+    assert "70/70" in printed["ours"] and "72/70" not in printed["ours"]
