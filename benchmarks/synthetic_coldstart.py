@@ -22,6 +22,20 @@ For a built run this measures, on held-out items:
     python benchmarks/synthetic_coldstart.py probe --config configs/synthetic.yaml
     python benchmarks/synthetic_coldstart.py summarize --run 100k=configs/synthetic.yaml \
         --run 1M=configs/synthetic_1m.yaml
+
+``ceilings``: what content alone can reach in this world, where an item's text and image carry
+its topic and nothing of its quality or popularity (saviorrec/datasets/synthetic.py). Added to
+each run's entry of the results file, in place:
+
+- content_oracle: the AUC of P(click | user, the item's topic) (the oracle with the item's
+  quality integrated out, ``synthetic.content_click_probability``) on the same test rows,
+  overall and per PV bucket: on PV 0 (no event, so no model can know the quality) the best any
+  model can do; with the share of the reference-to-content-oracle gap that full closes there;
+- encoder_hit_ceiling: the expected i2i Hit@K of an embedding that knows each item's topic
+  exactly and nothing else (its K neighbours drawn from the query's topic), on the encoder's
+  own next-click pairs: the best content-only Hit@K, beside the encoders' figures.
+
+    python benchmarks/synthetic_coldstart.py ceilings --run 100k=configs/synthetic.yaml
 """
 
 from __future__ import annotations
@@ -48,9 +62,12 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+from encoder_torch.data import next_click_pairs
 from saviorrec.config import load_config
+from saviorrec.datasets import synthetic
 from saviorrec.lake import Lake, read_table
-from saviorrec.schema import ITEM_MULTIMODAL, ITEM_PV, ITEMS, TRAINING_ITEMS
+from saviorrec.metrics import auc, auc_by_bucket
+from saviorrec.schema import ITEM_MULTIMODAL, ITEM_PV, ITEMS, TEST, TRAINING_ITEMS, VALID
 from tf_ranker.data import fixed_lists
 
 FOLDS = 3
@@ -200,6 +217,67 @@ def metric_results(m: dict[str, Any], buckets: list[str]) -> dict[str, Any]:
     }
 
 
+def content_oracle(cfg: Any, lake: Lake, m: dict[str, Any]) -> dict[str, Any]:
+    """AUC of the content oracle on the test rows, overall and per eval PV bucket, and the share
+    of the PV-0 gap between the reference and it that full closes (docstring: ``ceilings``)."""
+    test = pq.read_table(lake.training(TEST),
+                         columns=["user_id", "item_id", "label", "eval_pv_bucket"]).to_pandas()
+    world = synthetic.make_world(cfg.synthetic)
+    score = synthetic.content_click_probability(world, test["user_id"].to_numpy() - 1,
+                                                test["item_id"].to_numpy() - 1,
+                                                cfg.labels.click_threshold)
+    labels = test["label"].to_numpy()
+    by_bucket = auc_by_bucket(labels, score, test["eval_pv_bucket"].to_numpy(),
+                              cfg.stats.bucket_labels())
+    out: dict[str, Any] = {"auc": auc(labels, score), "auc_by_bucket": by_bucket,
+                           "rows": len(test)}
+    full, ref = (_get(m, f"{key}.auc_by_bucket.0") for key in ("ranker.full", "reference.smoothed_mean"))
+    full = full.get("mean") if isinstance(full, dict) else full
+    if _number(full) and _number(ref) and _number(by_bucket.get("0")):
+        out["pv0_gap_closed"] = (full - ref) / (by_bucket["0"] - ref)
+    return out
+
+
+def encoder_hit_ceiling(cfg: Any, lake: Lake) -> dict[str, Any]:
+    """Expected Hit@K, on each split's next-click pairs, of an embedding that knows every item's
+    topic and nothing else: its K neighbours are K of the query's topic's other items, drawn
+    uniformly, so a pair scores K / (items of the topic - 1) when the next click shares the
+    query's topic (and is not the query itself: retrieval excludes the query), else 0."""
+    items = read_table(lake.items, ITEMS).select(["item_id", "topic"]).to_pandas()
+    out: dict[str, Any] = {"k": cfg.encoder.hit_k}
+    for split in (VALID, TEST):
+        queries, targets = next_click_pairs(lake, split=split)
+        out[split] = topic_hit_ceiling(items["item_id"].to_numpy(), items["topic"].to_numpy(),
+                                       queries, targets, k=cfg.encoder.hit_k)
+    return out
+
+
+def topic_hit_ceiling(item_ids: np.ndarray, topics: np.ndarray, queries: np.ndarray,
+                      targets: np.ndarray, *, k: int) -> dict[str, Any]:
+    """Expected Hit@k over (query, target) pairs when each query's k neighbours are drawn
+    uniformly from the other items of its topic (all of them when fewer than k)."""
+    topic_of = dict(zip(item_ids.tolist(), topics.tolist(), strict=True))
+    size = dict(zip(*np.unique(topics, return_counts=True), strict=True))
+    q_topic = np.array([topic_of[i] for i in queries.tolist()])
+    same = (q_topic == np.array([topic_of[i] for i in targets.tolist()])) & (queries != targets)
+    others = np.array([size[t] for t in q_topic]) - 1
+    per_pair = np.where(same, np.minimum(1.0, k / np.maximum(others, 1)), 0.0)
+    return {"expected_hit": float(per_pair.mean()) if len(per_pair) else float("nan"),
+            "same_topic_share": float(same.mean()) if len(same) else float("nan"),
+            "pairs": len(queries)}
+
+
+def ceilings(config: str) -> dict[str, Any]:
+    cfg = load_config(config)
+    if cfg.data.source != "synthetic":
+        raise ValueError(f"{config}: data.source is {cfg.data.source!r}; the ceilings need "
+                         "synthetic data")
+    lake = Lake.from_config(cfg)
+    m = json.loads(lake.metrics.read_text()) if lake.metrics.is_file() else {}
+    return {"content_oracle": content_oracle(cfg, lake, m),
+            "encoder_hit_ceiling": encoder_hit_ceiling(cfg, lake)}
+
+
 def _number(value: Any) -> bool:
     return value is not None and not math.isnan(value)
 
@@ -265,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("probe", help="the topic probes of one built run")
     p.add_argument("--config", required=True)
+    c = sub.add_parser("ceilings", help="content-only ceilings of built runs -> their entries")
+    c.add_argument("--run", action="append", required=True, metavar="LABEL=CONFIG")
+    c.add_argument("--out", default=str(REPO_ROOT / "benchmarks" / "results" /
+                                        "synthetic_coldstart.json"))
     s = sub.add_parser("summarize", help="results of evaluated runs -> JSON")
     s.add_argument("--run", action="append", required=True, metavar="LABEL=CONFIG")
     s.add_argument("--step", action="append", default=[], metavar="LABEL=METRICS_JSON",
@@ -277,6 +359,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "probe":
         print(json.dumps(probe(args.config), indent=2, sort_keys=True))
+        return 0
+    if args.command == "ceilings":
+        out = Path(args.out)
+        result = json.loads(out.read_text()) if out.is_file() else {}
+        for spec in args.run:
+            label, _, config = spec.partition("=")
+            if not config:
+                parser.error(f"--run {spec!r}: expected LABEL=CONFIG")
+            result.setdefault(label, {}).update(ceilings(config))
+            result.setdefault("updates", []).append(
+                {**run_header(sys.argv), "what": f"key {label}: content_oracle and "
+                 f"encoder_hit_ceiling added from {config} (ceilings)"})
+            print(label, json.dumps(result[label]["content_oracle"], indent=1),
+                  json.dumps(result[label]["encoder_hit_ceiling"], indent=1))
+        write_json_atomic(out, result)
         return 0
     result: dict[str, Any] = run_header(sys.argv)
     result["machine"] = device_info()

@@ -224,3 +224,25 @@ def test_oracle_side_file_is_row_aligned_and_calibrated(tmp_path: Path) -> None:
         assert abs(clicks[rows].mean() - p[rows].mean()) < 0.06, d
     # and it ranks: the oracle's AUC on its own events is far above chance
     assert roc_auc_score(clicks, p) > 0.7
+
+
+def test_content_oracle_is_the_oracle_averaged_over_unknown_quality() -> None:
+    """Independent expectation: for fixed users and items, redraw the items' quality from its
+    distribution many times, score each draw with the exact oracle, and average."""
+    cfg = SyntheticConfig(n_events=1_000, n_items=200, n_users=50, n_topics=5, seed=3)
+    world = synthetic.make_world(cfg)
+    rng = np.random.default_rng(11)
+    users, items = rng.integers(0, cfg.n_users, 40), rng.integers(0, cfg.n_items, 40)
+    topic = world.item_topic[items]
+    no_quality = synthetic.World(**{**world.__dict__, "quality": np.zeros(cfg.n_items)})
+    mean = synthetic.rating_mean(no_quality, users, topic, items)  # [40]
+    quality = rng.normal(0.0, synthetic.QUALITY_SD, (200_000, len(items)))
+    for threshold in (3.5, 4.0):
+        drawn = synthetic.click_probability((mean + quality).ravel(), threshold).reshape(quality.shape)
+        np.testing.assert_allclose(
+            synthetic.content_click_probability(world, users, items, threshold),
+            drawn.mean(axis=0), atol=0.003)
+    # and it ignores the item's own quality: two items of one topic score alike for a user
+    same = np.flatnonzero(world.item_topic == world.item_topic[0])[:2]
+    p = synthetic.content_click_probability(world, np.array([4, 4]), same, 4.0)
+    assert p[0] == p[1] and world.quality[same[0]] != world.quality[same[1]]

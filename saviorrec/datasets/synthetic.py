@@ -17,6 +17,12 @@ The oracle (``click_probability``): the rating's noise is the only randomness le
 the item and hence the rating's mean are known, so P(click | user, item) is exact, a normal
 tail. ``event_chunk`` returns it beside the events; ``saviorrec data prepare`` writes it to a
 side file (ORACLE) that no model reads and that evaluation scores as the ceiling.
+
+The content oracle (``content_click_probability``): an item's content carries its topic and
+nothing of its quality, so for an item without events (PV 0) no model can know more than the
+user's taste for the topic; its quality is a draw from N(0, QUALITY_SD^2) independent of which
+items a user views. The best score such a model can give is P(click | user, topic), the oracle
+with the quality integrated out: the ceiling on PV 0 (benchmarks/synthetic_coldstart.py).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ MEAN_GAP_S = 90.0  # mean seconds between two events of a session
 RATING_MIN, RATING_MAX = 0.5, 5.0
 RATING_NOISE_SD = 0.6  # standard deviation of the rating's Gaussian noise
 AFFINITY_SLOPE = 0.7  # rating mean = 3 + tanh(AFFINITY_SLOPE * affinity) + quality
+QUALITY_SD = 0.4  # standard deviation of the items' quality (Gaussian, mean 0)
 MAX_REDRAWS = 50  # a pair still repeated after this many redraws stays (a re-view)
 
 
@@ -69,7 +76,7 @@ def make_world(cfg: SyntheticConfig) -> World:
     n_cold = min(round(cfg.cold_item_fraction * n_items), n_items - 1)
     cold = np.zeros(n_items, dtype=bool)
     cold[rng.choice(n_items, size=n_cold, replace=False)] = True
-    quality = rng.normal(0.0, 0.4, n_items)
+    quality = rng.normal(0.0, QUALITY_SD, n_items)
     topic_mass = np.bincount(item_topic, weights=popularity, minlength=n_topics)
     taste = rng.gamma(cfg.user_topic_concentration * n_topics * topic_mass, size=(cfg.n_users,
                                                                                  n_topics))
@@ -150,8 +157,13 @@ def rating_mean(world: World, users: np.ndarray, topic: np.ndarray,
                 items: np.ndarray) -> np.ndarray:
     """The rating before noise: the user's affinity for the topic (log of taste relative to the
     topic's mass, squashed) plus the item's quality."""
+    return _taste_mean(world, users, topic) + world.quality[items]
+
+
+def _taste_mean(world: World, users: np.ndarray, topic: np.ndarray) -> np.ndarray:
+    """The rating before noise and quality: 3 + the user's squashed affinity for the topic."""
     affinity = np.log(np.maximum(world.taste[users, topic], 1e-12) / world.topic_mass[topic])
-    return 3.0 + np.tanh(AFFINITY_SLOPE * affinity) + world.quality[items]
+    return 3.0 + np.tanh(AFFINITY_SLOPE * affinity)
 
 
 def _ratings(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -159,8 +171,10 @@ def _ratings(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.clip(np.round(score * 2) / 2, RATING_MIN, RATING_MAX).astype(np.float32)
 
 
-def click_probability(mean: np.ndarray, click_threshold: float) -> np.ndarray:
-    """P(rating >= click_threshold) for ratings of the given means, exactly.
+def click_probability(mean: np.ndarray, click_threshold: float,
+                      noise_sd: float = RATING_NOISE_SD) -> np.ndarray:
+    """P(rating >= click_threshold) for ratings of the given means and Gaussian noise of
+    ``noise_sd``, exactly.
 
     The rating is the half star nearest to mean + noise, clipped to [RATING_MIN, RATING_MAX]; it
     reaches the smallest half star h >= click_threshold exactly when mean + noise >= h - 0.25
@@ -170,7 +184,18 @@ def click_probability(mean: np.ndarray, click_threshold: float) -> np.ndarray:
         return np.ones(len(mean))
     if half_star > RATING_MAX:
         return np.zeros(len(mean))
-    return ndtr((np.asarray(mean, np.float64) - (half_star - 0.25)) / RATING_NOISE_SD)
+    return ndtr((np.asarray(mean, np.float64) - (half_star - 0.25)) / noise_sd)
+
+
+def content_click_probability(world: World, users: np.ndarray, items: np.ndarray,
+                              click_threshold: float) -> np.ndarray:
+    """P(rating >= click_threshold | user, the item's topic): ``click_probability`` with the item's
+    quality, N(0, QUALITY_SD^2), integrated out. The rating's noise and the quality are
+    independent Gaussians, so mean + quality + noise is Gaussian with variance
+    RATING_NOISE_SD^2 + QUALITY_SD^2 around the mean without quality, and the tail stays exact.
+    ``users``, ``items``: 0-based indices into the world (the lake's ids minus 1)."""
+    return click_probability(_taste_mean(world, users, world.item_topic[items]), click_threshold,
+                             noise_sd=math.hypot(RATING_NOISE_SD, QUALITY_SD))
 
 
 def _sessions(n_events: int, rng: np.random.Generator) -> np.ndarray:
