@@ -18,12 +18,13 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+import numpy as np
 import redis
 from feast import FeatureStore, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey
-from feast.protos.feast.types.Value_pb2 import Value
+from feast.protos.feast.types.Value_pb2 import FloatList, Value
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
@@ -41,6 +42,7 @@ from saviorrec.schema import PADDING_ITEM_ID
 ITEM_VIEWS = (("item_stats", STAT_FEATURES), ("item_multimodal", MULTIMODAL_FEATURES))
 _INT64 = struct.Struct("<q")  # how Feast packs an int64 entity value into its key
 REQUIRED = ("pv", "embedding")  # an item without these has no row in that view: "missing"
+_ABSENT = object()  # a field with no value (the default is filled in)
 
 
 def decode(raw: bytes | None) -> Any:
@@ -86,6 +88,10 @@ class RedisDirectReader:
         self._item_kinds = [_item_kind(store.get_feature_view(view), name)
                             for view, names in ITEM_VIEWS for name in names]
         self._item_layout = self._int64_key_layout("item_id")
+        # per item field: (header, size) of its packed float32 layout, None to parse the proto
+        self._item_packed = [self._packed_floats(len(self._defaults[name]))
+                             if kind == "float_list_val" else None
+                             for name, kind, _, _ in self._item_kinds]
 
     def _key(self, join_key: str, value: int) -> bytes:
         entity = EntityKey(join_keys=[join_key], entity_values=[Value(int64_val=value)])
@@ -105,6 +111,23 @@ class RedisDirectReader:
             if prefix + _INT64.pack(value) + suffix != self._key(join_key, value):
                 return None
         return prefix, suffix
+
+    @staticmethod
+    def _packed_floats(width: int) -> tuple[bytes, int] | None:
+        """(header, size) such that a float list of ``width`` values is written as header +
+        the values as little-endian float32 (protobuf's packed encoding), ``size`` bytes in
+        all, checked against protobuf's own parser; None if it is not so. Decoding the
+        embedding through the proto and a list of 64 Python floats was a quarter of the
+        service's Python time at a 1M-item catalogue; this reads it as one numpy buffer."""
+        if width < 1:
+            return None
+        probe = np.arange(1, width + 1, dtype="<f4") / 7
+        written = Value(float_list_val=FloatList(val=probe.tolist())).SerializeToString()
+        header = written[:len(written) - 4 * width]
+        parsed = Value.FromString(header + probe.tobytes()).float_list_val.val
+        if written[len(header):] != probe.tobytes() or list(parsed) != probe.tolist():
+            return None
+        return header, len(written)
 
     def _item_key(self, item_id: int) -> bytes:
         if self._item_layout is None:
@@ -128,33 +151,60 @@ class RedisDirectReader:
             replies = pipe.execute()
         items: dict[int, dict[str, Any]] = {}
         missing: list[int] = []
-        for item_id, raw in zip(unique, replies, strict=True):
-            values, absent = self._decode_item(raw)
+        for item_id, (values, absent) in zip(unique, self._decode_items(replies), strict=True):
             if absent:
                 missing.append(item_id)
             items[item_id] = values
         return items, sorted(missing)
 
-    def _decode_item(self, raw: list[bytes | None]) -> tuple[dict[str, Any], bool]:
-        """One item's hash fields -> values (defaults where absent), and whether its stats or
-        embedding row is absent. :func:`decode`'s results, with each field's oneof known in
-        advance: the generic decode was a third of the service's Python time with a 1M-item
-        catalogue (200 uncached candidates a request)."""
-        values: dict[str, Any] = {}
-        absent = False
-        from_bytes, defaults = Value.FromString, self._defaults
-        for (name, kind, is_list, required), value in zip(self._item_kinds, raw, strict=True):
-            proto = from_bytes(value) if value else None
-            found = None if proto is None else proto.WhichOneof("val")
-            if found == kind:
-                field = getattr(proto, kind)
-                values[name] = list(field.val) if is_list else field
-            elif found is None or found == "null_val":
-                absent = absent or required
-                values[name] = defaults[name]
-            else:  # another type than the view declares: as the generic decode gives it
-                values[name] = decode(value)
-        return values, absent
+    def _decode_items(self, replies: list[list[bytes | None]]
+                      ) -> list[tuple[dict[str, Any], bool]]:
+        """Each item's hash fields -> (values with defaults where absent, whether its stats or
+        embedding row is absent): :func:`decode`'s results, decoded a field at a time over all
+        the items, each field's oneof known in advance. A scalar field is parsed once per
+        distinct value in the batch (rqvae and encoder versions, buckets and small counts
+        repeat), a float list of the view's width (the embedding) read as one float32 buffer
+        (``_packed_floats``; a read-only array, equal value for value to the proto's list).
+        Parsing every field of ~250 items through protobuf was a third of the service's
+        Python time at a 1M-item catalogue (200 uncached candidates a request)."""
+        if not replies:
+            return []
+        absent = [False] * len(replies)
+        columns = []
+        for (name, kind, is_list, required), layout, column in zip(
+                self._item_kinds, self._item_packed, zip(*replies, strict=True), strict=True):
+            if is_list:
+                values = [self._decode_field(raw, kind, True, layout) for raw in column]
+            else:
+                distinct = {raw: self._decode_field(raw, kind, False, None)
+                            for raw in set(column)}
+                values = [distinct[raw] for raw in column]
+            if any(v is _ABSENT for v in values):
+                default = self._defaults[name]
+                if required:
+                    absent = [a or v is _ABSENT for a, v in zip(absent, values, strict=True)]
+                values = [default if v is _ABSENT else v for v in values]
+            columns.append(values)
+        names = self._item_names
+        return [(dict(zip(names, row, strict=True)), gone)
+                for row, gone in zip(zip(*columns), absent, strict=True)]
+
+    @staticmethod
+    def _decode_field(raw: bytes | None, kind: str, is_list: bool,
+                      layout: tuple[bytes, int] | None) -> Any:
+        """One serialized ValueProto of a field written as ``kind``; _ABSENT when null."""
+        if not raw:
+            return _ABSENT
+        if layout is not None and len(raw) == layout[1] and raw.startswith(layout[0]):
+            return np.frombuffer(raw, "<f4", offset=len(layout[0]))
+        proto = Value.FromString(raw)
+        found = proto.WhichOneof("val")
+        if found == kind:
+            field = getattr(proto, kind)
+            return list(field.val) if is_list else field
+        if found is None or found == "null_val":
+            return _ABSENT
+        return decode(raw)  # another type than the view declares: as the generic decode gives it
 
     def read(self, user_id: int, item_ids: list[int]) -> OnlineFeatures:
         sequence = self.read_sequence(user_id)

@@ -112,9 +112,23 @@ def cmd_serve(args: argparse.Namespace) -> Any:
     from serving.app import serve
 
     cfg = _config(args)
+    if cfg.serving.workers > 1:  # each worker loads its own onboarder (serve_worker_app)
+        return serve(cfg, host=args.host, port=args.port,
+                     worker_factory="saviorrec.cli:serve_worker_app")
+    return serve(cfg, host=args.host, port=args.port, onboard=_service_onboard(cfg))
+
+
+def _service_onboard(cfg: Config) -> Any:
+    """POST /items' onboarder (onboard.in_service), None without it."""
     onboarder = _onboarder(cfg) if cfg.onboard.in_service else None
-    return serve(cfg, host=args.host, port=args.port,
-                 onboard=onboarder.add_records if onboarder else None)
+    return onboarder.add_records if onboarder else None
+
+
+def serve_worker_app() -> Any:
+    """One worker process of `saviorrec serve` with serving.workers > 1 (a uvicorn factory)."""
+    from serving.app import worker_app
+
+    return worker_app(make_onboard=_service_onboard)
 
 
 def _onboarder(cfg: Config, *, required: bool = False) -> Any:

@@ -232,6 +232,9 @@ class EncoderConfig(_Frozen):
     # InfoNCE's sampling-bias correction (Yi et al. 2019; encoder_torch/losses.py): logits minus
     # the log of each in-batch item's share of the co-click pairs.
     logq_correction: bool = False
+    # SaviorEnc starts from the off-the-shelf embedding projected to d and learns a correction
+    # (encoder_torch/fusion.py, tower skip). Chosen on validation Hit@30: docs/coldstart.md.
+    tower_skip: bool = False
 
 
 class RQVAEConfig(_Frozen):
@@ -419,6 +422,14 @@ class ServingConfig(_Frozen):
     # default (one per core). Requests run side by side in FastAPI's thread pool, so on a small
     # machine fewer threads per request may trade a little latency alone for less contention.
     tf_threads: int = Field(0, ge=0)
+    # uvicorn worker processes, each with its own model, store connections and item cache
+    # (serving/app.py says what they share). One process runs its Python on one core at a time
+    # (the GIL): at a 1M-item catalogue it served ~80 requests/s on 2 cores with the second
+    # core mostly idle (benchmarks/results/pipeline_scale.json, serving_1M_before_workers).
+    # 1 by default: each worker holds a copy of the model (~0.3 GB with a 1M-item vocabulary)
+    # and of the onboarding models, and an item onboarded by POST /items is dropped from the
+    # cache of the worker that answered only; set it to the cores the service may use.
+    workers: int = Field(1, ge=1)
 
     @model_validator(mode="after")
     def _body_fits_the_candidates(self) -> ServingConfig:

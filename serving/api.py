@@ -123,6 +123,8 @@ class InvalidRequest(BaseModel):
 class Health(BaseModel):
     status: str
     model_version: str
+    worker: int = Field(description="process id of the worker that answered "
+                                    "(serving.workers > 1 runs several)")
 
 
 class Readiness(BaseModel):

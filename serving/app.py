@@ -3,7 +3,7 @@
 - ``POST /rank`` {"user_id": int, "item_ids": [int, ...]} -> the items with scores, best first,
   the model and RQ-VAE versions, and which candidates had no features (scored with defaults).
   The body is read as JSON whatever its Content-Type: a plain `curl -d` works.
-- ``GET /healthz``: the process is up. ``GET /readyz``: the store can be read, the model scores.
+- ``GET /healthz``: the process is up (``worker``: the process id of the worker that answered). ``GET /readyz``: the store can be read, the model scores.
 - ``POST /items`` {"items": [{"item_id", "title", "genres", "overview", "poster_path"}, ...]}:
   onboard new items (only when the service was given an onboarder: ``saviorrec serve`` with
   ``onboard.in_service``); they are scored with their own features from the next request on.
@@ -17,6 +17,16 @@ body that is not JSON, wrong types, ids out of int64, duplicates or more than
 the online store (host:port or path, never a password) while it cannot be read, recovering by
 itself when it is back; 500 when the store's semantic ids are of another RQ-VAE version than
 the model's. docs/serving.md has examples of each.
+
+``serving.workers`` > 1 runs that many uvicorn worker processes on one port (uvicorn's own
+supervisor restarts a worker that dies); each builds its own app from the config handed down in
+``$SAVIORREC_SERVE_WORKER`` (:func:`worker_app`): its own model, store connections, item cache
+and onboarding models, TensorFlow threads split between them (serving.service.tf_threads).
+/metrics sums every worker's counters (serving.counters); /healthz, /readyz and the page answer
+for the worker that accepted the connection. POST /items drops the items it pushed from that
+worker's item cache only: the other workers read them from the store on their next request when
+``serving.item_cache_missing_ttl_s`` is 0 (the default: an item without a row is never cached),
+else within that many seconds, as for an item added by ``saviorrec items add``.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the request dependency built in
@@ -24,7 +34,11 @@ the model's. docs/serving.md has examples of each.
 
 import json
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
@@ -70,6 +84,12 @@ ITEMS_PATH = "/items"
 ITEMS_SHAPE = '{"items": [{"item_id": int, "title", "genres", "overview", "poster_path"}, ...]}'
 # Onboards schema.ITEMS rows given as POST /items records; returns the onboarding report.
 Onboard = Callable[[list[dict[str, Any]]], dict[str, Any]]
+# serving.workers > 1: what serve() hands each worker process, as JSON ({"config", "metrics"}).
+WORKER_ENV = "SAVIORREC_SERVE_WORKER"
+# Seconds a worker may take to answer uvicorn's supervisor before it is killed and replaced
+# (uvicorn's default, 5, is shorter than loading TensorFlow and compiling the model on a busy
+# machine).
+WORKER_HEALTHCHECK_S = 120
 
 
 def _json(payload: dict[str, Any], status: int = 200) -> Response:
@@ -155,9 +175,10 @@ def create_app(cfg: Config, service: RankingService | None = None,
         return _json(result)
 
     @app.get("/healthz", response_model=Health)
-    def healthz() -> dict[str, str]:
+    def healthz() -> dict[str, Any]:
         """The process is up (says nothing about the store)."""
-        return {"status": "ok", "model_version": svc.ranker.model_version}
+        return {"status": "ok", "model_version": svc.ranker.model_version,
+                "worker": os.getpid()}
 
     @app.get("/readyz", response_model=Readiness,
              responses={503: {"model": Readiness, "description": "not ready: see checks"}})
@@ -237,14 +258,44 @@ def add_items_route(app: FastAPI, svc: RankingService, onboard: Onboard, max_ite
         return _json({k: result[k] for k in ItemsResponse.model_fields})
 
 
-def serve(cfg: Config, host: str | None = None, port: int | None = None,
-          onboard: Onboard | None = None) -> None:
-    """Run the service with uvicorn until interrupted (one process; sync handlers in threads)."""
-    import uvicorn
-
+def _configure_logging(cfg: Config) -> None:
     logging.basicConfig(level=cfg.serving.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(cfg, onboard=onboard)
-    uvicorn.run(app, host=host if host is not None else cfg.serving.host,
-                port=port if port is not None else cfg.serving.port,
-                log_level=cfg.serving.log_level, access_log=False)
+
+
+def worker_app(make_onboard: Callable[[Config], Onboard | None] | None = None) -> FastAPI:
+    """The app of one worker process (serving.workers > 1; a uvicorn factory): the config and
+    the metrics folder from ``$SAVIORREC_SERVE_WORKER``; ``make_onboard(cfg)`` gives POST
+    /items its onboarder (the CLI's: this package may not import the encoder)."""
+    handed = json.loads(os.environ[WORKER_ENV])
+    cfg = Config.model_validate(handed["config"])
+    _configure_logging(cfg)
+    service = RankingService.start(cfg)
+    service.counters.share(Path(handed["metrics"]))
+    return create_app(cfg, service, onboard=make_onboard(cfg) if make_onboard else None)
+
+
+def serve(cfg: Config, host: str | None = None, port: int | None = None,
+          onboard: Onboard | None = None, worker_factory: str = "serving.app:worker_app"
+          ) -> None:
+    """Run the service with uvicorn until interrupted: one process (sync handlers in threads),
+    or serving.workers processes, each built by ``worker_factory`` (a uvicorn factory import
+    string, :func:`worker_app` or one that calls it; ``onboard`` is then not used)."""
+    import uvicorn
+
+    _configure_logging(cfg)
+    where = {"host": host if host is not None else cfg.serving.host,
+             "port": port if port is not None else cfg.serving.port,
+             "log_level": cfg.serving.log_level, "access_log": False}
+    if cfg.serving.workers == 1:
+        uvicorn.run(create_app(cfg, onboard=onboard), **where)
+        return
+    metrics = Path(tempfile.mkdtemp(prefix="saviorrec-serve-metrics-"))
+    os.environ[WORKER_ENV] = json.dumps({"config": cfg.model_dump(mode="json"),
+                                         "metrics": str(metrics)})
+    log.info("starting %d workers (%s)", cfg.serving.workers, worker_factory)
+    try:
+        uvicorn.run(worker_factory, factory=True, workers=cfg.serving.workers,
+                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S, **where)
+    finally:
+        shutil.rmtree(metrics, ignore_errors=True)

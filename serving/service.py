@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from saviorrec.config import REPO_ROOT, Config
+from saviorrec.config import REPO_ROOT, Config, ServingConfig
 from saviorrec.lake import Lake
 from saviorrec.ranker_inputs import INPUTS, ITEM_EMBEDDING, ITEM_SEMANTIC_IDS, inputs
 from saviorrec.schema import PADDING_ITEM_ID
@@ -43,6 +44,15 @@ def model_dir(cfg: Config) -> Path:
         return Lake.from_config(cfg).export_dir
     path = Path(cfg.serving.model_dir).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
+
+
+def tf_threads(serving: ServingConfig) -> int:
+    """TensorFlow threads of one worker: serving.tf_threads, or when that is 0 (TensorFlow's
+    default, one per core) and there are several workers, the cores this process may use
+    shared out between them (at least 1), so that N workers do not run N pools of every core."""
+    if serving.tf_threads or serving.workers == 1:
+        return serving.tf_threads
+    return max(1, len(os.sched_getaffinity(0)) // serving.workers)
 
 
 def layout_of(ranker: Ranker, cfg: Config) -> Layout:
@@ -88,7 +98,7 @@ class RankingService:
     def start(cls, cfg: Config) -> RankingService:
         ranker = Ranker(model_dir(cfg), xla=cfg.serving.xla,
                         max_candidates=cfg.serving.max_candidates,
-                        threads=cfg.serving.tf_threads)
+                        threads=tf_threads(cfg.serving))
         bad = [n for n in UNSERVABLE_INPUTS if n in ranker.inputs]
         if bad:
             raise ModelError(f"model {ranker.model_version} reads {bad}, which the online "

@@ -85,11 +85,19 @@ def test_direct_redis_reader_equals_feast(client: TestClient, served: Served) ->
         assert direct.sequence == feast.sequence
         assert direct.missing == feast.missing
         assert direct.items.keys() == feast.items.keys()
+        buffers = 0
         for item, values in feast.items.items():
             assert direct.items[item].keys() == values.keys()
             for name, value in values.items():
                 got = direct.items[item][name]
+                if isinstance(got, np.ndarray):  # an embedding read as one float32 buffer
+                    assert name == "embedding" and got.dtype == np.float32
+                    assert got.tolist() == value  # exactly the proto's floats
+                    buffers += 1
+                    continue
                 assert got == (pytest.approx(value) if isinstance(value, list | float) else value)
+        with_rows = [i for i in items if i in served.world.multimodal]
+        assert buffers == len(with_rows) > 0  # every stored embedding took the fast path
 
 
 def test_direct_reader_item_keys_are_feasts(client: TestClient) -> None:
