@@ -49,13 +49,21 @@ class TowerFeatures:
                                (self.text, self.text_mask, self.image, self.image_present)))
 
     def off_the_shelf(self) -> np.ndarray:
-        """Pooled frozen features, each normalised, concatenated, normalised: [n, 384 + 1280].
-        Text: the mean of the present fields' vectors; image: the global average token."""
-        fields = (self.text * self.text_mask[..., None]).sum(1)
-        text = torch.nn.functional.normalize(fields, dim=-1) * self.text_present[:, None]
-        image = torch.nn.functional.normalize(self.image[:, 0], dim=-1) * self.image_present[:, None]
-        both = torch.nn.functional.normalize(torch.cat([text, image], dim=1), dim=-1)
-        return both.numpy().astype(np.float32)
+        """Pooled frozen features (``pool_towers``): [n, 384 + 1280] float32."""
+        return pool_towers(self.text, self.text_mask, self.image, self.image_present).numpy().astype(np.float32)
+
+
+def pool_towers(text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                image_present: torch.Tensor) -> torch.Tensor:
+    """The off-the-shelf vector of each item: [B, text_dim + image_dim], unit norm. Text: the
+    sum of the present fields' vectors, normalised (zero without text); image: the global average
+    token, normalised (zero without an image); the two concatenated and normalised again.
+    SaviorEnc's tower skip (fusion.py) reads the same vector, so what it starts from is exactly
+    the off-the-shelf baseline that the encoder is compared with."""
+    fields = (text * text_mask[..., None]).sum(1)
+    text_vec = torch.nn.functional.normalize(fields, dim=-1) * text_mask.any(dim=1)[:, None]
+    image_vec = torch.nn.functional.normalize(image[:, 0], dim=-1) * image_present[:, None]
+    return torch.nn.functional.normalize(torch.cat([text_vec, image_vec], dim=1), dim=-1)
 
 
 @dataclass

@@ -12,6 +12,16 @@ the top" (Mu and Viswanath, ICLR 2018) with its first step only, keeps every dir
 differ in and removes the one they share. The mean is a buffer saved with the model, so an item
 embedded later is centred the same way; zero (the default, and every checkpoint saved before it)
 leaves z as it was.
+
+Tower skip (``tower_skip``, encoder.tower_skip): z = normalise(P (o - mean) + head(fusion)), o the
+off-the-shelf vector (features.pool_towers), P [d, 384 + 1280] initialised to the catalogue's top
+d principal directions of o (scaled to unit RMS norm) and the head's last layer to zero, so
+training starts from the off-the-shelf embedding projected to d and co-click pairs move it from
+there. Without it a freshly initialised transformer must rediscover from co-click pairs alone what
+the towers already know: on the quick MovieLens world (1,255 pairs) the trained encoder retrieved
+next clicks worse than the towers it reads (Hit@30 valid ~0.03 against 0.053, issue 27). This is
+the residual connection of adapter tuning (Houlsby et al., ICML 2019: a new block starts as the
+identity) applied to the fusion model as a whole; P and the transformer train together.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from encoder_torch.features import pool_towers
 from saviorrec.config import EncoderConfig
 
 if TYPE_CHECKING:
@@ -45,6 +56,9 @@ class SaviorEncConfig:
     heads: int = _ENCODER.fusion_heads
     dim: int = _ENCODER.dim  # d of z (paper: 64)
     dropout: float = 0.1
+    # False here (not the run config's default): checkpoints saved before the skip existed have
+    # no such key and must load as the model they were.
+    tower_skip: bool = False
 
     def __post_init__(self) -> None:
         if not self.modalities or set(self.modalities) - set(MODALITIES):
@@ -87,6 +101,47 @@ class SaviorEnc(nn.Module):
         self.head = nn.Sequential(nn.Linear(c.width, c.width), nn.GELU(), nn.Linear(c.width, c.dim))
         self.register_buffer("center", torch.zeros(c.dim))  # set_center: the catalogue's mean z
         self._centred = False  # center is not zero: forward subtracts it and normalises again
+        if c.tower_skip:
+            self.skip = nn.Linear(c.text_dim + c.image_dim, c.dim, bias=False)
+            self.register_buffer("skip_mean", torch.zeros(c.text_dim + c.image_dim))
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
+
+    @torch.no_grad()
+    def init_skip(self, features, *, batch_size: int) -> None:
+        """P and the mean from the off-the-shelf vectors of every item in ``features``
+        (TowerFeatures or TunedFeatures; the vectors of this model's modalities only): P's rows
+        are the top-d eigenvectors of their covariance, each with its largest entry positive (a
+        deterministic sign), divided by the root of the sum of the top-d eigenvalues so that the
+        projected vectors have unit RMS norm."""
+        if not self.config.tower_skip:
+            raise ValueError("init_skip on a SaviorEnc built with tower_skip=False")
+        width = self.skip.in_features
+        total, gram, n = torch.zeros(width, dtype=torch.float64), torch.zeros(width, width, dtype=torch.float64), 0
+        for start in range(0, len(features), batch_size):
+            part = features.take(torch.arange(start, min(start + batch_size, len(features))))
+            o = self._pooled(part.text, part.text_mask, part.image, part.image_present).double().cpu()
+            total += o.sum(0)
+            gram += o.T @ o
+            n += len(o)
+        if n < 2:
+            raise ValueError(f"init_skip needs at least 2 items, got {n}")
+        mean = total / n
+        values, vectors = torch.linalg.eigh(gram / n - torch.outer(mean, mean))  # ascending
+        top_values, top = values.flip(0)[:self.config.dim].clamp(min=0), vectors.flip(1)[:, :self.config.dim]
+        sign = torch.sign(top.gather(0, top.abs().argmax(0, keepdim=True)))
+        scale = top_values.sum().sqrt().clamp(min=1e-12)
+        self.skip.weight.copy_((top * sign).T / scale)
+        self.skip_mean.copy_(mean)
+
+    def _pooled(self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor,
+                image_present: torch.Tensor) -> torch.Tensor:
+        """The off-the-shelf vector over this model's modalities (an absent one reads as zero)."""
+        if "text" not in self.config.modalities:
+            text_mask = torch.zeros_like(text_mask)
+        if "image" not in self.config.modalities:
+            image_present = torch.zeros_like(image_present)
+        return pool_towers(text, text_mask, image, image_present)
 
     def set_center(self, mean_z: torch.Tensor) -> None:
         """Centre z on ``mean_z`` [d], the mean of the uncentred z over the catalogue."""
@@ -116,7 +171,10 @@ class SaviorEnc(nn.Module):
             parts.append(x)
             keeps.append(keep)
         h = self.fusion(torch.cat(parts, 1), src_key_padding_mask=~torch.cat(keeps, 1))
-        z = F.normalize(self.head(self.norm(h[:, 0])), dim=-1)
+        out = self.head(self.norm(h[:, 0]))
+        if self.config.tower_skip:
+            out = out + self.skip(self._pooled(text, text_mask, image, image_present) - self.skip_mean)
+        z = F.normalize(out, dim=-1)
         # A zero centre leaves z bit for bit as it was (normalising a unit vector again moves it
         # by up to ~2e-7, enough to change a sensitive RQ-VAE's codes).
         return F.normalize(z - self.center, dim=-1) if self._centred else z
@@ -126,4 +184,5 @@ def encoder_model_config(cfg: Config, modalities: tuple[str, ...]) -> SaviorEncC
     """The fusion model's sizes from the run config (``encoder.*``)."""
     ec = cfg.encoder
     return SaviorEncConfig(modalities=modalities, width=ec.fusion_width, layers=ec.fusion_layers,
-                           heads=ec.fusion_heads, dim=ec.dim, dropout=ec.fusion_dropout)
+                           heads=ec.fusion_heads, dim=ec.dim, dropout=ec.fusion_dropout,
+                           tower_skip=ec.tower_skip)

@@ -90,6 +90,8 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
         torch.manual_seed(ec.seed)
         model = SaviorEnc(config=encoder_model_config(cfg, modalities))
         features = features_for(modalities)
+        if model.config.tower_skip:
+            model.init_skip(features, batch_size=ec.batch_size)
         t1 = time.perf_counter()
         history = train(model=model, features=features, desc=f"saviorenc[{name}]")
         train_s[name] = time.perf_counter() - t1

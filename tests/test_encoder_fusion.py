@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
+from encoder_torch.features import TowerFeatures
 from encoder_torch.fusion import SaviorEnc, SaviorEncConfig
 from encoder_torch.outputs import load_saviorenc, save_checkpoint
 
@@ -112,3 +114,71 @@ def test_a_zero_centre_leaves_z_bit_for_bit() -> None:
         assert not torch.equal(model(**x), z)
         model.set_center(torch.zeros(CFG.dim))
         assert torch.equal(model(**x), z)
+
+
+SKIP = SaviorEncConfig(**{**CFG.__dict__, "tower_skip": True})
+
+
+def _features(n: int = 40, seed: int = 1) -> TowerFeatures:
+    x = _inputs(n=n, seed=seed)
+    x["text_mask"][::5, 1:] = False  # some items lack fields, some lack text or image
+    x["text_mask"][3] = False
+    x["image_present"][::7] = False
+    return TowerFeatures(x["text"], x["text_mask"], x["image"], x["image_present"])
+
+
+def test_the_tower_skip_starts_at_the_off_the_shelf_pca() -> None:
+    """Untrained (head's last layer zero), z is the off-the-shelf vector centred and projected
+    on its top d principal directions, normalised: checked against numpy's SVD of the vectors
+    (cosines between items, which per-direction signs cannot change)."""
+    feats, model = _features(), _model(SKIP)
+    model.init_skip(feats, batch_size=7)  # batches do not divide the items: the sums must not care
+    with torch.no_grad():
+        z = model(**vars(feats)).numpy().astype(np.float64)
+    o = feats.off_the_shelf().astype(np.float64)  # the baseline's own vectors, [n, 16]
+    centred = o - o.mean(axis=0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    p = centred @ vt[:CFG.dim].T
+    p /= np.linalg.norm(p, axis=1, keepdims=True)
+    np.testing.assert_allclose(z @ z.T, p @ p.T, atol=1e-4)
+    # the projection has unit RMS norm before normalisation
+    with torch.no_grad():
+        raw = model.skip(torch.from_numpy(o).float() - model.skip_mean.float())
+    assert abs(float(raw.pow(2).sum(1).mean().sqrt()) - 1.0) < 1e-4
+
+
+def test_the_tower_skip_ignores_what_is_absent_and_survives_the_checkpoint(tmp_path) -> None:
+    feats, model = _features(), _model(SKIP)
+    model.init_skip(feats, batch_size=16)
+    with torch.no_grad():
+        model.head[-1].weight.normal_()  # as after training: both paths count
+    a, b = _inputs(), _inputs()
+    for x in (a, b):
+        x["image_present"][1] = False
+        x["text_mask"][2, 1:] = False
+    b["image"][1] = 1e3 * torch.randn(5, 10)
+    b["text"][2, 1:] = 7.0
+    with torch.no_grad():
+        assert torch.allclose(model(**a), model(**b), atol=1e-6)
+    save_checkpoint(tmp_path / "enc.pt", model=model, config=model.config)
+    again = load_saviorenc(tmp_path / "enc.pt").eval()
+    assert again.config.tower_skip
+    with torch.no_grad():
+        assert torch.equal(again(**a), model(**a))
+
+
+def test_a_checkpoint_from_before_the_skip_loads_without_it(tmp_path) -> None:
+    model = _model()
+    save_checkpoint(tmp_path / "enc.pt", model=model, config=model.config)
+    ckpt = torch.load(tmp_path / "enc.pt", weights_only=False)
+    del ckpt["config"]["tower_skip"]
+    torch.save(ckpt, tmp_path / "old.pt")
+    again = load_saviorenc(tmp_path / "old.pt").eval()
+    assert not again.config.tower_skip and not hasattr(again, "skip")
+    with torch.no_grad():
+        assert torch.equal(again(**_inputs()), model(**_inputs()))
+
+
+def test_init_skip_needs_the_skip() -> None:
+    with pytest.raises(ValueError, match="tower_skip=False"):
+        _model().init_skip(_features(), batch_size=8)
