@@ -103,6 +103,8 @@ def open_world(work: Path, stamp: str, args: argparse.Namespace,
     cfg = bench_config(work)
     if args.tf_threads is not None:
         cfg = cfg.with_overrides(serving={"tf_threads": args.tf_threads})
+    if args.workers is not None:
+        cfg = cfg.with_overrides(serving={"workers": args.workers})
     return fresh, redis_server, cfg
 
 
@@ -275,13 +277,24 @@ def start_server(cfg: Any, work: Path, port: int, ready_s: float = 180
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: see {work / 'server.log'}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200 and \
+                    workers_counted(f"http://127.0.0.1:{port}/metrics") == cfg.serving.workers:
                 return proc
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
     proc.terminate()
     raise RuntimeError(f"server not ready within {ready_s} s")
+
+
+def workers_counted(url: str) -> int:
+    """saviorrec_serving_workers of GET /metrics: the workers that have started."""
+    import httpx
+
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        if line.startswith("saviorrec_serving_workers "):
+            return int(float(line.split()[1]))
+    return 0
 
 
 def restart_phase(url: str, redis_server: Any, requests: int, concurrency: int) -> dict[str, Any]:
@@ -538,11 +551,21 @@ def machine_load() -> dict[str, Any]:
 
 
 def server_counts(url: str) -> dict[str, float]:
-    """Item-cache hits/misses and the per-stage latency sums and counts of GET /metrics."""
+    """Item-cache hits/misses and the per-stage latency sums and counts of GET /metrics, once
+    every worker has written its last requests (serving.workers > 1: the summed counters are
+    at most serving.counters.FLUSH_S old, so read until two reads 2 FLUSH_S apart agree)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
+    from serving.counters import FLUSH_S
+
     text = httpx.get(url, timeout=10).text
+    while True:
+        time.sleep(2 * FLUSH_S)
+        again = httpx.get(url, timeout=10).text
+        if again == text:
+            break
+        text = again
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
@@ -567,10 +590,31 @@ def phase_counts(before: dict[str, float], after: dict[str, float]) -> dict[str,
     return out
 
 
+def descendants(pid: int) -> list[int]:
+    """The process and its children, theirs, ... (serving.workers > 1: uvicorn's workers)."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(c) for c in task.read_text().split()]
+            except OSError:  # the thread ended
+                pass
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of a process and its descendants, all their threads
+    (/proc/<pid>/stat), as long as they live."""
+    total = 0.0
+    for process in descendants(pid):
+        try:
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended in between
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 def catalogue_phase(url: str, bodies: list[dict[str, Any]], concurrency: int,
@@ -677,6 +721,8 @@ def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
 
     import redis
 
+    from serving.service import tf_threads
+
     n_items, n_users = args.items, args.users
     key = args.key or f"serving_{catalogue_label(n_items)}"
     work = Path(args.work_dir or f"/tmp/saviorrec-serving-catalogue-{catalogue_label(n_items)}")
@@ -753,9 +799,11 @@ def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
         "build": built,
         "loading_path": built["loading"]["path"], "loading_s": built["loading"]["seconds"],
         "redis_bytes_per_item": built["redis_memory"]["bytes_per_item_info"],
-        "serving": {k: getattr(cfg.serving, k)
-                    for k in ("xla", "item_cache_ttl_s", "item_cache_items", "max_candidates",
-                              "tf_threads", "online_reader")},
+        "serving": {**{k: getattr(cfg.serving, k)
+                       for k in ("xla", "item_cache_ttl_s", "item_cache_items", "max_candidates",
+                                 "tf_threads", "online_reader", "workers",
+                                 "item_cache_min_hit_rate")},
+                    "tf_threads_per_worker": tf_threads(cfg.serving)},
     }
     if phases:
         requests = {name: p["requests"] for name, p in phases.items()}
@@ -779,7 +827,9 @@ def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
                     "server and redis-server share the machine's 2 cores with others' jobs "
                     "(load above). floors_200: in-process, server stopped; cpu: the calling "
                     "thread's CPU time (the model's TensorFlow threads not counted); "
-                    "direct_read_items_before: the reader's item read as of commit 0adc249.",
+                    "direct_read_items_before: the reader's item read as of commit 0adc249. "
+                    "cpu_ms_per_request server: the serve process and its workers."
+                    + (f" {args.note}" if args.note else ""),
         })
     update_key_atomic(args.out or CATALOGUE_RESULTS, key, result)
     print(f"wrote {key} in {args.out or CATALOGUE_RESULTS}")
@@ -812,6 +862,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--key", default=None, help="catalogue: results key (serving_1M)")
     parser.add_argument("--build-only", action="store_true",
                         help="catalogue: build and record loading and memory, no load phases")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="serving.workers of the measured server (default: the config's)")
+    parser.add_argument("--note", default="",
+                        help="catalogue: appended to the result's note (e.g. the machine's load)")
     parser.add_argument("--keep-world", action="store_true",
                         help="catalogue: measure a cached world built by other code")
     args = parser.parse_args(argv)
