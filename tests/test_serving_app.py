@@ -100,6 +100,53 @@ def test_direct_redis_reader_equals_feast(client: TestClient, served: Served) ->
         assert buffers == len(with_rows) > 0  # every stored embedding took the fast path
 
 
+def test_the_column_decoder_reads_what_protobuf_reads(client: TestClient) -> None:
+    """Hand-written replies: an embedding of the view's width comes back as the float32
+    buffer, one of another width and a field of another type as protobuf gives them, a null as
+    the default (the item flagged when the field is required); the expectation is protobuf's
+    own parse of the same bytes."""
+    from feast.protos.feast.types.Value_pb2 import FloatList, Int64List, Value
+
+    direct = client.app.state.service.reader.direct
+    names, dim = direct._item_names, len(direct._defaults["embedding"])
+    row = {"pv": Value(int64_val=300), "clicks": Value(int64_val=7),
+           "ctr": Value(float_val=0.1), "pv_recent": Value(int64_val=300),
+           "clicks_recent": Value(int64_val=2**40), "ctr_recent": Value(float_val=-1.5),
+           "pv_bucket": Value(int64_val=3),
+           "embedding": Value(float_list_val=FloatList(val=[k / 3 for k in range(dim)])),
+           "semantic_ids": Value(int64_list_val=Int64List(val=[1, 2, 0])),
+           "encoder_version": Value(string_val="enc"), "rqvae_version": Value(string_val="rq")}
+    assert sorted(row) == sorted(names)
+
+    def reply(**changed: Value | None) -> list[bytes | None]:
+        values = {**row, **changed}
+        return [None if values[n] is None else values[n].SerializeToString() for n in names]
+
+    replies = [reply(), reply(),  # the same scalars twice: parsed once, both filled
+               reply(embedding=Value(float_list_val=FloatList(val=[0.5] * (dim + 1)))),
+               reply(embedding=None, clicks=None),  # no multimodal row: missing
+               reply(clicks=Value(string_val="7"))]  # another type than the view declares
+    decoded = direct._decode_items(replies)
+    expected = [{n: raw if raw is None else Value.FromString(raw) for n, raw in zip(names, r)}
+                for r in replies]
+    for (values, absent), protos, case in zip(decoded, expected, range(5), strict=True):
+        assert absent == (case == 3)
+        for name in names:
+            proto, got = protos[name], values[name]
+            if proto is None:
+                assert got == direct._defaults[name]
+            elif name == "embedding" and len(proto.float_list_val.val) == dim:
+                assert isinstance(got, np.ndarray) and got.dtype == np.float32
+                assert got.tolist() == list(proto.float_list_val.val)
+            else:
+                kind = proto.WhichOneof("val")
+                field = getattr(proto, kind)
+                assert got == (list(field.val) if kind.endswith("_list_val") else field)
+                assert not isinstance(got, np.ndarray)
+    assert decoded[4][0]["clicks"] == "7"
+    assert direct._decode_items([]) == []
+
+
 def test_direct_reader_item_keys_are_feasts(client: TestClient) -> None:
     """The reader builds item keys from a template; Feast's serializer is the expectation."""
     from feast.infra.key_encoding_utils import serialize_entity_key
