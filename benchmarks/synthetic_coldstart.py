@@ -166,12 +166,17 @@ def model_use(lake: Lake) -> dict[str, Any] | None:
     }
 
 
-def probe(config: str) -> dict[str, Any]:
+def _synthetic_run(config: str, need: str) -> tuple[Any, Lake]:
+    """The config and lake of a synthetic run; an error naming ``need`` for any other source."""
     cfg = load_config(config)
     if cfg.data.source != "synthetic":
-        raise ValueError(f"{config}: data.source is {cfg.data.source!r}; the probes need "
-                         "synthetic data (its items carry their latent topic)")
-    lake = Lake.from_config(cfg)
+        raise ValueError(f"{config}: data.source is {cfg.data.source!r}; {need} need synthetic "
+                         "data (its items carry their latent topic)")
+    return cfg, Lake.from_config(cfg)
+
+
+def probe(config: str) -> dict[str, Any]:
+    cfg, lake = _synthetic_run(config, "the probes")
     return {"config": config, "topic_probe": topic_probes(lake),
             "ranker_inputs": ranker_inputs(cfg, lake), "model_use": model_use(lake)}
 
@@ -268,11 +273,7 @@ def topic_hit_ceiling(item_ids: np.ndarray, topics: np.ndarray, queries: np.ndar
 
 
 def ceilings(config: str) -> dict[str, Any]:
-    cfg = load_config(config)
-    if cfg.data.source != "synthetic":
-        raise ValueError(f"{config}: data.source is {cfg.data.source!r}; the ceilings need "
-                         "synthetic data")
-    lake = Lake.from_config(cfg)
+    cfg, lake = _synthetic_run(config, "the ceilings")
     m = json.loads(lake.metrics.read_text()) if lake.metrics.is_file() else {}
     return {"content_oracle": content_oracle(cfg, lake, m),
             "encoder_hit_ceiling": encoder_hit_ceiling(cfg, lake)}
