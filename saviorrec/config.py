@@ -233,8 +233,10 @@ class EncoderConfig(_Frozen):
     # the log of each in-batch item's share of the co-click pairs.
     logq_correction: bool = False
     # SaviorEnc starts from the off-the-shelf embedding projected to d and learns a correction
-    # (encoder_torch/fusion.py, tower skip). Chosen on validation Hit@30: docs/coldstart.md.
-    tower_skip: bool = False
+    # (encoder_torch/fusion.py, tower skip). Chosen on validation Hit@30, same code and lake:
+    # MovieLens 4.45% with it against 3.87% without (test 4.73 / 4.13), quick 5.26 / 3.06
+    # (docs/experiments.md, benchmarks/results/encoder_tower_skip.json).
+    tower_skip: bool = True
 
 
 class RQVAEConfig(_Frozen):
