@@ -3,7 +3,8 @@
 - ``POST /rank`` {"user_id": int, "item_ids": [int, ...]} -> the items with scores, best first,
   the model and RQ-VAE versions, and which candidates had no features (scored with defaults).
   The body is read as JSON whatever its Content-Type: a plain `curl -d` works.
-- ``GET /healthz``: the process is up (``worker``: the process id of the worker that answered). ``GET /readyz``: the store can be read, the model scores.
+- ``GET /healthz``: the process is up (``worker``: the process id of the worker that answered).
+  ``GET /readyz``: the store can be read, the model scores.
 - ``POST /items`` {"items": [{"item_id", "title", "genres", "overview", "poster_path"}, ...]}:
   onboard new items (only when the service was given an onboarder: ``saviorrec serve`` with
   ``onboard.in_service``); they are scored with their own features from the next request on.
