@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -100,6 +101,39 @@ def spark() -> Iterator[object]:
     )
     yield session
     session.stop()
+
+
+@contextlib.contextmanager
+def serve_process(config: Path, port: int, log: Path, ready: Callable[[], bool], *,
+                  timeout_s: float, what: str = "saviorrec serve") -> Iterator[subprocess.Popen]:
+    """A real ``saviorrec serve --config config --port port`` (output in ``log``), once
+    ``ready()`` says so (OSError while it starts counts as not yet); the test fails with the log's
+    tail if it exits or is not ready in ``timeout_s``. Stopped on exit (terminate, then kill if a
+    kept connection holds uvicorn's graceful shutdown past 60 s)."""
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "saviorrec.cli", "serve", "--config", str(config),
+             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if ready():
+                    break
+            except OSError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{what} did not start:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _wait_for_port(port: int, timeout: float = 10.0) -> None:

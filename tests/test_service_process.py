@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import free_port, serve_process
 from test_serving_fixture import REDIS_ENV, build_world, world_config
 
 from saviorrec.cli import build_parser
@@ -68,31 +67,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     config.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     assert cfg.serving.max_body_bytes == MAX_BODY_BYTES  # the default is what is served
     port, log = free_port(), root / "serve.log"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    with log.open("w") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "saviorrec.cli", "serve", "--config", str(config),
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
     served = Service(cfg, port, log)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if served.get("/healthz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"saviorrec serve did not start:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    with serve_process(config, port, log, lambda: served.get("/healthz")[0] == 200, timeout_s=180):
         yield served
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a connection kept uvicorn's graceful shutdown
-            process.kill()
-            process.wait()
 
 
 def test_a_curl_style_post_is_ranked(service: Service) -> None:

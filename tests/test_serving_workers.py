@@ -12,14 +12,13 @@ import http.client
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import free_port
+from conftest import free_port, serve_process
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from test_serving_fixture import (  # noqa: F401 (fixtures)
@@ -67,30 +66,10 @@ def two_workers(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Ite
     config.write_text(yaml.safe_dump(
         served.cfg.with_overrides(serving={"workers": WORKERS}).model_dump(mode="json")))
     port, log = free_port(), root / "serve.log"
-    with log.open("w") as out:  # the Redis URL comes from the environment (served sets it)
-        process = subprocess.Popen(
-            [sys.executable, "-m", "saviorrec.cli", "serve", "--config", str(config),
-             "--port", str(port)], stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if metrics(port).get("saviorrec_serving_workers") == WORKERS:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"saviorrec serve did not start 2 workers:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+    # the Redis URL comes from the environment (served sets it)
+    with serve_process(config, port, log, lambda: metrics(port).get("saviorrec_serving_workers") == WORKERS,
+                       timeout_s=300, what=f"saviorrec serve with {WORKERS} workers") as process:
         yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
     assert process.returncode == 0, log.read_text()[-4000:]
 
 
