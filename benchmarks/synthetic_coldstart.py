@@ -156,7 +156,7 @@ def model_use(lake: Lake) -> dict[str, Any] | None:
 
     def pv0(node: dict[str, Any] | None, key: str = "auc_by_bucket") -> float | None:
         value = (node or {}).get(key, {}).get("0")
-        return value.get("mean") if isinstance(value, dict) else value
+        return _mean(value)
 
     return {
         "pv0": {"full": pv0(ranker.get("full")), "base": pv0(ranker.get("base")),
@@ -181,6 +181,11 @@ def probe(config: str) -> dict[str, Any]:
             "ranker_inputs": ranker_inputs(cfg, lake), "model_use": model_use(lake)}
 
 
+def _mean(node: Any) -> Any:
+    """A statistic of metrics.json: the mean over seeds where it has seeds, else the value."""
+    return node.get("mean") if isinstance(node, dict) else node
+
+
 def _get(tree: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(tree, dict) or part not in tree:
@@ -196,13 +201,10 @@ def metric_results(m: dict[str, Any], buckets: list[str]) -> dict[str, Any]:
     models = {"reference": "reference.smoothed_mean", "oracle": "reference.oracle",
               "base": "ranker.base", "full": "ranker.full"}
 
-    def value(node: Any) -> Any:
-        return node.get("mean") if isinstance(node, dict) else node
-
-    overall = {name: value(_get(m, f"{key}.auc")) for name, key in models.items()}
+    overall = {name: _mean(_get(m, f"{key}.auc")) for name, key in models.items()}
     by_bucket: dict[str, Any] = {}
     for bucket in buckets:
-        row = {name: value(_get(m, f"{key}.auc_by_bucket.{bucket}"))
+        row = {name: _mean(_get(m, f"{key}.auc_by_bucket.{bucket}"))
                for name, key in models.items()}
         gap = _get(m, f"ranker.full_minus.base.by_bucket.{bucket}") or {}
         row["full_minus_base"] = gap.get("diff")
@@ -236,8 +238,8 @@ def content_oracle(cfg: Any, lake: Lake, m: dict[str, Any]) -> dict[str, Any]:
                               cfg.stats.bucket_labels())
     out: dict[str, Any] = {"auc": auc(labels, score), "auc_by_bucket": by_bucket,
                            "rows": len(test)}
-    full, ref = (_get(m, f"{key}.auc_by_bucket.0") for key in ("ranker.full", "reference.smoothed_mean"))
-    full = full.get("mean") if isinstance(full, dict) else full
+    full, ref = (_mean(_get(m, f"{key}.auc_by_bucket.0"))
+                 for key in ("ranker.full", "reference.smoothed_mean"))
     if _number(full) and _number(ref) and _number(by_bucket.get("0")):
         out["pv0_gap_closed"] = (full - ref) / (by_bucket["0"] - ref)
     return out
