@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from report_checks import expected_failures
 
 from saviorrec.config import REPO_ROOT
 
@@ -132,6 +133,16 @@ def test_report_and_figures_are_written(run: Run) -> None:
     assert pngs, "no figures"
     for png in pngs:
         assert png.read_bytes()[:8] == PNG_MAGIC, png
+
+
+def test_the_report_says_each_failed_check_first(run: Run) -> None:
+    """This quick run's own metrics decide what must fail: each failure is among the report's
+    first lines, and the third line says whether any check failed."""
+    expected = expected_failures(run.metrics)
+    head = (run.root / "report" / "report.md").read_text().splitlines()[:12]
+    assert ("FAILED" in head[2]) == bool(expected)
+    for figure in expected:
+        assert any(figure in line and line.startswith("- FAILED") for line in head), (figure, head)
 
 
 def test_predictions_and_export_are_well_formed(run: Run) -> None:
