@@ -113,7 +113,7 @@ def tiny_sizes() -> Sizes:
 # ---- host data: the project's Samples + ItemLookup, and its PyDataset ---------------------
 def make_data(sizes: Sizes, num_pv_buckets: int, seed: int = 0) -> tuple[Any, Any]:
     """(tf_ranker.data.Samples, tf_ranker.data.ItemLookup) of random values, real shapes."""
-    from tf_ranker.data import ItemLookup, Samples
+    from tf_ranker.data import ItemLookup, Samples, StatsLookup
     from tf_ranker.synthetic import synthetic_inputs
 
     # The ranker's own generator gives ids and statistics of the real shapes and dtypes; its
@@ -123,12 +123,12 @@ def make_data(sizes: Sizes, num_pv_buckets: int, seed: int = 0) -> tuple[Any, An
         codebook_size=sizes.codebook_size, num_users=sizes.num_users,
         num_items=sizes.num_items, num_pv_buckets=num_pv_buckets, seed=seed,
     )
+    stats_table, seq_rows = StatsLookup.dense(x["seq_stats"], x["seq_pv_bucket"])
     samples = Samples(
         user_id=x["user_id"], user_stats=x["user_stats"], item_id=x["item_id"],
         label=labels[:, 0].astype("int64"),
         eval_pv_bucket=x["item_pv_bucket"], stats=x["item_stats"], pv_bucket=x["item_pv_bucket"],
-        seq_item_ids=x["seq_item_ids"], seq_stats=x["seq_stats"],
-        seq_pv_bucket=x["seq_pv_bucket"],
+        seq_item_ids=x["seq_item_ids"], seq_stats_row=seq_rows, stats_table=stats_table,
     )
     rng = np.random.default_rng(seed + 1)
     embedding = rng.standard_normal((sizes.num_items, sizes.embedding_dim), dtype="float32")
@@ -323,7 +323,7 @@ def build_ranker(data: Data, variant: str, *, jit_compile: bool, steps_per_execu
     model = SaviorRanker(**model_kwargs(data.cfg, variant, [data.samples], data.items,
                                         None, "benchmark"))
     if item_tables:
-        model = ItemTableRanker(model, data.items, packing(data))
+        model = ItemTableRanker(model, data.items, data.samples.stats_table, packing(data))
     steps_per_epoch = max(len(data.samples) // r.batch_size, 1)
     schedule = keras.optimizers.schedules.ExponentialDecay(
         r.lr, decay_steps=steps_per_epoch * r.epochs, decay_rate=r.lr_final / r.lr)

@@ -249,7 +249,8 @@ def build_world(root: Path, sizes: WorldSizes, *, din_fit_rows: int, step_rows: 
 
     from saviorrec.config import load_config
     from saviorrec.lake import Lake, write_table
-    from saviorrec.schema import TRAINING_ITEMS, TRAINING_SAMPLES
+    from saviorrec.schema import TRAINING_ITEMS, TRAINING_SAMPLES, TRAINING_STATS
+    from saviorrec.training_stats import Compactor
 
     start = time.perf_counter()
     cfg = load_config(SHIPPED_CONFIG).with_overrides(run={"root": str(root)})
@@ -285,21 +286,24 @@ def build_world(root: Path, sizes: WorldSizes, *, din_fit_rows: int, step_rows: 
     din_rows = min(din_fit_rows, sizes.train_rows)
     # FuxiCTR's validation keeps ours' valid : train ratio.
     din_valid = max(1, round(sizes.valid_rows * din_rows / sizes.train_rows))
-    user_lists = []
+    # The builders' layout: positions point into one statistics table (saviorrec.training_stats).
+    user_lists, compactor = [], Compactor()
     for name, rows in (("train", sizes.train_rows), ("valid", sizes.valid_rows),
                        ("test", sizes.test_rows)):
         split = make_split(sizes, rows, buckets, rng)
-        write_table(split["table"], lake.training(name), TRAINING_SAMPLES)
+        table = compactor.split(split["table"])
+        write_table(table, lake.training(name), TRAINING_SAMPLES)
         if name == "train":
             # A few batches apart, for timing the compiled step (read with load_samples).
-            write_table(split["table"].slice(0, min(step_rows, rows)), root / "step_rows.parquet",
+            write_table(table.slice(0, min(step_rows, rows)), root / "step_rows.parquet",
                         TRAINING_SAMPLES)
             write_fuxictr_split(fux / "train.parquet", split, din_rows, 0)
             user_lists.append(sequences_as_lists(split, din_rows))
         elif name == "valid":
             write_fuxictr_split(fux / "valid.parquet", split, din_valid, din_rows)
             user_lists.append(sequences_as_lists(split, din_valid))
-        del split
+        del split, table
+    write_table(compactor.stats(), lake.training_stats, TRAINING_STATS)
     pq.write_table(pa.table({"full_item_seq": pa.concat_arrays(user_lists)}),
                    fux / "user_info.parquet")
     pq.write_table(pa.table({"item_index": pa.array(np.arange(v), pa.int64()),
@@ -453,12 +457,13 @@ def time_compiled_step(model: Any, world: Path, cfg: Any, *, steps: int,
 
     from saviorrec.lake import Lake
     from tf_ranker.batches import RankerBatches
-    from tf_ranker.data import load_items, load_samples
+    from tf_ranker.data import load_items, load_samples, load_stats
     from tf_ranker.packed import training_layout
 
     r = cfg.ranker
-    rows = load_samples(world / "step_rows.parquet")
-    items = load_items(Lake.from_config(cfg).training_items)
+    lake = Lake.from_config(cfg)
+    rows = load_samples(world / "step_rows.parquet", load_stats(lake.training_stats))
+    items = load_items(lake.training_items)
     layout = training_layout(r, rows)
     batches = RankerBatches(rows, items, batch_size=r.batch_size, gather_items=layout is None,
                             packed=layout, workers=1, use_multiprocessing=False)

@@ -105,15 +105,20 @@ def bench_lake(name: str, source: str, root: Path, master: str, shuffle: int) ->
     local_report = write_training_samples(cfg)
     local_s = time.perf_counter() - began
     local = {s: pq.read_table(lake.training(s)) for s in SPLITS}
-    local_bytes = sum(folder_bytes(lake.training(s)) for s in SPLITS)
+    local_stats = pq.read_table(lake.training_stats)
+    # Bytes of a training set: its splits and the statistics table they point into.
+    local_bytes = sum(folder_bytes(lake.training(s)) for s in SPLITS) + \
+        folder_bytes(lake.training_stats)
     print(f"== {name}: Spark builder on {master}", file=sys.stderr, flush=True)
     began = time.perf_counter()
     spark_report = spark_training.run(cfg)
     spark_total_s = time.perf_counter() - began
     spark_s = spark_report["seconds"]["check_sequences"] + spark_report["seconds"]["join_and_write"]
-    spark_bytes = sum(folder_bytes(lake.training(s)) for s in SPLITS)
+    spark_bytes = sum(folder_bytes(lake.training(s)) for s in SPLITS) + \
+        folder_bytes(lake.training_stats)
     agree = {s: table_differences(pq.read_table(lake.training(s)), local[s], SORT_KEYS)
              for s in SPLITS}
+    stats_equal = pq.read_table(lake.training_stats).equals(local_stats)
     return {
         "lake": name, "source": source if not name.startswith("synth:") else "synthetic",
         "samples": samples,
@@ -121,8 +126,9 @@ def bench_lake(name: str, source: str, root: Path, master: str, shuffle: int) ->
                   "stage_seconds": local_report["seconds"],
                   "sequence_stats_join": local_report["sequence_stats_join"],
                   "bytes_per_sample": round(local_bytes / samples),
-                  "arrow_bytes_per_sample": round(sum(t.nbytes for t in local.values())
-                                                  / samples)},
+                  "arrow_bytes_per_sample": round(
+                      (sum(t.nbytes for t in local.values()) + local_stats.nbytes) / samples),
+                  "stats_rows": local_stats.num_rows},
         "spark": {"master": spark_report["master"], "seconds": round(spark_s, 2),
                   "samples_per_s": round(samples / spark_s),
                   "seconds_incl_session_start": round(spark_total_s, 2),
@@ -132,7 +138,8 @@ def bench_lake(name: str, source: str, root: Path, master: str, shuffle: int) ->
                   "output_files": sum(len(list(lake.training(s).glob("*.parquet")))
                                       for s in SPLITS)},
         "spark_over_local_speed": round(local_s / spark_s, 2),
-        "engines_agree": all(d["equal"] for d in agree.values()),
+        "engines_agree": stats_equal and all(d["equal"] for d in agree.values()),
+        "stats_tables_equal": stats_equal,
         "value_comparison": {s: {"rows": d["rows"], "differing_columns": d["columns"]}
                              for s, d in agree.items()},
     }

@@ -12,8 +12,12 @@ Measured on 100k samples x 50 positions = 5.0M distinct pairs, 10k items, 2 shar
 (benchmarks/results/feature_serving.json, "sequence_stats"): ASOF JOIN 6.6 s (760k pairs/s),
 get_historical_features (duckdb) 202 s (25k pairs/s): ~30x. Feast's duckdb store builds a
 generic point-in-time query through ibis (window over the union of entity and feature rows);
-the ASOF join is one sort-merge. So the ASOF join is the default of the local profile; production
-keeps Feast's Spark offline store, which scales out on the cluster.
+the ASOF join is one sort-merge.
+
+The training set stores, per position, the ROW of its statistics table (saviorrec.training_stats)
+rather than the values, and Feast returns values only: so the builder finds rows with
+:func:`pair_rows_asof`, and ``feast`` (``feast.sequence_stats_join``) checks them against
+:func:`pair_stats_feast` value for value.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 from feast import FeatureStore
@@ -41,6 +46,23 @@ def pair_stats_asof(pairs: pa.Table, stats_scan: str, ttl: timedelta) -> pa.Tabl
     return con.sql(
         f"SELECT p.pair_id, {cols} FROM pairs p "
         f"ASOF LEFT JOIN {stats_scan} s "
+        "ON p.item_id = s.item_id AND p.event_timestamp >= s.event_timestamp"
+    ).to_arrow_table()
+
+
+def pair_rows_asof(pairs: pa.Table, stats: pa.Table, ttl: timedelta) -> pa.Table:
+    """(pair_id, item_id, event_timestamp) -> pair_id and the TRAINING_STATS row (``stats``, the
+    table of saviorrec.training_stats.stats_table) of the item as of that time: Feast's rule, as
+    :func:`pair_stats_asof`; 0, the defaults row, where none."""
+    con = duckdb.connect()
+    con.register("pairs", pairs)
+    rows = stats.select(["item_id", "event_timestamp"]).append_column(
+        "stats_row", pa.array(np.arange(stats.num_rows, dtype=np.int32))).slice(1)
+    con.register("stats_rows", rows)
+    return con.sql(
+        f"SELECT p.pair_id, COALESCE(CASE WHEN s.event_timestamp >= p.event_timestamp - "
+        f"INTERVAL '{int(ttl.total_seconds())} seconds' THEN s.stats_row END, 0)::INTEGER "
+        "AS stats_row FROM pairs p ASOF LEFT JOIN stats_rows s "
         "ON p.item_id = s.item_id AND p.event_timestamp >= s.event_timestamp"
     ).to_arrow_table()
 

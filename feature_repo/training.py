@@ -4,10 +4,12 @@ Per chunk of ``feast.training_chunk_rows`` samples:
 1. the candidate's item_stats as of the sample time (``get_historical_features``);
 2. the behaviour sequence and the user's statistics joined on (user_id, event_timestamp) exactly
    from the source of the user_sequence view (a missing or duplicated row is an error: never a silently older sequence);
-3. item_stats of every sequence item as of the same sample time (see sequence_stats.py),
-   aligned with seq_item_ids; padding and unknown items get ITEM_STAT_DEFAULTS;
+3. item_stats of every sequence item as of the same sample time (see sequence_stats.py): its
+   row of the statistics table (seq_stats_row, aligned with seq_item_ids; padding and unknown
+   items point at row 0, the defaults; saviorrec.training_stats numbers the rows);
 4. eval_pv_bucket of the candidate from item_pv.
-Rows are written per split; counts in == out are asserted. TRAINING_ITEMS is written once from
+Rows are written per split; counts in == out are asserted. TRAINING_STATS is written once from
+item_stats, TRAINING_ITEMS once from
 item_multimodal as a dense table (row i = item i, zeros for ids without a row).
 """
 
@@ -28,24 +30,24 @@ from feast import FeatureStore
 
 from feature_repo.definitions import spark_folder_glob
 from feature_repo.profiles import repo_config
-from feature_repo.sequence_stats import STAT_REFS, pair_stats_asof, pair_stats_feast
+from feature_repo.sequence_stats import STAT_REFS, pair_rows_asof, pair_stats_feast
 from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path, read_table, write_table
 from saviorrec.schema import (
     ITEM_MULTIMODAL,
     ITEM_PV,
     ITEM_STAT_DEFAULTS,
-    ITEM_STAT_NUMERIC,
+    ITEM_STATS,
     PADDING_ITEM_ID,
     SAMPLES,
-    SEQ_STAT_PREFIX,
+    SEQ_STATS_ROW,
     SPLITS,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
+    TRAINING_STATS,
     USER_STAT_NUMERIC,
 )
-
-STATS = (*ITEM_STAT_NUMERIC, "pv_bucket")
+from saviorrec.training_stats import STATS, stats_table
 
 
 def _stat_array(values: pa.ChunkedArray | pa.Array, name: str) -> np.ndarray:
@@ -77,7 +79,7 @@ class TrainingSetBuilder:
         join = cfg.feast.sequence_stats_join
         self.join = ("duckdb_asof" if cfg.feast.profile == "local" else "feast") \
             if join == "auto" else join
-        self.stats_scan = f"read_parquet('{spark_folder_glob(self.lake.spark('item_stats'))}')"
+        self.stats = stats_table(read_table(self.lake.spark("item_stats"), ITEM_STATS))
         self.seq_scan = f"read_parquet('{spark_folder_glob(self.lake.spark('sequences'))}')"
         item_pv = read_table(self.lake.spark("item_pv"), ITEM_PV)
         self.pv_items, self.pv_buckets = item_pv["item_id"], item_pv["pv_bucket"]
@@ -141,6 +143,7 @@ class TrainingSetBuilder:
 
     # -- 3. sequence item stats ------------------------------------------------------------------
     def sequence_stats(self, chunk: pa.Table, seq: pa.Table) -> dict[str, pa.Array]:
+        """seq_stats_row of every position of the chunk's sequences."""
         began = time.perf_counter()
         ids = pa.chunked_array(seq["seq_item_ids"]).combine_chunks()
         flat = ids.flatten().to_numpy()
@@ -154,30 +157,37 @@ class TrainingSetBuilder:
         con.execute("CREATE TEMP TABLE pairs AS SELECT (row_number() OVER () - 1)::BIGINT "
                     "AS pair_id, item_id, event_timestamp FROM "
                     "(SELECT DISTINCT item_id, event_timestamp FROM exploded)")
-        pairs = con.sql("SELECT * FROM pairs").to_arrow_table()
+        pairs = con.sql("SELECT * FROM pairs ORDER BY pair_id").to_arrow_table()
         index = con.sql("SELECT e.flat_idx, p.pair_id FROM exploded e JOIN pairs p "
                         "USING (item_id, event_timestamp)").to_arrow_table()
-        if self.join == "duckdb_asof":
-            stats = pair_stats_asof(pairs, self.stats_scan, self.ttl)
-        else:
-            stats = pair_stats_feast(pairs, self.store)
-        stats = stats.sort_by("pair_id")
+        found = pair_rows_asof(pairs, self.stats, self.ttl).sort_by("pair_id")
+        pair_rows = found["stats_row"].to_numpy()
+        if self.join == "feast":
+            self.check_against_feast(pairs, pair_rows)
         flat_idx = index["flat_idx"].to_numpy()
         pair_of = index["pair_id"].to_numpy()
         self.counts["sequence_items"] += len(real)
-        self.counts["sequence_items_without_stats"] += int(
-            np.asarray(stats["pv"].is_null())[pair_of].sum())
-        out = {}
-        for n in STATS:
-            values = np.full(len(flat), ITEM_STAT_DEFAULTS[n],
-                             dtype=np.int64 if n == "pv_bucket" else np.float32)
-            values[flat_idx] = _stat_array(stats[n], n)[pair_of]
-            name = SEQ_STAT_PREFIX + n
-            field_type = TRAINING_SAMPLES.arrow_schema().field(name).type
-            out[name] = pa.ListArray.from_arrays(ids.offsets, pa.array(values)).cast(field_type)
+        self.counts["sequence_items_without_stats"] += int((pair_rows[pair_of] == 0).sum())
+        rows = np.zeros(len(flat), np.int32)
+        rows[flat_idx] = pair_rows[pair_of]
         self.seen_items.update(np.unique(flat[real]).tolist())
         self.seconds["sequence_stats"] += time.perf_counter() - began
-        return out
+        return {SEQ_STATS_ROW: pa.ListArray.from_arrays(ids.offsets, pa.array(rows))}
+
+    def check_against_feast(self, pairs: pa.Table, rows: np.ndarray) -> None:
+        """The statistics of ``rows`` (one per pair) equal Feast's get_historical_features for
+        the same (item, t), or RuntimeError naming the first pair that differs."""
+        feast = pair_stats_feast(pairs, self.store).sort_by("pair_id")
+        for n in STATS:
+            ours = self.stats[n].to_numpy()[rows]
+            theirs = _stat_array(feast[n], n)
+            differ = np.flatnonzero(~np.isclose(ours, theirs, rtol=1e-6, atol=0))
+            if len(differ):
+                at = int(differ[0])
+                raise RuntimeError(
+                    f"sequence statistics differ from Feast's for {len(differ)} pairs: item_id="
+                    f"{pairs['item_id'][at].as_py()} at {pairs['event_timestamp'][at].as_py()}, "
+                    f"{n} {ours[at]} (ASOF row {rows[at]}) against Feast's {theirs[at]}")
 
     # -- all ------------------------------------------------------------------------------------
     def chunk_rows(self, chunk: pa.Table) -> pa.Table:
@@ -257,6 +267,7 @@ def write_training_samples(cfg: Config) -> dict[str, Any]:
         if not path.exists():
             raise FileNotFoundError(f"{name}: {path} does not exist (run the stage that writes it)")
     builder = TrainingSetBuilder(cfg, FeatureStore(config=repo_config(cfg)))
+    write_table(builder.stats, lake.training_stats, TRAINING_STATS)
     rows_in = dict.fromkeys(SPLITS, 0)
     rows_out = dict.fromkeys(SPLITS, 0)
     schema = TRAINING_SAMPLES.arrow_schema()

@@ -174,10 +174,11 @@ class FeastConfig(_Frozen):
     # duckdb and Feast's duckdb offline store, one process) in the local profile. Both give the
     # same rows (tests/test_training_set_spark.py).
     training_set_engine: Literal["auto", "local", "spark"] = "auto"
-    # The local builder's point-in-time stats of sequence items: "auto" = duckdb ASOF JOIN on the
-    # item_stats source (local; 6.6 s vs 202 s for get_historical_features on 5M pairs, see
-    # feature_repo/README.md), Feast get_historical_features through the Spark offline store in
-    # production (when training_set_engine is "local" there).
+    # The local builder finds each sequence item's statistics row by a duckdb ASOF JOIN (Feast's
+    # rule; 6.6 s vs 202 s for get_historical_features on 5M pairs, see feature_repo/README.md).
+    # "feast" also checks every pair against Feast's get_historical_features (through the Spark
+    # offline store in production); "auto" = that check in the production profile (when
+    # training_set_engine is "local" there), none in the local one.
     sequence_stats_join: Literal["auto", "duckdb_asof", "feast"] = "auto"
     # Connect and read timeout of the Redis online store (seconds): fail fast, never hang.
     redis_timeout_s: float = Field(5.0, gt=0)

@@ -22,6 +22,14 @@ import pyarrow.parquet as pq
 from saviorrec.config import Config, dump_config
 from saviorrec.schema import Table
 
+TRAINING_STATS_FILE = "stats.parquet"
+
+
+def training_stats_beside(split: Path) -> Path:
+    """The TRAINING_STATS table of the training set that the split parquet ``split`` is part of
+    (a training set is one folder: its splits, its statistics and its item table)."""
+    return split.parent / TRAINING_STATS_FILE
+
 
 @dataclass(frozen=True)
 class Lake:
@@ -91,6 +99,11 @@ class Lake:
     @property
     def training_items(self) -> Path:
         return self.training_dir / "items.parquet"
+
+    @property
+    def training_stats(self) -> Path:
+        """TRAINING_STATS: the statistics the splits' sequence positions point at."""
+        return training_stats_beside(self.training("train"))
 
     # models: the encoder stage's files (the RQ-VAE's codebooks and version are read by the ranker)
     @property

@@ -13,7 +13,10 @@ The model broadcasts the user and sequence side over the candidates.
 and one source:
 - ``sample``: a training-set row (TRAINING_SAMPLES) or, online, the request and the user's row;
 - ``item``: the item's embedding or semantic ids, from the item table (TRAINING_ITEMS) in
-  training, from Feast's item_multimodal view online.
+  training, from Feast's item_multimodal view online;
+- ``stats_row``: a sequence item's statistics as of the sample time, from the training set's
+  statistics table (TRAINING_STATS) by the row in the sample's ``seq_stats_row`` in training,
+  from Feast's item_stats view online.
 
 ``feature`` is what an input holds of its side, e.g. ``stats`` for ``item_stats`` and
 ``seq_stats``; per-item features (stats, pv_bucket, embedding, semantic_ids) have the same
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from saviorrec.schema import ITEM_STAT_NUMERIC, USER_STAT_NUMERIC
 
 USER, CANDIDATE, SEQUENCE = "user", "candidate", "sequence"
-SAMPLE, ITEM = "sample", "item"
+SAMPLE, ITEM, STATS_ROW = "sample", "item", "stats_row"
 
 SIGNATURE = "serving_default"  # the SavedModel's signature
 OUTPUT = "score"  # its output: pCTR float32 [N]
@@ -58,7 +61,7 @@ class RankerInput:
     dtype: str  # numpy / TensorFlow dtype name
     side: str  # USER | CANDIDATE | SEQUENCE
     feature: str  # id | stats | user_stats | pv_bucket | embedding | semantic_ids | base_score
-    source: str = SAMPLE  # SAMPLE | ITEM
+    source: str = SAMPLE  # SAMPLE | ITEM | STATS_ROW
 
     def trailing(self, embedding_dim: int, semantic_id_width: int) -> tuple[int, ...]:
         """Shape after the batch (and, on the sequence side, the sequence) axes."""
@@ -81,8 +84,8 @@ INPUTS: tuple[RankerInput, ...] = (
     RankerInput(ITEM_EMBEDDING, "float32", CANDIDATE, "embedding", ITEM),
     RankerInput(ITEM_SEMANTIC_IDS, "int64", CANDIDATE, "semantic_ids", ITEM),
     RankerInput(SEQ_ITEM_IDS, "int64", SEQUENCE, "id"),
-    RankerInput(SEQ_STATS, "float32", SEQUENCE, "stats"),
-    RankerInput(SEQ_PV_BUCKET, "int64", SEQUENCE, "pv_bucket"),
+    RankerInput(SEQ_STATS, "float32", SEQUENCE, "stats", STATS_ROW),
+    RankerInput(SEQ_PV_BUCKET, "int64", SEQUENCE, "pv_bucket", STATS_ROW),
     RankerInput(SEQ_EMBEDDING, "float32", SEQUENCE, "embedding", ITEM),
     RankerInput(SEQ_SEMANTIC_IDS, "int64", SEQUENCE, "semantic_ids", ITEM),
     RankerInput(BASE_SCORE, "float32", CANDIDATE, "base_score"),
@@ -91,6 +94,8 @@ BY_NAME: dict[str, RankerInput] = {i.name: i for i in INPUTS}
 DTYPES: dict[str, str] = {i.name: i.dtype for i in INPUTS}
 # Per-item features of the item table / item_multimodal view (the model may gather them itself).
 ITEM_TABLE_INPUTS: tuple[str, ...] = tuple(i.name for i in INPUTS if i.source == ITEM)
+# Per-position statistics of the statistics table (the model may gather them itself).
+STATS_TABLE_INPUTS: tuple[str, ...] = tuple(i.name for i in INPUTS if i.source == STATS_ROW)
 
 
 def inputs(use_base_score: bool = False) -> tuple[RankerInput, ...]:

@@ -88,8 +88,10 @@ from saviorrec.schema import (
     SEQUENCES,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
+    TRAINING_STATS,
     USER_STAT_NUMERIC,
 )
+from saviorrec.training_stats import expand
 
 log = logging.getLogger(__name__)
 
@@ -742,7 +744,9 @@ def run_replay(cfg: Config, model: Path, *, max_test_rows: int | None = None,
     cap = cfg.replay.max_test_rows if max_test_rows is None else max_test_rows
     variant, seed = served_model(model)
     samples = read_table(lake.spark("samples"), SAMPLES)
-    test = read_table(lake.training("test"), TRAINING_SAMPLES)
+    # With every position's statistics resolved (seq_<stat>): the rows the checks compare.
+    test = expand(read_table(lake.training("test"), TRAINING_SAMPLES),
+                  read_table(lake.training_stats, TRAINING_STATS))
     offline_all = read_predictions(lake, variant, seed, test)
     base_path = lake.ranker("base", seed).predictions
     base_all = read_predictions(lake, "base", seed, test) if base_path.exists() else None

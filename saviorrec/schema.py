@@ -25,6 +25,7 @@ _ARROW: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz="UTC"),
     "list<int64>": pa.list_(pa.int64()),
+    "list<int32>": pa.list_(pa.int32()),
     "list<float32>": pa.list_(pa.float32()),
 }
 
@@ -38,6 +39,7 @@ _SPARK_DDL: dict[str, str] = {
     "bool": "BOOLEAN",
     "timestamp": "TIMESTAMP",
     "list<int64>": "ARRAY<BIGINT>",
+    "list<int32>": "ARRAY<INT>",
     "list<float32>": "ARRAY<FLOAT>",
 }
 
@@ -239,11 +241,15 @@ ITEM_STAT_DEFAULTS: dict[str, float] = {
 USER_STAT_NUMERIC: tuple[str, ...] = ("user_pv", "user_clicks", "user_ctr")
 
 # --- the ranker's training set (written by `saviorrec features training-set`) -------------------
-# One row per sample; the candidate's statistics as of the sample time, and the same statistics
-# for every sequence position (as of the sample time), as fixed-length lists aligned with
-# seq_item_ids (padding positions hold the defaults). Embeddings and semantic ids are static per
-# model version and travel as one item table (TRAINING_ITEMS) joined at batch time.
+# One row per sample: the candidate's statistics as of the sample time inline, and for every
+# sequence position the row of TRAINING_STATS holding that item's statistics as of the same time
+# (seq_stats_row, aligned with seq_item_ids; 0, the defaults row, for padding and for items
+# without a row). The seven statistics of fifty positions inline (the layout before) were
+# 2,174 bytes a sample in memory and most of its bytes on disk: at 1e8 samples more than the
+# disk of the machine that builds them (issue 25). The ranker gathers them at batch time, as it
+# gathers embeddings and semantic ids from TRAINING_ITEMS (saviorrec.training_stats).
 SEQ_STAT_PREFIX = "seq_"
+SEQ_STATS_ROW = "seq_stats_row"
 TRAINING_SAMPLES = _t(
     "training_samples",
     "Point-in-time training rows for the ranker (one parquet per split).",
@@ -257,8 +263,19 @@ TRAINING_SAMPLES = _t(
     *(C(n, "float32") for n in USER_STAT_NUMERIC),
     C("seq_item_ids", "list<int64>"),
     C("seq_len", "int64"),
-    *(C(SEQ_STAT_PREFIX + n, "list<float32>") for n in ITEM_STAT_NUMERIC),
-    C(SEQ_STAT_PREFIX + "pv_bucket", "list<int64>"),
+    C(SEQ_STATS_ROW, "list<int32>", doc="TRAINING_STATS row of each sequence item as of the "
+      "sample time; 0 (the defaults) for padding and items without a row"),
+)
+
+TRAINING_STATS = _t(
+    "training_stats",
+    "The item statistics the sequence positions of TRAINING_SAMPLES point at: row 0 holds "
+    "ITEM_STAT_DEFAULTS (padding, no row), row r >= 1 the (r-1)-th ITEM_STATS row in "
+    "(item_id, event_timestamp) order.",
+    C("item_id", "int64", doc="PADDING_ITEM_ID in row 0"),
+    C("event_timestamp", "timestamp", doc="the epoch in row 0"),
+    *(C(n, "float32") for n in ITEM_STAT_NUMERIC),
+    C("pv_bucket", "int64"),
 )
 
 TRAINING_ITEMS = _t(
@@ -284,6 +301,7 @@ TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         EVENTS, ITEMS, ORACLE, SAMPLES, COCLICK, ITEM_STATS, ITEM_PV, SEQUENCES, EMBEDDINGS,
-        OFF_THE_SHELF, ITEM_MULTIMODAL, TRAINING_SAMPLES, TRAINING_ITEMS, PREDICTIONS,
+        OFF_THE_SHELF, ITEM_MULTIMODAL, TRAINING_SAMPLES, TRAINING_STATS, TRAINING_ITEMS,
+        PREDICTIONS,
     )
 }

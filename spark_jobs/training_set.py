@@ -9,8 +9,10 @@ cluster. Per sample (user, item, label, t, split) of ``spark:samples``:
    item_stats view's TTL (``feast.item_stats_ttl_days``); none -> ITEM_STAT_DEFAULTS;
 2. the behaviour sequence and the user's statistics: the ``spark:sequences`` row of exactly
    (user, t); a sample without one, or with two, is an error (never a silently older sequence);
-3. every sequence item's item_stats as of the same t, by the rule of 1, as lists aligned with
-   seq_item_ids; padding positions and items without a row get the defaults;
+3. every sequence item's item_stats as of the same t, by the rule of 1: its row of the
+   training set's statistics table (``seq_stats_row``, aligned with seq_item_ids;
+   saviorrec.training_stats numbers the rows); padding positions and items without a row point
+   at row 0, the defaults;
 4. eval_pv_bucket: the candidate's ``spark:item_pv`` bucket, 0 when the item has none.
 
 Engines. 2 and 4 are Spark SQL joins (2 an exact equi-join: Feast's point-in-time join would
@@ -24,13 +26,16 @@ ran against it) but ran at 936 samples/s on 100k samples (2 loaded cores): two s
 rows per sample. Here item_stats (one row per item and snapshot, far smaller than the samples)
 is collected once, sorted, and broadcast (:class:`StatsIndex`); every partition of the joined
 samples then looks its candidates and sequence items up by vectorised binary search in Arrow
-batches (``mapInArrow``): no shuffle of the pairs. Memory bound: each executor's Python worker
+batches (``mapInArrow``): no shuffle of the pairs. The index is built from the statistics table
+that the driver writes beside the splits (``lake.training_stats``), so index row r is table row
+r + 1. Memory bound: each executor's Python worker
 holds the index, 56 bytes per item_stats row and 24 per item (``item_stats_index_bytes``). The
 executors run Python, so they need the project's environment (``PYSPARK_PYTHON``).
 
-Output: ``lake.training(split)`` for each split, a parquet folder in the TRAINING_SAMPLES
-contract (written partitioned by split into a temporary folder of the training directory, each
-split then renamed into place). The dense item table (TRAINING_ITEMS) is built from
+Output: ``lake.training_stats`` (TRAINING_STATS, written by the driver) and
+``lake.training(split)`` for each split, a parquet folder in the TRAINING_SAMPLES contract
+(written partitioned by split into a temporary folder of the training directory, each split then
+renamed into place). The dense item table (TRAINING_ITEMS) is built from
 item_multimodal by ``feature_repo.training.build_training_items`` with the item ids returned
 here (every candidate's and sequence item's id is a samples item id); the pipeline joins the two
 (``saviorrec.pipeline.run_training_set``).
@@ -65,26 +70,26 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from saviorrec.config import Config, load_config
-from saviorrec.lake import Lake, atomic_path
+from saviorrec.lake import Lake, atomic_path, write_table
 from saviorrec.schema import (
     ITEM_PV,
     ITEM_STAT_DEFAULTS,
-    ITEM_STAT_NUMERIC,
     ITEM_STATS,
     PADDING_ITEM_ID,
     SAMPLES,
-    SEQ_STAT_PREFIX,
+    SEQ_STATS_ROW,
     SEQUENCES,
     SPLITS,
     TRAINING_SAMPLES,
+    TRAINING_STATS,
     USER_STAT_NUMERIC,
 )
+from saviorrec.training_stats import STATS, stats_table
 from spark_jobs.session import session_scope
 from spark_jobs.tables import conform, read_table
 
 log = logging.getLogger(__name__)
 
-STATS: tuple[str, ...] = (*ITEM_STAT_NUMERIC, "pv_bucket")
 SEQ_KEYS = ("user_id", "event_timestamp")
 MICROS_PER_DAY = 86_400 * 1_000_000
 
@@ -157,7 +162,8 @@ class StatsIndex:
 
 def add_stats(batch: pa.RecordBatch, index: StatsIndex, ttl_micros: int) -> pa.RecordBatch:
     """A batch of joined rows (sample, its sequence, user statistics, eval_pv_bucket) -> the
-    TRAINING_SAMPLES columns and split: candidate STATS as of t, seq_<stat> lists as of t."""
+    TRAINING_SAMPLES columns and split: candidate STATS as of t, and the statistics-table row of
+    every sequence position as of t (index row + 1; 0, the defaults, where -1 or padding)."""
     micros = batch["event_timestamp"].cast(pa.int64()).to_numpy()
     candidate = index.rows_as_of(batch["item_id"].to_numpy(), micros, ttl_micros)
     seq = batch["seq_item_ids"]
@@ -169,8 +175,7 @@ def add_stats(batch: pa.RecordBatch, index: StatsIndex, ttl_micros: int) -> pa.R
     rows[flat == PADDING_ITEM_ID] = -1
     columns = {name: batch[name] for name in batch.schema.names}
     columns |= {n: pa.array(index.gather(n, candidate)) for n in STATS}
-    columns |= {SEQ_STAT_PREFIX + n: pa.ListArray.from_arrays(offsets, pa.array(index.gather(n, rows)))
-                for n in STATS}
+    columns[SEQ_STATS_ROW] = pa.ListArray.from_arrays(offsets, pa.array((rows + 1).astype(np.int32)))
     return pa.RecordBatch.from_pydict({n: columns[n] for n in (*TRAINING_SAMPLES.names, "split")})
 
 
@@ -188,9 +193,11 @@ def joined_rows(samples: DataFrame, sequences: DataFrame, item_pv: DataFrame) ->
 
 def training_rows(spark: SparkSession, samples: DataFrame, sequences: DataFrame,
                   item_stats: DataFrame, item_pv: DataFrame, ttl_days: int,
-                  partitions: int) -> tuple[DataFrame, StatsIndex]:
-    """TRAINING_SAMPLES columns plus ``split``, in no particular order; and the index used."""
-    index = StatsIndex.from_arrow(item_stats.toArrow())
+                  partitions: int) -> tuple[DataFrame, pa.Table, StatsIndex]:
+    """TRAINING_SAMPLES columns plus ``split``, in no particular order; the statistics table
+    (TRAINING_STATS) their seq_stats_row point into; and the index used."""
+    stats = stats_table(item_stats.toArrow())
+    index = StatsIndex.from_arrow(stats.slice(1))  # sorted already: index row r = stats row r + 1
     # Broadcast plain arrays: a broadcast is pickled by reference to its class, and under
     # spark-submit this module is __main__, which executors cannot import by that name.
     shared = spark.sparkContext.broadcast({f.name: getattr(index, f.name) for f in fields(index)})
@@ -209,7 +216,7 @@ def training_rows(spark: SparkSession, samples: DataFrame, sequences: DataFrame,
     # this way (two rounds each, alternated, local[2] under a load average of ~12;
     # benchmarks/results/training_set_spark_repartition_ab.json).
     joined = joined_rows(samples.repartition(partitions), sequences, item_pv)
-    return joined.mapInArrow(with_stats, schema), index
+    return joined.mapInArrow(with_stats, schema), stats, index
 
 
 def check_sequences(samples: DataFrame, sequences: DataFrame) -> None:
@@ -277,8 +284,9 @@ def build(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     began = time.perf_counter()
     check_sequences(samples, sequences)
     check_s = time.perf_counter() - began
-    rows, index = training_rows(spark, samples, sequences, item_stats, item_pv,
+    rows, stats, index = training_rows(spark, samples, sequences, item_stats, item_pv,
                                 cfg.feast.item_stats_ttl_days, cfg.spark.shuffle_partitions)
+    write_table(stats, lake.training_stats, TRAINING_STATS)
     written = _write_splits(conform(rows, TRAINING_SAMPLES, keep=("split",)), lake)
     write_s = time.perf_counter() - began - check_s
     seen = [r[0] for r in samples.select("item_id").distinct().collect()]

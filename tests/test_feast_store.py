@@ -28,6 +28,7 @@ from feature_repo import store as fs
 from saviorrec.config import REPO_ROOT, Config
 from saviorrec.lake import Lake
 from saviorrec.schema import ITEM_STAT_DEFAULTS, TRAINING_ITEMS, TRAINING_SAMPLES, USER_STAT_NUMERIC
+from saviorrec.training_stats import expand
 from tf_ranker.data import load_items
 
 STATS = ("pv", "clicks", "ctr", "pv_recent", "clicks_recent", "ctr_recent", "pv_bucket")
@@ -70,7 +71,7 @@ def _check_training_rows(cfg: Config, expected: dict) -> None:
     for split, keys in SPLIT_KEYS.items():
         table = pq.read_table(lake.training(split))
         assert table.schema == TRAINING_SAMPLES.arrow_schema()
-        got = table.to_pylist()
+        got = expand(table, pq.read_table(lake.training_stats)).to_pylist()
         assert [(r["user_id"], r["item_id"], r["event_timestamp"]) for r in got] == [
             (u, i, day(d)) for u, i, d in keys]
         for r, key in zip(got, keys, strict=True):
@@ -263,7 +264,9 @@ def test_training_set_in_chunks_matches_an_independent_asof(config: Config) -> N
     seq_items = np.array(samples["seq"].tolist())
     for split in ("train", "valid", "test"):
         want = samples[samples["split"] == split]
-        got = pq.read_table(Lake.from_config(cfg).training(split)).to_pandas()
+        lake = Lake.from_config(cfg)
+        got = expand(pq.read_table(lake.training(split)),
+                     pq.read_table(lake.training_stats)).to_pandas()
         assert got["item_id"].tolist() == want["item"].tolist()
         np.testing.assert_array_equal(got["pv"].to_numpy(),
                                       _asof_pv(want["item"].to_numpy(), want["day"].to_numpy(),

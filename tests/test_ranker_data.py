@@ -10,6 +10,7 @@ from test_ranker_fixtures import write_training_set
 
 from saviorrec.config import Config
 from saviorrec.lake import Lake
+from saviorrec.training_stats import expand
 from tf_ranker import synthetic_inputs
 from tf_ranker.batches import RankerBatches
 from tf_ranker.data import fixed_lists, load_items, load_samples, make_inputs
@@ -20,7 +21,10 @@ def test_item_features_joined_by_id_for_candidate_and_every_position(config: Con
     lake = Lake.from_config(config)
     items = load_items(lake.training_items)
     samples = load_samples(lake.training("valid"))
-    raw = pq.read_table(lake.training("valid")).to_pylist()
+    # The positions' statistics resolved by pyarrow (saviorrec.training_stats.expand), against
+    # make_inputs's numpy gather.
+    raw = expand(pq.read_table(lake.training("valid")),
+                 pq.read_table(lake.training_stats)).to_pylist()
     assert items.embedding.shape == (31, 8) and not items.embedding[0].any()  # row 0 = padding
     rows = np.array([3, 0, 7])
     x = make_inputs(samples, items, rows)

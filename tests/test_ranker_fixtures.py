@@ -17,7 +17,14 @@ import pyarrow as pa
 
 from saviorrec.config import REPO_ROOT, Config, load_config
 from saviorrec.lake import Lake, read_table, write_table
-from saviorrec.schema import ITEM_STAT_NUMERIC, SEQ_STAT_PREFIX, TRAINING_ITEMS, TRAINING_SAMPLES
+from saviorrec.schema import (
+    ITEM_STAT_NUMERIC,
+    SEQ_STAT_PREFIX,
+    TRAINING_ITEMS,
+    TRAINING_SAMPLES,
+    TRAINING_STATS,
+)
+from saviorrec.training_stats import compact
 
 RQVAE_VERSION = "rqvae-test-1"
 
@@ -63,6 +70,7 @@ def write_training_set(cfg: Config, *, n_users: int = 12, n_items: int = 30, dim
     favourite = rng.integers(0, n_topics, n_users + 1)
     buckets = np.asarray(cfg.stats.pv_buckets)
     start = datetime(2024, 1, 1, tzinfo=UTC)
+    wide = {}
     for split, n in zip(("train", "valid", "test"), rows, strict=True):
         users = rng.integers(1, n_users + 1, n)
         items = rng.integers(1, n_items + 1, n)
@@ -101,7 +109,11 @@ def write_training_set(cfg: Config, *, n_users: int = 12, n_items: int = 30, dim
                 list(np.where(seq == 0, 0, np.searchsorted(buckets, seq_stats["pv"], "right") - 1)),
                 pa.list_(pa.int64())),
         }
-        write_table(pa.table(columns), lake.training(split), TRAINING_SAMPLES)
+        wide[split] = pa.table(columns)
+    splits, stats = compact(wide)
+    write_table(stats, lake.training_stats, TRAINING_STATS)
+    for split, table in splits.items():
+        write_table(table, lake.training(split), TRAINING_SAMPLES)
 
     lake.rqvae_dir.mkdir(parents=True, exist_ok=True)
     codebook = rng.standard_normal((levels, codebook_size, latent)).astype("float32")

@@ -13,7 +13,7 @@ import pytest
 from test_ranker_fixtures import training_world
 
 from saviorrec.lake import Lake
-from saviorrec.ranker_inputs import ITEM_TABLE_INPUTS
+from saviorrec.ranker_inputs import ITEM_TABLE_INPUTS, STATS_TABLE_INPUTS
 from tf_ranker.batches import RankerBatches
 from tf_ranker.data import ItemLookup, load_items, load_samples
 from tf_ranker.item_tables import ItemTableRanker
@@ -31,17 +31,20 @@ def test_device_gather_equals_host_gather(tmp_path: Path) -> None:
     host = RankerBatches(test, short, batch_size=64, with_labels=False)[0][0]
     ids_only = RankerBatches(test, short, batch_size=64, with_labels=False,
                              gather_items=False)[0][0]
-    assert not set(ITEM_TABLE_INPUTS) & set(ids_only)
+    gathered = (*ITEM_TABLE_INPUTS, *STATS_TABLE_INPUTS)
+    assert not set(gathered) & set(ids_only) and "seq_stats_row" in ids_only
 
     probe: dict[str, np.ndarray] = {}
 
     class Recorder(keras.Model):
         def call(self, inputs, training=None):
-            probe.update({k: keras.ops.convert_to_numpy(inputs[k]) for k in ITEM_TABLE_INPUTS})
+            assert "seq_stats_row" not in inputs  # the ranker sees the statistics, not rows
+            probe.update({k: keras.ops.convert_to_numpy(inputs[k]) for k in gathered})
             return keras.ops.zeros((keras.ops.shape(inputs["item_id"])[0], 1))
 
-    ItemTableRanker(Recorder(), short)(ids_only)
-    for key in ITEM_TABLE_INPUTS:
+    ItemTableRanker(Recorder(), short, test.stats_table)(ids_only)
+    assert probe["seq_stats"].shape == (len(test), 5, 6) and probe["seq_stats"].any()
+    for key in gathered:
         np.testing.assert_array_equal(probe[key], host[key].astype(probe[key].dtype), err_msg=key)
 
 

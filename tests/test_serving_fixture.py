@@ -38,8 +38,10 @@ from saviorrec.schema import (
     SEQUENCES,
     TRAINING_ITEMS,
     TRAINING_SAMPLES,
+    TRAINING_STATS,
     USER_STAT_NUMERIC,
 )
+from saviorrec.training_stats import compact
 
 RQVAE_VERSION = "rq-serving-test"
 T0 = datetime(2021, 3, 1, tzinfo=UTC)
@@ -184,8 +186,10 @@ def _write_training_tables(world: World) -> None:
                      **{SEQ_STAT_PREFIX + n: [s["stats"][j] for s in seq_f]
                         for j, n in enumerate(ITEM_STAT_NUMERIC)},
                      SEQ_STAT_PREFIX + "pv_bucket": [s["pv_bucket"] for s in seq_f]})
-    table = pa.Table.from_pylist(rows, schema=TRAINING_SAMPLES.arrow_schema())
-    for split in ("train", "valid", "test"):
+    wide = pa.Table.from_pylist(rows)
+    splits, stats = compact({split: wide for split in ("train", "valid", "test")})
+    write_table(stats, lake.training_stats, TRAINING_STATS)
+    for split, table in splits.items():
         write_table(table, lake.training(split), TRAINING_SAMPLES)
     assert cfg.sequences.max_len == len(world.sequences[1])
 

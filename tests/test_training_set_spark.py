@@ -28,6 +28,7 @@ from saviorrec.config import REPO_ROOT, Config, load_config
 from saviorrec.lake import Lake
 from saviorrec.pipeline import run_training_set
 from saviorrec.schema import SPLITS, TRAINING_SAMPLES
+from saviorrec.training_stats import expand
 from spark_jobs import training_set as spark_training
 from spark_jobs.training_set import StatsIndex
 
@@ -76,7 +77,11 @@ def test_stats_index_finds_the_latest_row_at_or_before_t_within_the_ttl() -> Non
 
 
 def read_splits(lake: Lake) -> dict[str, pa.Table]:
-    return {s: pq.read_table(lake.training(s)) for s in SPLITS}
+    """Every split as written, then seq_<stat> resolved from the statistics table (expand); the
+    table itself under "stats"."""
+    stats = pq.read_table(lake.training_stats)
+    splits = {s: pq.read_table(lake.training(s)) for s in SPLITS}
+    return {"stats": stats, **{s: expand(t, stats) for s, t in splits.items()}}
 
 
 def rows_by_key(table: pa.Table) -> dict[tuple, dict]:
@@ -87,9 +92,11 @@ def rows_by_key(table: pa.Table) -> dict[tuple, dict]:
 
 def check_expected(tables: dict[str, pa.Table], expected: dict) -> None:
     rows = {}
-    for split, table in tables.items():
-        assert table.column_names == TRAINING_SAMPLES.names, split
-        TRAINING_SAMPLES.validate_arrow(table)  # what every reader of the split checks
+    for split in SPLITS:
+        table = tables[split]
+        written = table.select(TRAINING_SAMPLES.names)
+        assert written.num_columns == len(TRAINING_SAMPLES.names), split
+        TRAINING_SAMPLES.validate_arrow(written)  # what every reader of the split checks
         rows.update({key: (split, row) for key, row in rows_by_key(table).items()})
     assert set(rows) == set(expected)
     for key, (cand, seq, bucket) in expected.items():
@@ -101,6 +108,7 @@ def check_expected(tables: dict[str, pa.Table], expected: dict) -> None:
 
 
 def assert_same_rows(local: dict[str, pa.Table], spark: dict[str, pa.Table]) -> None:
+    assert spark["stats"].equals(local["stats"])  # the same rows, numbered alike
     for split in SPLITS:
         diff = bench.table_differences(spark[split], local[split], SORT_KEYS)
         assert diff["equal"], (split, diff)

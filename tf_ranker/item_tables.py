@@ -8,9 +8,11 @@ embeddings per batch, then copied to the device) against a 1.25 ms device step
 (benchmarks/results/ranker_throughput_jax.json, "host_pipeline" and "train_step").
 
 ``ItemTableRanker`` holds the table as two non-trainable weights and gathers on the device; the
-host sends ids, statistics and PV buckets only (``make_inputs(..., gather_items=False)``). It
-wraps the very ``SaviorRanker`` that is saved and exported, so training and serving share one
-set of weights and the serving signature is unchanged.
+host sends ids, statistics and PV buckets only (``make_inputs(..., gather_items=False)``). The
+sequence positions' statistics likewise: the training set's statistics table (TRAINING_STATS)
+is two more weights, and the host sends each position's row (``seq_stats_row``). It wraps the
+very ``SaviorRanker`` that is saved and exported, so training and serving share one set of
+weights and the serving signature (which takes seq_stats and seq_pv_bucket) is unchanged.
 """
 
 from __future__ import annotations
@@ -20,23 +22,34 @@ from typing import Any
 import keras
 from keras import ops
 
-from saviorrec.ranker_inputs import CANDIDATE, INPUTS, ITEM, ITEM_ID, SEQ_ITEM_IDS, SEQUENCE
-from tf_ranker.data import ItemLookup
+from saviorrec.ranker_inputs import (
+    CANDIDATE,
+    INPUTS,
+    ITEM,
+    ITEM_ID,
+    SEQ_ITEM_IDS,
+    SEQUENCE,
+    STATS_ROW,
+)
+from saviorrec.schema import SEQ_STATS_ROW
+from tf_ranker.data import ItemLookup, StatsLookup
 from tf_ranker.packed import FLOATS, INTS, PackLayout
 
 __all__ = ["ItemTableRanker"]
 
 
 class ItemTableRanker(keras.Model):
-    """``ranker`` with item embeddings and semantic ids gathered from on-device tables.
+    """``ranker`` with item embeddings and semantic ids, and the sequence positions' statistics,
+    gathered from on-device tables.
 
     Ids beyond the table read row 0 (zeros, like padding), as ``make_inputs`` does on the host.
+    Statistics rows are the training set's own (checked on the host when its splits load).
     With ``packing``, batches may come packed (tf_ranker.packed) and are unpacked here first.
     Not meant to be saved: save ``self.ranker``.
     """
 
-    def __init__(self, ranker: keras.Model, items: ItemLookup, packing: PackLayout | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(self, ranker: keras.Model, items: ItemLookup, stats: StatsLookup,
+                 packing: PackLayout | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.ranker, self.packing = ranker, packing
         self.num_rows = int(items.num_rows)
@@ -48,6 +61,14 @@ class ItemTableRanker(keras.Model):
             name="item_semantic_id_table")
         self.embedding_table.assign(items.embedding.astype("float32"))
         self.semantic_table.assign(items.semantic_ids.astype("int32"))
+        self.stats_table = self.add_weight(
+            shape=stats.stats.shape, initializer="zeros", dtype="float32", trainable=False,
+            name="stats_table")
+        self.stats_bucket_table = self.add_weight(
+            shape=stats.pv_bucket.shape, initializer="zeros", dtype="int32", trainable=False,
+            name="stats_pv_bucket_table")
+        self.stats_table.assign(stats.stats.astype("float32"))
+        self.stats_bucket_table.assign(stats.pv_bucket.astype("int32"))
 
     def _rows(self, ids: Any) -> Any:
         ids = ops.cast(ids, "int32")
@@ -59,9 +80,14 @@ class ItemTableRanker(keras.Model):
                 raise ValueError("packed inputs, but this ItemTableRanker has no packing layout")
             inputs = self.packing.unpack(inputs[FLOATS], inputs[INTS])
         rows = {CANDIDATE: self._rows(inputs[ITEM_ID]), SEQUENCE: self._rows(inputs[SEQ_ITEM_IDS])}
-        tables = {"embedding": self.embedding_table, "semantic_ids": self.semantic_table}
+        tables = {"embedding": self.embedding_table, "semantic_ids": self.semantic_table,
+                  "stats": self.stats_table, "pv_bucket": self.stats_bucket_table}
         full = dict(inputs)
+        stats_rows = full.pop(SEQ_STATS_ROW, None)
         for spec in INPUTS:
             if spec.source == ITEM:
                 full[spec.name] = ops.take(tables[spec.feature], rows[spec.side], axis=0)
+            elif spec.source == STATS_ROW and stats_rows is not None:
+                full[spec.name] = ops.take(tables[spec.feature], ops.cast(stats_rows, "int32"),
+                                           axis=0)
         return self.ranker(full, training=training)

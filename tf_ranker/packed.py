@@ -9,9 +9,12 @@ one float32 and one int32 matrix, a batch is two row gathers (0.27 ms on the sam
 the device unpacks them with slices inside the compiled step.
 
 Layout, per sample row: the inputs of source SAMPLE (saviorrec.ranker_inputs), in the
-specification's order, each flattened; float32 inputs in one matrix, int64 ones in the other:
-- floats: user_stats [U] | item_stats [C] | seq_stats [S * C] | base_score [1] (optional);
-- ints (int32): user_id | item_id | item_pv_bucket | seq_item_ids [S] | seq_pv_bucket [S].
+specification's order, each flattened, then the rows the device gathers the sequence statistics
+by (source STATS_ROW); float32 inputs in one matrix, int64 ones in the other:
+- floats: user_stats [U] | item_stats [C] | base_score [1] (optional);
+- ints (int32): user_id | item_id | item_pv_bucket | seq_item_ids [S] | seq_stats_row [S].
+The statistics of the positions themselves (7 numbers each) stay in the statistics table on the
+device: a packed row is 9 floats and 3 + 2S ints, not 9 + 6S floats and 3 + 2S ints.
 Ids must fit int32 (checked); the model maps every id to int32 anyway (models._in_vocab).
 """
 
@@ -22,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from saviorrec.ranker_inputs import ITEM, SEQUENCE, RankerInput, inputs
+from saviorrec.ranker_inputs import ITEM, SEQUENCE, STATS_ROW, RankerInput, inputs
+from saviorrec.schema import SEQ_STATS_ROW
 from tf_ranker.data import Samples
 
 if TYPE_CHECKING:
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 
 FLOATS, INTS = "packed_floats", "packed_ints"
 _INT32_MAX = np.iinfo(np.int32).max
+# What the device gathers the STATS_ROW inputs by: one int per sequence position.
+_STATS_ROWS = RankerInput(SEQ_STATS_ROW, "int64", SEQUENCE, "stats_row")
 
 
 @dataclass(frozen=True)
@@ -40,8 +46,9 @@ class PackLayout:
     def columns(self, dtype: str) -> list[tuple[RankerInput, int, int]]:
         """(input, first column, width) of each packed input of ``dtype`` (float32 | int64)."""
         out, start = [], 0
-        for spec in inputs(self.base_score):
-            if spec.source == ITEM or spec.dtype != dtype:
+        specs = [i for i in inputs(self.base_score) if i.source not in (ITEM, STATS_ROW)]
+        for spec in [*specs, _STATS_ROWS]:
+            if spec.dtype != dtype:
                 continue
             trailing = spec.trailing(0, 0)  # inputs of source SAMPLE have a fixed width
             width = int(np.prod(trailing, dtype=np.int64)) * \

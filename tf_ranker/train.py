@@ -48,7 +48,7 @@ from tf_ranker.callbacks import (
     StepProgbarLogger,
     StopOnNaN,
 )
-from tf_ranker.data import ItemLookup, Samples, load_items, load_samples
+from tf_ranker.data import ItemLookup, Samples, load_items, load_samples, load_stats
 from tf_ranker.item_tables import ItemTableRanker
 from tf_ranker.layers.stat_transform import DEFAULT_COUNT_COLUMNS, fit_standardization
 from tf_ranker.model_config import RankerModelConfig
@@ -291,7 +291,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     keras.utils.set_random_seed(seed)
     devices = 1 if distribution is None else int(distribution.device_mesh.devices.size)
     pad = distribution is not None
-    train, valid, test = (load_samples(lake.training(s)) for s in SPLITS)
+    stats = load_stats(lake.training_stats)  # one table for the three splits
+    train, valid, test = (load_samples(lake.training(s), stats) for s in SPLITS)
     items = load_items(lake.training_items)
     codebook, rqvae_version = read_rqvae(lake)
     config = model_config(cfg, variant, [train, valid, test], items, codebook, rqvae_version,
@@ -306,7 +307,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
     on_device = r.item_tables == "device"
     # The model that trains: the ranker itself, or the ranker behind on-device item tables.
     packing = training_layout(r, train, base_score=base)
-    fitted = ItemTableRanker(model, items, packing) if on_device else model
+    fitted = ItemTableRanker(model, items, stats, packing) if on_device else model
     batch_kw = {"batch_size": r.batch_size, "use_base_score": base, "pad_last": pad,
                 "gather_items": not on_device, "packed": packing, "workers": r.input_workers,
                 "use_multiprocessing": False, "place": data_placement(distribution)}
