@@ -112,6 +112,58 @@ def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def update_json_atomic(path: Path, update: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """Replace the JSON object in ``path`` by ``update(object)`` (``{}`` when there is no file),
+    under a lock file in the temp folder, then an atomic rename: benchmarks that each write their
+    own keys of one results file never drop each other's. Returns what was written."""
+    import fcntl
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with (Path(tempfile.gettempdir()) / f"saviorrec-{path.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        data = update(json.loads(path.read_text()) if path.is_file() else {})
+        write_json_atomic(path, data)
+    return data
+
+
+def update_key_atomic(path: Path, key: str, value: dict[str, Any]) -> None:
+    """Set ``key`` of the JSON object in ``path``, the other keys as they are."""
+    update_json_atomic(path, lambda data: {**data, key: value})
+
+
+COUNT_SUFFIXES = {"k": 10**3, "M": 10**6}  # the labels of sizes: 200k, 10M
+
+
+def parse_count(text: str) -> int:
+    """``"200k"`` -> 200_000, ``"10M"`` -> 10_000_000, ``"5000"`` -> 5000 (suffixes are case
+    sensitive: m is not M)."""
+    number, suffix = (text[:-1], text[-1]) if text[-1:] in COUNT_SUFFIXES else (text, "")
+    try:
+        value = float(number) * COUNT_SUFFIXES.get(suffix, 1)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a count such as 5000, 200k or 10M") from None
+    if value != int(value) or value < 1:
+        raise ValueError(f"{text!r} is not a whole positive count")
+    return int(value)
+
+
+def count_label(n: int) -> str:
+    """The inverse of parse_count for round counts: 10_000_000 -> "10M", 200_000 -> "200k"."""
+    if n % 10**6 == 0:
+        return f"{n // 10**6}M"
+    return f"{n // 1000}k" if n % 1000 == 0 else str(n)
+
+
+def machine_load() -> dict[str, Any]:
+    """The machine's load when called: ``uptime``'s line and the 1, 5 and 15 minute averages."""
+    import subprocess
+
+    return {"uptime": subprocess.run(["uptime"], capture_output=True, text=True,
+                                     check=False).stdout.strip(),
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
+
+
 @dataclass
 class Timing:
     """Wall-clock figures of one measured loop of ``steps`` batches of ``batch_size`` samples."""

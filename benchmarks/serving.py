@@ -47,12 +47,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench_common import (
     REPO_ROOT,
+    count_label,
     device_info,
     ensure_repo_on_path,
     format_table,
     library_versions,
+    machine_load,
     run_header,
     source_stamp,
+    update_key_atomic,
     write_json_atomic,
 )
 
@@ -544,12 +547,6 @@ def catalogue_bodies(count: int, seed: int, n_items: int, n_users: int) -> list[
             for _ in range(count)]
 
 
-def machine_load() -> dict[str, Any]:
-    return {"uptime": subprocess.run(["uptime"], capture_output=True, text=True,
-                                     check=False).stdout.strip(),
-            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}
-
-
 def server_counts(url: str) -> dict[str, float]:
     """Item-cache hits/misses and the per-stage latency sums and counts of GET /metrics, once
     every worker has written its last requests (serving.workers > 1: the summed counters are
@@ -692,27 +689,6 @@ def catalogue_floors(cfg: Any, n_items: int, n_users: int, repeats: int) -> dict
             "cpu": {k: percentiles(v[2:]) for k, v in cpu.items()}}
 
 
-def update_key_atomic(path: Path, key: str, value: dict[str, Any]) -> None:
-    """Set ``key`` of the JSON object in ``path``, the other keys as they are (other benchmarks
-    write them): read-modify-write under a lock file (in the temp folder), then an atomic
-    rename."""
-    import fcntl
-    import json
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    import tempfile
-
-    with (Path(tempfile.gettempdir()) / f"saviorrec-{path.name}.lock").open("w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        data[key] = value
-        write_json_atomic(path, data)
-
-
-def catalogue_label(n_items: int) -> str:
-    return f"{n_items // 10**6}M" if n_items % 10**6 == 0 else f"{n_items // 1000}k"
-
-
 def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
     """Build (or reuse) the large world, then three phases of --requests at 200 uniform
     candidates on a fresh ``saviorrec serve``: cold (empty item cache), steady (the same
@@ -724,8 +700,8 @@ def catalogue_main(args: argparse.Namespace, argv: list[str]) -> int:
     from serving.service import tf_threads
 
     n_items, n_users = args.items, args.users
-    key = args.key or f"serving_{catalogue_label(n_items)}"
-    work = Path(args.work_dir or f"/tmp/saviorrec-serving-catalogue-{catalogue_label(n_items)}")
+    key = args.key or f"serving_{count_label(n_items)}"
+    work = Path(args.work_dir or f"/tmp/saviorrec-serving-catalogue-{count_label(n_items)}")
     stamp = f"{source_stamp(WORLD_SOURCES)} items={n_items} users={n_users} load={args.load_path}"
     keep = args.keep_world and (work / WORLD_FILE).is_file()
     fresh, redis_server, cfg = open_world(work, stamp, args, keep_stale=keep)

@@ -83,7 +83,8 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
     train = partial(train_saviorenc, pairs=pairs, epochs=ec.epochs, batch_size=ec.batch_size, lr=ec.lr,
                     warmup_epochs=ec.warmup_epochs, temperature=ec.temperature,
                     weight_decay=ec.weight_decay, device=device, seed=ec.seed,
-                    tower_lr_scale=ec.finetune_lr_scale, logq_correction=ec.logq_correction)
+                    tower_lr_scale=ec.finetune_lr_scale, logq_correction=ec.logq_correction,
+                    max_steps_per_epoch=ec.max_steps_per_epoch)
     variants = VARIANTS if ec.ablations else {"aligned": MODALITIES}
     train_s = {}
     for name, modalities in variants.items():
@@ -115,6 +116,7 @@ def run_encoder(cfg: Config) -> dict[str, Any]:
     update_metrics(lake.metrics, f"encoder.{key}_valid", hits[VALID])
     timing = {"tower_features_s": tower_s, "train_s": train_s, "device": str(device),
               "items": len(items), "coclick_pairs": len(pairs),
+              "max_steps_per_epoch": ec.max_steps_per_epoch,
               "test_queries": len(splits[TEST][0]), "encoder_version": version}
     update_metrics(lake.metrics, "encoder.run", timing)
     return {key: hits[TEST], f"{key}_valid": hits[VALID], **timing}

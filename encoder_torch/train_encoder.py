@@ -40,15 +40,19 @@ def _param_groups(model: SaviorEnc, features: TowerFeatures | TunedFeatures, *, 
 def train_saviorenc(*, model: SaviorEnc, features: TowerFeatures | TunedFeatures, pairs: np.ndarray,
                     epochs: int, batch_size: int, lr: float, warmup_epochs: float, temperature: float,
                     weight_decay: float, device: torch.device, seed: int, tower_lr_scale: float = 0.1,
-                    logq_correction: bool = False, desc: str = "saviorenc") -> list[float]:
+                    logq_correction: bool = False, max_steps_per_epoch: int = 0,
+                    desc: str = "saviorenc") -> list[float]:
     """Train in place (and the tower tails of TunedFeatures); returns the mean loss of each epoch.
-    ``pairs`` [P, 2] are item rows; ``logq_correction``: losses.py's sampling-bias correction."""
+    ``pairs`` [P, 2] are item rows; ``logq_correction``: losses.py's sampling-bias correction;
+    ``max_steps_per_epoch`` > 0: at most that many batches of each epoch's permutation."""
     if len(pairs) < 2:
         raise ValueError(f"need at least 2 co-click pairs for in-batch negatives, got {len(pairs)}")
     generator = torch.Generator().manual_seed(seed)
     pairs_t = torch.from_numpy(np.asarray(pairs, dtype=np.int64))
     log_q = pair_log_q(pairs_t, int(pairs_t.max()) + 1).to(device) if logq_correction else None
     steps_per_epoch = max(1, len(pairs) // batch_size)  # the ragged tail of a permutation is dropped
+    if max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, max_steps_per_epoch)
     optimizer = torch.optim.AdamW(_param_groups(model, features, lr=lr, tower_lr_scale=tower_lr_scale),
                                   lr=lr, weight_decay=weight_decay)
     total = epochs * steps_per_epoch

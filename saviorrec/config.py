@@ -209,6 +209,12 @@ class EncoderConfig(_Frozen):
     # more, smaller steps at a higher rate: 15 epochs x 50 steps (Hit@30 measured, see report).
     epochs: int = Field(15, ge=1)
     batch_size: int = Field(256, ge=2)
+    # Training steps per epoch at most (0: every co-click pair once an epoch); each epoch then
+    # trains on a fresh random subset of the pairs. A CPU budget: the synthetic world's step of
+    # 256 pairs took ~2.5 s on 2 cores (266 s for 105 steps at 100k events), and the pairs grow
+    # with the events up to coclick.top_k per item, so the scale benchmark
+    # (benchmarks/pipeline_scale.py) caps the training. Every item is still embedded.
+    max_steps_per_epoch: int = Field(0, ge=0)
     lr: float = Field(1e-3, gt=0)
     warmup_epochs: float = Field(1.0, ge=0)
     num_workers: int = Field(2, ge=0)
@@ -264,6 +270,11 @@ class RQVAEConfig(_Frozen):
     lambda_recon: float = 1000.0  # lambda0
     lambda_commit: float = 0.5  # lambda1
     temperature: float = Field(0.07, gt=0.0)
+    # Steps: epochs x items / batch, whatever the events (600 at 5,000 items). The synthetic 1M
+    # run's RQ-VAE took 2,988 s on a busy machine; the same fit (same ids and loss) took 16.5 s
+    # on the 2 idle cores: its thousands of tiny ops a step (Sinkhorn's 50 iterations x 3
+    # levels) each wait for both torch threads, so other jobs on the cores slow it 10-180x
+    # (benchmarks/results/pipeline_scale.json records each stage's load average).
     epochs: int = Field(150, ge=1)
     batch_size: int = Field(1024, ge=2)
     lr: float = Field(0.002, gt=0)
@@ -305,6 +316,11 @@ class RankerConfig(_Frozen):
     simtier_bins: int = Field(10, ge=2)
     batch_size: int = Field(1024, ge=1)
     epochs: int = Field(10, ge=1)
+    # Training batches per epoch at most (0: the whole train split each epoch); each epoch then
+    # draws that many batches of a fresh shuffle, and the learning-rate decay spans the capped
+    # steps. A CPU budget for the scale benchmark (benchmarks/pipeline_scale.py), where a 10M-event
+    # train split is ~7,000 batches an epoch; validation still reads the whole split.
+    max_steps_per_epoch: int = Field(0, ge=0)
     lr: float = Field(0.01, gt=0)
     lr_final: float = Field(0.001, gt=0)
     # Adagrad's accumulator at the start (Keras's and TensorFlow's default 0.1). A coordinate's

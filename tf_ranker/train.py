@@ -277,6 +277,18 @@ def _run_scope(cfg: Config, distribution: keras.distribution.Distribution | None
         keras.config.set_dtype_policy(policy)
 
 
+class CappedBatches(RankerBatches):
+    """Training batches of which each epoch serves the first ``max_batches`` of its shuffle
+    (ranker.max_steps_per_epoch; 0: all). Keras's ``fit(steps_per_epoch=...)`` would instead
+    go on where the last epoch stopped and run out of batches."""
+
+    max_batches = 0
+
+    def __len__(self) -> int:
+        batches = super().__len__()
+        return min(batches, self.max_batches) if self.max_batches else batches
+
+
 def run_train(cfg: Config, *, variant: str, seed: int) -> dict[str, Any]:
     """Train ``variant`` with ``seed``; returns (and writes) the run's meta."""
     distribution = make_distribution(cfg)
@@ -311,7 +323,8 @@ def _train(cfg: Config, *, variant: str, seed: int,
     batch_kw = {"batch_size": r.batch_size, "use_base_score": base, "pad_last": pad,
                 "gather_items": not on_device, "packed": packing, "workers": r.input_workers,
                 "use_multiprocessing": False, "place": data_placement(distribution)}
-    train_batches = RankerBatches(train, items, shuffle=True, seed=seed, **batch_kw)
+    train_batches = CappedBatches(train, items, shuffle=True, seed=seed, **batch_kw)
+    train_batches.max_batches = r.max_steps_per_epoch
     eval_kw = {**batch_kw, "batch_size": eval_batch_size(r.batch_size, r.eval_batch_size)}
     valid_batches = RankerBatches(valid, items, **eval_kw)
     # Mean over the sample weights: the zero-weight padding rows of pad_last do not count.
@@ -347,6 +360,7 @@ def _train(cfg: Config, *, variant: str, seed: int,
         "distribution": r.distribution,
         "devices": devices,
         "global_batch_size": r.batch_size,
+        "steps_per_epoch": len(train_batches),
         "item_tables": r.item_tables,
         "epochs": len(val_aucs),
         "best_epoch": int(np.argmax(val_aucs)) + 1 if val_aucs else 0,
