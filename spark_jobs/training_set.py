@@ -58,7 +58,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -246,8 +246,20 @@ def check_sequences(samples: DataFrame, sequences: DataFrame) -> None:
                          f"{first['event_timestamp']} (re-run the sequences job)")
 
 
-def _write_splits(table: DataFrame, lake: Lake) -> dict[str, int]:
-    """Write ``table`` (TRAINING_SAMPLES + split) partitioned by split, rename each into place."""
+def fingerprints(rows: DataFrame) -> dict[str, tuple[int, int]]:
+    """(rows, sum of a hash of (user, item, t, label)) per split: equal for the samples and the
+    rows written exactly when no sample was lost or doubled (one aggregation, no shuffle of
+    rows; a sum, so row order does not matter; decimal, so it cannot overflow)."""
+    key = F.xxhash64("user_id", "item_id", "event_timestamp", "label").cast("decimal(38,0)")
+    found = rows.groupBy("split").agg(F.count("*").alias("n"), F.sum(key).alias("h")).collect()
+    return {r["split"]: (int(r["n"]), int(r["h"])) for r in found}
+
+
+def _write_splits(table: DataFrame, lake: Lake, stats: pa.Table,
+                  expected: dict[str, tuple[int, int]], diagnose: Callable[[], None]) -> dict[str, int]:
+    """Write ``table`` (TRAINING_SAMPLES + split) partitioned by split; check that its rows are
+    the samples' (``expected``: :func:`fingerprints`), else ``diagnose()`` names the cause; then
+    write ``stats`` and rename each split into place. A failed check moves nothing into place."""
     lake.training_dir.mkdir(parents=True, exist_ok=True)
     staging = lake.training_dir / f".spark-{uuid.uuid4().hex[:8]}"
     try:
@@ -256,6 +268,13 @@ def _write_splits(table: DataFrame, lake: Lake) -> dict[str, int]:
                          if p.name.removeprefix("split=") not in SPLITS)
         if unknown:
             raise ValueError(f"samples: unknown split {unknown[0]!r} (expected one of {SPLITS})")
+        spark = table.sparkSession
+        written = fingerprints(spark.read.parquet(str(staging)))
+        if written != expected:
+            diagnose()  # raises, naming a sample without its sequence row or with two
+            raise RuntimeError(f"the training set's rows differ from the samples' (rows, key "
+                               f"hash) per split: {written} against {expected}")
+        write_table(stats, lake.training_stats, TRAINING_STATS)
         rows = {}
         for split in SPLITS:
             part = staging / f"split={split}"
@@ -266,15 +285,19 @@ def _write_splits(table: DataFrame, lake: Lake) -> dict[str, int]:
                     tmp.mkdir()
                     pq.write_table(TRAINING_SAMPLES.arrow_schema().empty_table(),
                                    tmp / "part-00000.parquet")
-            rows[split] = pq.ParquetDataset(lake.training(split)).read(
-                columns=["label"]).num_rows
+            rows[split] = written.get(split, (0, 0))[0]
         return rows
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
 def build(spark: SparkSession, cfg: Config) -> dict[str, Any]:
-    """Write the training set of ``cfg``'s lake; return rows per split and the samples' item ids."""
+    """Write the training set of ``cfg``'s lake; return rows per split and the samples' item ids.
+
+    Every sample must have exactly one sequences row of its (user, t): checked by comparing
+    the rows written with the samples (:func:`fingerprints`), the cheap pass;
+    :func:`check_sequences` (a shuffle of every (user, t)) runs only to name the cause when
+    they differ."""
     lake = Lake.from_config(cfg)
     samples = read_table(spark, lake.spark("samples"), SAMPLES).select(
         "user_id", "item_id", "label", "event_timestamp", "split")
@@ -282,18 +305,18 @@ def build(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     item_stats = read_table(spark, lake.spark("item_stats"), ITEM_STATS)
     item_pv = read_table(spark, lake.spark("item_pv"), ITEM_PV)
     began = time.perf_counter()
-    check_sequences(samples, sequences)
+    expected = fingerprints(samples)
     check_s = time.perf_counter() - began
     rows, stats, index = training_rows(spark, samples, sequences, item_stats, item_pv,
-                                cfg.feast.item_stats_ttl_days, cfg.spark.shuffle_partitions)
-    write_table(stats, lake.training_stats, TRAINING_STATS)
-    written = _write_splits(conform(rows, TRAINING_SAMPLES, keep=("split",)), lake)
+                                       cfg.feast.item_stats_ttl_days, cfg.spark.shuffle_partitions)
+    written = _write_splits(conform(rows, TRAINING_SAMPLES, keep=("split",)), lake, stats,
+                            expected, lambda: check_sequences(samples, sequences))
     write_s = time.perf_counter() - began - check_s
     seen = [r[0] for r in samples.select("item_id").distinct().collect()]
     return {"engine": "spark", "master": spark.sparkContext.master, "rows": written,
             "item_stats_rows": len(index.micros), "item_stats_index_bytes": index.nbytes,
             "seen_items": seen,
-            "seconds": {"check_sequences": round(check_s, 2), "join_and_write": round(write_s, 2)}}
+            "seconds": {"count_samples": round(check_s, 2), "join_and_write": round(write_s, 2)}}
 
 
 def run(cfg: Config, master: str | None = None) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import yaml
 from conftest import load_benchmark
 from test_feast_lake import SAMPLE_ROWS, SEQUENCE_ROWS, day, small_config, write_lake
 from test_feast_store import DEFAULT, EXPECTED, ITEM1_D1, ITEM1_D3, ITEM2_D2, STATS
-from test_spark_cluster import SPARK_HOME, _env, standalone  # noqa: F401 (a fixture)
+from test_spark_cluster import standalone  # noqa: F401 (a fixture)
 
 from feature_repo import store as fs
 from feature_repo.training import write_training_samples
@@ -30,6 +30,7 @@ from saviorrec.pipeline import run_training_set
 from saviorrec.schema import SPLITS, TRAINING_SAMPLES
 from saviorrec.training_stats import expand
 from spark_jobs import training_set as spark_training
+from spark_jobs.standalone import SPARK_HOME, cluster_env
 from spark_jobs.training_set import StatsIndex
 
 SORT_KEYS = ("user_id", "item_id", "event_timestamp", "label")
@@ -239,7 +240,7 @@ def test_spark_submit_on_a_standalone_cluster(config: Config, spark, standalone:
         [str(SPARK_HOME / "bin" / "spark-submit"), "--master", standalone,
          "--conf", "spark.executor.memory=512m", "--driver-memory", "1g",
          str(REPO_ROOT / "spark_jobs" / "training_set.py"), "--config", str(config_file)],
-        cwd=REPO_ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=600,
+        cwd=REPO_ROOT, env=cluster_env(tmp_path), capture_output=True, text=True, timeout=600,
         check=False)
     assert submitted.returncode == 0, submitted.stderr[-4000:]
     out = submitted.stdout  # the driver's log lines may come first: decode the JSON object alone
