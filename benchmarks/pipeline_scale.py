@@ -68,8 +68,11 @@ SAMPLE_EVERY_S = 0.5
 # is one pass over the test rows). Recorded with the results; --no-cpu-caps drops them.
 CPU_CAPS: dict[str, dict[str, Any]] = {
     "encoder": {"max_steps_per_epoch": 10},  # x encoder.epochs (15) steps of 256 pairs
-    "ranker": {"variants": ["full"], "seeds": [0], "epochs": 2, "max_steps_per_epoch": 250,
-               "bootstrap_samples": 100},
+    # base and full: issue 25 item 3 compares them per PV bucket. Unpacked batches: packing
+    # gathers the whole shuffled split each epoch (and the next one ahead), GBs at 10M events,
+    # for a speed-up that matters on a GPU only.
+    "ranker": {"variants": ["base", "full"], "seeds": [0], "epochs": 2,
+               "max_steps_per_epoch": 250, "bootstrap_samples": 100, "packed_inputs": False},
 }
 
 # The output whose rows a stage's "rows" counts (a registry artefact; "training_samples": the
@@ -151,6 +154,34 @@ def workers_speedup(sizes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _mean(value: Any) -> float | None:
+    """An AUC as metrics.json stores it: a float, or {"mean": ...} when it has an interval."""
+    return value.get("mean") if isinstance(value, dict) else value
+
+
+def synthetic_cold(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Issue 25 item 3 from a synthetic run's report/metrics.json: per evaluation PV bucket
+    (train views of the candidate; "0" = never seen in training) the test AUCs of the
+    non-neural reference, base, full and the oracle, and full - base with its paired 95%
+    bootstrap interval (the evaluate stage's)."""
+    ranker, reference = metrics["ranker"], metrics["reference"]
+    diff = ranker["full_minus"]["base"]["by_bucket"]
+    by_bucket = {}
+    for bucket, d in diff.items():
+        by_bucket[bucket] = {
+            "reference": reference["smoothed_mean"]["auc_by_bucket"].get(bucket),
+            "base": _mean(ranker["base"]["auc_by_bucket"][bucket]),
+            "full": _mean(ranker["full"]["auc_by_bucket"][bucket]),
+            "oracle": reference.get("oracle", {}).get("auc_by_bucket", {}).get(bucket),
+            "full_minus_base": d["diff"], "full_minus_base_ci95": d["ci95"],
+            "interval_above_0": d["ci95"][0] > 0,
+        }
+    return {"by_bucket": by_bucket, "overall": {
+        "reference": reference["smoothed_mean"]["auc"], "base": _mean(ranker["base"]["auc"]),
+        "full": _mean(ranker["full"]["auc"]),
+        "oracle": reference.get("oracle", {}).get("auc")}}
+
+
 def merged(data: dict[str, Any], key: str, entry: dict[str, Any]) -> dict[str, Any]:
     """The results file ``data`` with ``sizes.<key>`` set to ``entry``, growth_10x and
     workers_speedup recomputed; every other key as it was."""
@@ -162,6 +193,8 @@ def merged(data: dict[str, Any], key: str, entry: dict[str, Any]) -> dict[str, A
     if growth is not None:
         out["growth_10x"] = growth["seconds"]
         out["growth_10x_detail"] = growth
+    if key in SIZES and "synthetic_cold" in entry:  # issue 25 item 3: the plain-size run's
+        out["synthetic_cold"] = {"size": key, **entry["synthetic_cold"]}
     speedup = workers_speedup(sizes)
     if speedup:
         out["workers_speedup"] = speedup
@@ -498,6 +531,8 @@ def main(argv: list[str] | None = None) -> int:
                                                 >= TRAINING_TARGET_SAMPLES_PER_S)
     if failed:
         entry["failed"] = failed
+    if lake.metrics.exists():
+        entry["synthetic_cold"] = synthetic_cold(json.loads(lake.metrics.read_text()))
     update_json_atomic(args.out, lambda data: merged(data, key, entry))
     for stage, f in stages.items():
         print(f"{stage:>13}: {f['seconds']:>9.1f} s  rows {f['rows']!s:>12}  peak RSS "

@@ -67,3 +67,25 @@ def test_the_results_file_keeps_every_other_key(tmp_path: Path) -> None:
     common.update_key_atomic(out, "serving_1M", {"p99_ms_cold": 50.0})  # serving.py's write
     again = json.loads(out.read_text())
     assert again["sizes"] == data["sizes"] and again["serving_1M"] == {"p99_ms_cold": 50.0}
+
+
+def test_synthetic_cold_reads_each_bucket_of_the_metrics() -> None:
+    """Issue 25 item 3's table from a report's metrics.json (single seed: the floats and
+    {"mean"} forms both), and only a plain-size run sets the top-level key."""
+    bucket = {"0": {"ci95": [0.01, 0.09], "diff": 0.05}, "1-5": {"ci95": [-0.02, 0.03], "diff": 0.004}}
+    metrics = {
+        "ranker": {"base": {"auc": 0.70, "auc_by_bucket": {"0": {"mean": 0.55}, "1-5": 0.68}},
+                   "full": {"auc": {"mean": 0.72}, "auc_by_bucket": {"0": 0.60, "1-5": 0.684}},
+                   "full_minus": {"base": {"by_bucket": bucket}}},
+        "reference": {"smoothed_mean": {"auc": 0.69, "auc_by_bucket": {"0": 0.57, "1-5": 0.66}},
+                      "oracle": {"auc": 0.88, "auc_by_bucket": {"0": 0.87, "1-5": 0.86}}},
+    }
+    cold = ps.synthetic_cold(metrics)
+    assert cold["overall"] == {"reference": 0.69, "base": 0.70, "full": 0.72, "oracle": 0.88}
+    assert cold["by_bucket"]["0"] == {"reference": 0.57, "base": 0.55, "full": 0.60, "oracle": 0.87,
+                                      "full_minus_base": 0.05, "full_minus_base_ci95": [0.01, 0.09],
+                                      "interval_above_0": True}
+    assert cold["by_bucket"]["1-5"]["interval_above_0"] is False
+    entry = {**_entry(10_000_000, {"spark": 1.0}), "synthetic_cold": cold}
+    assert ps.merged({}, "10M", entry)["synthetic_cold"]["size"] == "10M"
+    assert "synthetic_cold" not in ps.merged({}, "10M_workers1", entry)
