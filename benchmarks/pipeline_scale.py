@@ -182,6 +182,21 @@ def synthetic_cold(metrics: dict[str, Any]) -> dict[str, Any]:
         "oracle": reference.get("oracle", {}).get("auc")}}
 
 
+def resumed_stages(path: Path, key: str, rerun: dict[str, Any]) -> dict[str, Any] | None:
+    """The stages already recorded under ``sizes.<key>`` that this run does not re-run, when it
+    continues a kept run folder (--stages without prepare), with a note saying so; None if the
+    key has no entry."""
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text()).get("sizes", {}).get(key)
+    if not previous:
+        return None
+    kept = {s: f for s, f in previous.get("stages", {}).items() if s not in rerun}
+    return {"stages": kept, "note": {
+        "stages_from_earlier_part": sorted(kept), "earlier_part_date_utc": previous.get("date_utc"),
+        "earlier_part_spark": previous.get("spark"), "earlier_part_failed": previous.get("failed")}}
+
+
 def merged(data: dict[str, Any], key: str, entry: dict[str, Any]) -> dict[str, Any]:
     """The results file ``data`` with ``sizes.<key>`` set to ``entry``, growth_10x and
     workers_speedup recomputed; every other key as it was."""
@@ -498,6 +513,9 @@ def main(argv: list[str] | None = None) -> int:
         cluster.stop()
     total = time.perf_counter() - began
 
+    resumed = resumed_stages(args.out, key, stages) if "prepare" not in args.stages else None
+    if resumed:  # a run continued in its kept folder: the stages of the first part stay
+        stages = {**resumed["stages"], **stages}
     entry: dict[str, Any] = {
         "events": events, "label": label, "workers": args.workers,
         "worker_cores": args.worker_cores, "spark": spark, "cpu_caps": caps,
@@ -531,8 +549,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 >= TRAINING_TARGET_SAMPLES_PER_S)
     if failed:
         entry["failed"] = failed
-    if lake.metrics.exists():
-        entry["synthetic_cold"] = synthetic_cold(json.loads(lake.metrics.read_text()))
+    if resumed:
+        entry["resumed"] = resumed["note"]
+    metrics = json.loads(lake.metrics.read_text()) if lake.metrics.exists() else {}
+    if "base" in metrics.get("ranker", {}).get("full_minus", {}):  # both variants evaluated
+        entry["synthetic_cold"] = synthetic_cold(metrics)
     update_json_atomic(args.out, lambda data: merged(data, key, entry))
     for stage, f in stages.items():
         print(f"{stage:>13}: {f['seconds']:>9.1f} s  rows {f['rows']!s:>12}  peak RSS "

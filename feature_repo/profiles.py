@@ -109,10 +109,8 @@ def store_settings(cfg: Config, *, for_file: bool = False) -> dict[str, Any]:
             )
         settings["offline_store"]["spark_conf"] = {
             **settings["offline_store"].get("spark_conf", {}),
-            "spark.master": cfg.spark.master,
+            **cfg.spark.conf(),
             "spark.app.name": f"{cfg.spark.app_name}-feast",
-            "spark.driver.memory": cfg.spark.driver_memory,
-            "spark.sql.shuffle.partitions": str(cfg.spark.shuffle_partitions),
         }
     else:
         settings["online_store"]["path"] = path(lake.feast_sqlite)

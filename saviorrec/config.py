@@ -97,6 +97,20 @@ class SparkConfig(_Frozen):
     executor_memory: str = "1g"
     executor_cores: int = Field(1, ge=1)
 
+    def conf(self) -> dict[str, str]:
+        """The Spark settings of every session of a run: the Spark jobs' (spark_jobs.session)
+        and Feast's Spark offline store's (feature_repo.profiles), which before this shared
+        nothing but the driver memory and ran its executors at Spark's 1g default (out of heap
+        materialising 10M events' user sequences)."""
+        return {
+            "spark.master": self.master,
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.shuffle.partitions": str(self.shuffle_partitions),
+            "spark.driver.memory": self.driver_memory,
+            "spark.executor.memory": self.executor_memory,
+            "spark.executor.cores": str(self.executor_cores),
+        }
+
 
 class CoclickConfig(_Frozen):
     max_time_gap_s: int = Field(86_400, gt=0)  # two clicks at most this far apart in time

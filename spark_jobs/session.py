@@ -57,15 +57,12 @@ def build_session(spark_cfg: SparkConfig, master: str | None = None) -> SparkSes
     """A session on ``resolve_master(spark_cfg, master)`` (default ``local[*]``), logging what
     a user should act on only (LOG4J2, _local_ip)."""
     master = resolve_master(spark_cfg, master)
+    builder = SparkSession.builder.appName(spark_cfg.app_name)
+    for key, value in spark_cfg.conf().items():
+        builder = builder.config(key, value)
     builder = (
-        SparkSession.builder.master(master)
-        .appName(spark_cfg.app_name)
-        .config("spark.sql.session.timeZone", "UTC")
+        builder.master(master)
         .config("spark.ui.enabled", "false")
-        .config("spark.sql.shuffle.partitions", str(spark_cfg.shuffle_partitions))
-        .config("spark.driver.memory", spark_cfg.driver_memory)
-        .config("spark.executor.memory", spark_cfg.executor_memory)
-        .config("spark.executor.cores", str(spark_cfg.executor_cores))
         .config("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         .config("spark.sql.adaptive.enabled", "true")
         .config("spark.ui.showConsoleProgress", "false")

@@ -89,3 +89,15 @@ def test_synthetic_cold_reads_each_bucket_of_the_metrics() -> None:
     entry = {**_entry(10_000_000, {"spark": 1.0}), "synthetic_cold": cold}
     assert ps.merged({}, "10M", entry)["synthetic_cold"]["size"] == "10M"
     assert "synthetic_cold" not in ps.merged({}, "10M_workers1", entry)
+
+
+def test_a_resumed_run_keeps_the_stages_of_its_first_part(tmp_path: Path) -> None:
+    path = tmp_path / "scale.json"
+    first = {**_entry(10_000_000, {"prepare": 50.0, "spark": 100.0, "features": 3.0}),
+             "date_utc": "then", "failed": {"stage": "features"}}
+    path.write_text(json.dumps({"sizes": {"10M": first}}))
+    resumed = ps.resumed_stages(path, "10M", {"features": {"seconds": 40.0}})
+    assert sorted(resumed["stages"]) == ["prepare", "spark"]  # features is re-run, not kept
+    assert resumed["note"]["earlier_part_failed"] == {"stage": "features"}
+    assert ps.resumed_stages(path, "100M", {}) is None
+    assert ps.resumed_stages(tmp_path / "none.json", "10M", {}) is None
