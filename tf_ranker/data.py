@@ -138,10 +138,11 @@ class Samples:
     def input(self, name: str) -> np.ndarray | None:
         """The ranker input ``name`` (saviorrec.ranker_inputs, source SAMPLE or STATS_ROW) of
         every row; ``seq_stats_row`` too (what the model gathers STATS_ROW inputs by)."""
+        if name in (SEQ_STATS, SEQ_PV_BUCKET):  # gathered for every row: only when asked
+            return self.seq_stats if name == SEQ_STATS else self.seq_pv_bucket
         return {USER_ID: self.user_id, USER_STATS: self.user_stats, ITEM_ID: self.item_id,
                 ITEM_STATS: self.stats, ITEM_PV_BUCKET: self.pv_bucket,
                 SEQ_ITEM_IDS: self.seq_item_ids, SEQ_STATS_ROW: self.seq_stats_row,
-                SEQ_STATS: self.seq_stats, SEQ_PV_BUCKET: self.seq_pv_bucket,
                 BASE_SCORE: self.base_score}[name]
 
     def rows_of(self, name: str, rows: np.ndarray | slice) -> np.ndarray | None:
