@@ -53,22 +53,17 @@ class ItemTableRanker(keras.Model):
         super().__init__(**kwargs)
         self.ranker, self.packing = ranker, packing
         self.num_rows = int(items.num_rows)
-        self.embedding_table = self.add_weight(
-            shape=items.embedding.shape, initializer="zeros", dtype="float32", trainable=False,
-            name="item_embedding_table")
-        self.semantic_table = self.add_weight(
-            shape=items.semantic_ids.shape, initializer="zeros", dtype="int32", trainable=False,
-            name="item_semantic_id_table")
-        self.embedding_table.assign(items.embedding.astype("float32"))
-        self.semantic_table.assign(items.semantic_ids.astype("int32"))
-        self.stats_table = self.add_weight(
-            shape=stats.stats.shape, initializer="zeros", dtype="float32", trainable=False,
-            name="stats_table")
-        self.stats_bucket_table = self.add_weight(
-            shape=stats.pv_bucket.shape, initializer="zeros", dtype="int32", trainable=False,
-            name="stats_pv_bucket_table")
-        self.stats_table.assign(stats.stats.astype("float32"))
-        self.stats_bucket_table.assign(stats.pv_bucket.astype("int32"))
+        self.embedding_table = self._constant(items.embedding, "float32", "item_embedding_table")
+        self.semantic_table = self._constant(items.semantic_ids, "int32", "item_semantic_id_table")
+        self.stats_table = self._constant(stats.stats, "float32", "stats_table")
+        self.stats_bucket_table = self._constant(stats.pv_bucket, "int32", "stats_pv_bucket_table")
+
+    def _constant(self, values: Any, dtype: str, name: str) -> Any:
+        """A non-trainable weight holding ``values`` (a table the device gathers from)."""
+        weight = self.add_weight(shape=values.shape, initializer="zeros", dtype=dtype,
+                                 trainable=False, name=name)
+        weight.assign(values.astype(dtype))
+        return weight
 
     def _rows(self, ids: Any) -> Any:
         ids = ops.cast(ids, "int32")
