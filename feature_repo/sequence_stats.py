@@ -50,14 +50,19 @@ def pair_stats_asof(pairs: pa.Table, stats_scan: str, ttl: timedelta) -> pa.Tabl
     ).to_arrow_table()
 
 
-def pair_rows_asof(pairs: pa.Table, stats: pa.Table, ttl: timedelta) -> pa.Table:
-    """(pair_id, item_id, event_timestamp) -> pair_id and the TRAINING_STATS row (``stats``, the
-    table of saviorrec.training_stats.stats_table) of the item as of that time: Feast's rule, as
-    :func:`pair_stats_asof`; 0, the defaults row, where none."""
+def stats_rows(stats: pa.Table) -> pa.Table:
+    """(item_id, event_timestamp, stats_row) of every row of a TRAINING_STATS table but the
+    defaults row: what :func:`pair_rows_asof` joins against (built once per training set)."""
+    return stats.select(["item_id", "event_timestamp"]).append_column(
+        "stats_row", pa.array(np.arange(stats.num_rows, dtype=np.int32))).slice(1)
+
+
+def pair_rows_asof(pairs: pa.Table, rows: pa.Table, ttl: timedelta) -> pa.Table:
+    """(pair_id, item_id, event_timestamp) -> pair_id and the TRAINING_STATS row of the item as
+    of that time (``rows``: :func:`stats_rows`), Feast's rule as :func:`pair_stats_asof`; 0, the
+    defaults row, where none."""
     con = duckdb.connect()
     con.register("pairs", pairs)
-    rows = stats.select(["item_id", "event_timestamp"]).append_column(
-        "stats_row", pa.array(np.arange(stats.num_rows, dtype=np.int32))).slice(1)
     con.register("stats_rows", rows)
     return con.sql(
         f"SELECT p.pair_id, COALESCE(CASE WHEN s.event_timestamp >= p.event_timestamp - "

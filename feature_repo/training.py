@@ -30,7 +30,7 @@ from feast import FeatureStore
 
 from feature_repo.definitions import spark_folder_glob
 from feature_repo.profiles import repo_config
-from feature_repo.sequence_stats import STAT_REFS, pair_rows_asof, pair_stats_feast
+from feature_repo.sequence_stats import STAT_REFS, pair_rows_asof, pair_stats_feast, stats_rows
 from saviorrec.config import Config
 from saviorrec.lake import Lake, atomic_path, read_table, write_table
 from saviorrec.schema import (
@@ -80,6 +80,7 @@ class TrainingSetBuilder:
         self.join = ("duckdb_asof" if cfg.feast.profile == "local" else "feast") \
             if join == "auto" else join
         self.stats = stats_table(read_table(self.lake.spark("item_stats"), ITEM_STATS))
+        self.stats_rows = stats_rows(self.stats)  # the ASOF join's right side, for every chunk
         self.seq_scan = f"read_parquet('{spark_folder_glob(self.lake.spark('sequences'))}')"
         item_pv = read_table(self.lake.spark("item_pv"), ITEM_PV)
         self.pv_items, self.pv_buckets = item_pv["item_id"], item_pv["pv_bucket"]
@@ -160,7 +161,7 @@ class TrainingSetBuilder:
         pairs = con.sql("SELECT * FROM pairs ORDER BY pair_id").to_arrow_table()
         index = con.sql("SELECT e.flat_idx, p.pair_id FROM exploded e JOIN pairs p "
                         "USING (item_id, event_timestamp)").to_arrow_table()
-        found = pair_rows_asof(pairs, self.stats, self.ttl).sort_by("pair_id")
+        found = pair_rows_asof(pairs, self.stats_rows, self.ttl).sort_by("pair_id")
         pair_rows = found["stats_row"].to_numpy()
         if self.join == "feast":
             self.check_against_feast(pairs, pair_rows)

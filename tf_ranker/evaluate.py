@@ -51,7 +51,7 @@ from saviorrec.metrics import (
     update_metrics,
 )
 from saviorrec.schema import ITEM_STAT_NUMERIC, ORACLE, PREDICTIONS, TEST, TRAIN
-from tf_ranker.data import Samples, load_samples
+from tf_ranker.data import Samples, load_samples, load_stats
 
 
 def smoothed_mean_scores(train_users: np.ndarray, train_items: np.ndarray,
@@ -190,7 +190,8 @@ def run_evaluate(cfg: Config, variants: list[str] | None = None) -> dict[str, An
             for key, value in results["ranker"][v].items():
                 update_metrics(lake.metrics, f"ranker.{v}.{key}", value)
 
-    train, test = load_samples(lake.training(TRAIN)), load_samples(lake.training(TEST))
+    stats = load_stats(lake.training_stats)  # one table for both splits, read once
+    train, test = (load_samples(lake.training(split), stats) for split in (TRAIN, TEST))
     ref = smoothed_mean_scores(train.user_id, train.item_id, train.label.astype("float64"),
                                test.user_id, test.item_id, cfg.stats.ctr_prior_strength)
     n = cfg.ranker.bootstrap_samples
